@@ -1,0 +1,1 @@
+//! Aligned bounce buffers and the block locks for read-modify-write.

@@ -1,0 +1,1 @@
+//! Engine: parallel save/restore of whole ramblocks from/to host memory.

@@ -1,0 +1,2 @@
+//! The C ABI: pointer validation, panic boundary, handle ownership, error
+//! mapping. No logic lives here.

@@ -1,0 +1,74 @@
+//! Format: encode/decode of the QEMU migration-stream pieces a mapped-ram
+//! file holds. Pure functions over bytes — no file I/O here; parsing reads
+//! through the [`ReadAt`] trait, which the image layer implements for a
+//! channel and tests implement for byte slices. All input is untrusted.
+//!
+//! INTERFACE CONTRACT (used by the image layer; keep it):
+//! - [`ramblock::plan`] lays out a new image; [`ramblock::encode_pieces`] and
+//!   [`stream::encode_tail`] give the bytes to write; [`ramblock::parse`] reads
+//!   an existing stream through the RAM setup section's EOS;
+//!   [`stream::completion`] tells whether the stream visibly ended;
+//!   [`libvirt::parse`] recognises libvirt's save-image header.
+
+pub mod libvirt;
+pub mod ramblock;
+pub mod stream;
+
+use crate::error::Result;
+
+/// Positional reads from untrusted bytes.
+pub trait ReadAt {
+    /// Read up to `buf.len()` bytes at `offset`; fewer only at end of input.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
+    /// Total size of the input in bytes.
+    fn size(&self) -> Result<u64>;
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let len = self.len() as u64;
+        if offset >= len {
+            return Ok(0);
+        }
+        let start = offset as usize;
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+    fn size(&self) -> Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
+/// "QEVM".
+pub const QEVM_MAGIC: u32 = 0x5145_564d;
+/// The only stream version QEMU writes.
+pub const QEVM_VERSION: u32 = 3;
+
+/// Section / record type bytes of the stream.
+pub mod section {
+    pub const EOF: u8 = 0x00;
+    pub const START: u8 = 0x01;
+    pub const PART: u8 = 0x02;
+    pub const END: u8 = 0x03;
+    pub const FULL: u8 = 0x04;
+    pub const SUBSECTION: u8 = 0x05;
+    pub const VMDESCRIPTION: u8 = 0x06;
+    pub const CONFIGURATION: u8 = 0x07;
+    pub const COMMAND: u8 = 0x08;
+    pub const FOOTER: u8 = 0x7e;
+}
+
+/// RAM section flags that may appear with mapped-ram.
+pub const RAM_SAVE_FLAG_MEM_SIZE: u64 = 0x4;
+pub const RAM_SAVE_FLAG_EOS: u64 = 0x10;
+/// The RAM section's idstr and version.
+pub const RAM_IDSTR: &str = "ram";
+pub const RAM_SECTION_VERSION: u32 = 4;
+/// The mapped-ram header version this library writes and the newest it reads.
+pub const MAPPED_RAM_HEADER_VERSION: u32 = 1;
+/// Page regions start on this boundary.
+pub const PAGES_ALIGN: u64 = 1 << 20;
+/// The capability names QEMU records, in the order it records them.
+pub const CAP_X_IGNORE_SHARED: &str = "x-ignore-shared";
+pub const CAP_MAPPED_RAM: &str = "mapped-ram";
