@@ -11,6 +11,7 @@ use crate::channel::Channel;
 use crate::error::Result;
 use crate::format::ramblock::BlockSpec;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Flags for [`Image::open`] / [`Image::create`]; values are the C `MR_IMAGE_*`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -46,6 +47,9 @@ pub struct BlockInfo {
     pub pages_offset: u64,
     pub pages_present: u64,
 }
+
+/// Progress callback: (bytes done, bytes total) -> keep going.
+pub type ProgressFn = Box<dyn FnMut(u64, u64) -> bool + Send>;
 
 /// A mapped-ram image. All page calls are safe from many threads at once.
 pub struct Image {
@@ -84,7 +88,7 @@ impl Image {
     }
 
     /// Open on a channel; `base` None = detect (libvirt header or 0).
-    pub fn open_on(ch: Channel, base: Option<u64>, flags: ImageFlags) -> Result<Image> {
+    pub fn open_on(ch: Arc<Channel>, base: Option<u64>, flags: ImageFlags) -> Result<Image> {
         let _ = (ch, base, flags);
         todo!()
     }
@@ -113,6 +117,65 @@ impl Image {
 
     /// True when the stream visibly ended (and no in-place update is open).
     pub fn is_complete(&self) -> bool {
+        todo!()
+    }
+
+    /// Absolute file offset where the QEMU stream starts (0 unless inside a
+    /// container such as libvirt's save image).
+    pub fn stream_offset(&self) -> u64 {
+        todo!()
+    }
+
+    /// The libvirt header, when the image is inside one.
+    pub fn libvirt_header(&self) -> Option<&crate::format::libvirt::LibvirtHeader> {
+        todo!()
+    }
+
+    /// The underlying channel.
+    pub fn channel(&self) -> &Arc<Channel> {
+        todo!()
+    }
+
+    /// Logical file size and bytes allocated on disk.
+    pub fn file_size(&self) -> Result<u64> {
+        todo!()
+    }
+    pub fn allocated_bytes(&self) -> Result<u64> {
+        todo!()
+    }
+
+    /// Whether page `index` of `block` is present (bit set).
+    pub fn page_present(&self, block: usize, index: u64) -> Result<bool> {
+        let _ = (block, index);
+        todo!()
+    }
+
+    /// Write whole pages from raw memory.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads of `len` bytes for the call's duration.
+    pub unsafe fn write_pages_raw(
+        &self,
+        block: usize,
+        offset: u64,
+        ptr: *const u8,
+        len: u64,
+    ) -> Result<()> {
+        let _ = (block, offset, ptr, len);
+        todo!()
+    }
+
+    /// Cancel the save/restore operations running on this image (they
+    /// return `Error::Cancelled`); later operations are not affected.
+    pub fn cancel(&self) {
+        todo!()
+    }
+
+    /// Install (or remove) a progress callback for save/restore: called
+    /// with (bytes done, bytes total) on the thread that started the
+    /// operation; returning false cancels it.
+    pub fn set_progress(&self, cb: Option<ProgressFn>) {
+        let _ = cb;
         todo!()
     }
 
