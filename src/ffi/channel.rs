@@ -1,0 +1,293 @@
+//! `mr_channel`: a thread-safe seekable file channel.
+//!
+//! Ownership: SHARED. An `mr_channel *` is an `Arc<Channel>` turned into a
+//! raw pointer (`Arc::into_raw`); each `mr_channel *` the library hands out
+//! owns one reference. An image created or opened on a channel takes its own
+//! reference, so the caller may `mr_channel_close` its handle at any time.
+//! The file's descriptors are closed when the last reference goes.
+
+use super::{arg, arg_mut, arg_str, call, call_ssize, out};
+use crate::channel::{Channel, OpenFlags};
+use crate::error::{Error, Result};
+use std::ffi::{c_char, c_int};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A thread-safe seekable file channel (opaque). Shared ownership: see
+/// `mr_channel_close`.
+pub struct mr_channel {
+    _private: [u8; 0],
+}
+
+/// Most iovecs one call takes (Linux `IOV_MAX`).
+const IOV_MAX: c_int = 1024;
+
+/// Hand a new reference to C.
+fn into_handle(ch: Arc<Channel>) -> *mut mr_channel {
+    Arc::into_raw(ch) as *mut mr_channel
+}
+
+/// Borrow the channel behind a handle.
+///
+/// # Safety
+/// `ch` must be NULL or a live handle from this module.
+pub(crate) unsafe fn channel_ref<'a>(ch: *const mr_channel) -> Result<&'a Channel> {
+    // SAFETY: a live handle points at the `Channel` inside its Arc.
+    unsafe { arg(ch.cast::<Channel>(), "ch") }
+}
+
+/// A new `Arc` reference to the channel behind a handle (the handle keeps its
+/// own).
+///
+/// # Safety
+/// `ch` must be NULL or a live handle from this module.
+pub(crate) unsafe fn channel_arc(ch: *const mr_channel) -> Result<Arc<Channel>> {
+    let p = super::arg_ptr(ch, "ch")?.cast::<Channel>();
+    // SAFETY: `p` came from `Arc::into_raw` and the handle still owns its
+    // reference, so the count is >= 1; we add one and adopt it.
+    unsafe {
+        Arc::increment_strong_count(p);
+        Ok(Arc::from_raw(p))
+    }
+}
+
+/// Build the iovec slice for a vectored call.
+///
+/// # Safety
+/// When `iovcnt > 0`, `iov` must point to `iovcnt` iovecs valid for `'a`.
+unsafe fn iov_slice<'a>(iov: *const libc::iovec, iovcnt: c_int) -> Result<&'a [libc::iovec]> {
+    if !(0..=IOV_MAX).contains(&iovcnt) {
+        return Err(Error::Invalid(format!(
+            "iovcnt {iovcnt} out of range (0..={IOV_MAX})"
+        )));
+    }
+    if iovcnt == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: non-NULL checked; `iovcnt` entries per the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(arg(iov, "iov")?, iovcnt as usize) })
+}
+
+/// Open `path` with `MR_OPEN_*` flags. Files are created with mode 0600.
+/// On success stores a new handle in `*out` and returns 0; otherwise a
+/// negative errno (`*out` untouched).
+///
+/// # Safety
+/// `path` must be a NUL-terminated string; `out` must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_channel_open(
+    path: *const c_char,
+    flags: u32,
+    out_ch: *mut *mut mr_channel,
+) -> c_int {
+    call("mr_channel_open", || {
+        // SAFETY: per this function's contract.
+        let path = unsafe { arg_str(path, "path") }?;
+        let out_ch = arg_mut(out_ch, "out")?;
+        let flags = OpenFlags::from_bits(flags)?;
+        let ch = Channel::open(Path::new(path), flags)?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { out(out_ch, into_handle(Arc::new(ch))) };
+        Ok(0)
+    })
+}
+
+/// Make a channel on a duplicate of `fd` (the caller keeps `fd`).
+/// `MR_OPEN_CREATE`/`MR_OPEN_TRUNC` are invalid here.
+///
+/// # Safety
+/// `out` must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_channel_from_fd(
+    fd: c_int,
+    flags: u32,
+    out_ch: *mut *mut mr_channel,
+) -> c_int {
+    call("mr_channel_from_fd", || {
+        let out_ch = arg_mut(out_ch, "out")?;
+        let flags = OpenFlags::from_bits(flags)?;
+        let ch = Channel::from_fd(fd, flags)?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { out(out_ch, into_handle(Arc::new(ch))) };
+        Ok(0)
+    })
+}
+
+/// Write every byte of `iov[0..iovcnt]` at `offset`. Returns the number of
+/// bytes written (all of them) or a negative errno. `iovcnt` must be in
+/// 0..=1024; 0 writes nothing and returns 0.
+///
+/// # Safety
+/// `ch` must be a live handle; `iov` must point to `iovcnt` iovecs whose
+/// buffers are readable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_channel_pwritev(
+    ch: *mut mr_channel,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    offset: u64,
+) -> libc::ssize_t {
+    call_ssize("mr_channel_pwritev", || {
+        // SAFETY: per this function's contract.
+        let ch = unsafe { channel_ref(ch) }?;
+        // SAFETY: per this function's contract.
+        let iov = unsafe { iov_slice(iov, iovcnt) }?;
+        // SAFETY: the iovec buffers are readable per the contract.
+        let n = unsafe { ch.pwritev_raw(iov, offset) }?;
+        Ok(n as libc::ssize_t)
+    })
+}
+
+/// Read into `iov[0..iovcnt]` from `offset` until the buffers are full or
+/// end of file. Returns the number of bytes read or a negative errno.
+///
+/// # Safety
+/// `ch` must be a live handle; `iov` must point to `iovcnt` iovecs whose
+/// buffers are writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_channel_preadv(
+    ch: *mut mr_channel,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    offset: u64,
+) -> libc::ssize_t {
+    call_ssize("mr_channel_preadv", || {
+        // SAFETY: per this function's contract.
+        let ch = unsafe { channel_ref(ch) }?;
+        // SAFETY: per this function's contract.
+        let iov = unsafe { iov_slice(iov, iovcnt) }?;
+        // SAFETY: the iovec buffers are writable per the contract.
+        let n = unsafe { ch.preadv_raw(iov, offset) }?;
+        Ok(n as libc::ssize_t)
+    })
+}
+
+/// `fdatasync` the file.
+///
+/// # Safety
+/// `ch` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_channel_sync(ch: *mut mr_channel) -> c_int {
+    call("mr_channel_sync", || {
+        // SAFETY: per this function's contract.
+        unsafe { channel_ref(ch) }?.sync()?;
+        Ok(0)
+    })
+}
+
+/// Store the file's current size in `*out`.
+///
+/// # Safety
+/// `ch` must be a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_channel_size(ch: *mut mr_channel, out_size: *mut u64) -> c_int {
+    call("mr_channel_size", || {
+        // SAFETY: per this function's contract.
+        let ch = unsafe { channel_ref(ch) }?;
+        let out_size = arg_mut(out_size, "out")?;
+        let size = ch.size()?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { out(out_size, size) };
+        Ok(0)
+    })
+}
+
+/// Set the file's length (`ftruncate`).
+///
+/// # Safety
+/// `ch` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_channel_truncate(ch: *mut mr_channel, len: u64) -> c_int {
+    call("mr_channel_truncate", || {
+        // SAFETY: per this function's contract.
+        unsafe { channel_ref(ch) }?.set_len(len)?;
+        Ok(0)
+    })
+}
+
+/// Deallocate `[offset, offset + len)`, keeping the size; the range then
+/// reads as zeros. `-ENOTSUP` where the file system cannot punch holes.
+///
+/// # Safety
+/// `ch` must be a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_channel_punch_hole(
+    ch: *mut mr_channel,
+    offset: u64,
+    len: u64,
+) -> c_int {
+    call("mr_channel_punch_hole", || {
+        // SAFETY: per this function's contract.
+        unsafe { channel_ref(ch) }?.punch_hole(offset, len)?;
+        Ok(0)
+    })
+}
+
+/// Store the `O_DIRECT` alignment of memory addresses and of file
+/// offsets/lengths. `-ENOTSUP` when the channel was not opened with
+/// `MR_OPEN_DIRECT`.
+///
+/// # Safety
+/// `ch` must be a live handle; `mem_align` and `offset_align` writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_channel_dio_align(
+    ch: *mut mr_channel,
+    mem_align: *mut u32,
+    offset_align: *mut u32,
+) -> c_int {
+    call("mr_channel_dio_align", || {
+        // SAFETY: per this function's contract.
+        let ch = unsafe { channel_ref(ch) }?;
+        let mem_align = arg_mut(mem_align, "mem_align")?;
+        let offset_align = arg_mut(offset_align, "offset_align")?;
+        let a = ch.dio_align().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: channel has no O_DIRECT descriptor (open with MR_OPEN_DIRECT)",
+                ch.name()
+            ))
+        })?;
+        // SAFETY: both checked non-NULL; writable per the contract.
+        unsafe {
+            out(mem_align, a.mem);
+            out(offset_align, a.offset);
+        }
+        Ok(0)
+    })
+}
+
+/// Release this handle. When it is the last reference (no image holds the
+/// channel), a writable channel is `fdatasync`ed and its descriptors closed;
+/// a failed sync or close is returned as a negative errno. When an image
+/// still holds the channel, a writable channel is synced now (and errors
+/// reported), and the final sync/close happen when the image is closed —
+/// `mr_image_close` reports them. The handle is gone even on failure.
+/// NULL is accepted (returns 0).
+///
+/// # Safety
+/// `ch` must be NULL or a live handle, not used again afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn mr_channel_close(ch: *mut mr_channel) -> c_int {
+    call("mr_channel_close", || {
+        if ch.is_null() {
+            return Ok(0);
+        }
+        // SAFETY: a live handle owns one reference from `Arc::into_raw`; we
+        // take it back exactly once.
+        let arc = unsafe { Arc::from_raw(ch.cast_const().cast::<Channel>()) };
+        match Arc::try_unwrap(arc) {
+            // Last reference: Channel::close syncs a writable channel and
+            // reports sync and close failures.
+            Ok(ch) => ch.close()?,
+            Err(shared) => {
+                let synced = if shared.flags().contains(OpenFlags::WRITE) {
+                    shared.sync()
+                } else {
+                    Ok(())
+                };
+                drop(shared);
+                synced?;
+            }
+        }
+        Ok(0)
+    })
+}

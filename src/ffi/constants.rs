@@ -1,0 +1,36 @@
+//! The `MR_*` constants of the C header (cbindgen emits each as a
+//! `#define`). Values are fixed: never renumber.
+
+// Some are used only from C.
+#![allow(dead_code)]
+
+use std::ffi::c_int;
+
+/// `mr_channel_open` flag: open for reading.
+pub const MR_OPEN_READ: u32 = 0x1;
+/// `mr_channel_open` flag: open for writing.
+pub const MR_OPEN_WRITE: u32 = 0x2;
+/// `mr_channel_open` flag: create the file (mode 0600) if it does not exist.
+pub const MR_OPEN_CREATE: u32 = 0x4;
+/// `mr_channel_open` flag: truncate the file to length 0.
+pub const MR_OPEN_TRUNC: u32 = 0x8;
+/// `mr_channel_open` flag: `O_DIRECT` for aligned bulk I/O; unaligned I/O
+/// still works (bounced through aligned buffers).
+pub const MR_OPEN_DIRECT: u32 = 0x10;
+
+/// Image flag (open): allow page writes and sync (in-place update).
+pub const MR_IMAGE_READ_WRITE: u32 = 0x1;
+/// Image flag: page data through `O_DIRECT`.
+pub const MR_IMAGE_DIRECT: u32 = 0x2;
+/// Image flag (open): accept an image that was not finished.
+pub const MR_IMAGE_RECOVER: u32 = 0x4;
+
+/// `mr_image_read_ramblock` flag: also zero pages whose bit is clear.
+pub const MR_READ_ZERO_ABSENT: u32 = 0x1;
+
+/// The errno (`EUCLEAN`) returned, negated, for an image that was never
+/// finished (or whose in-place update was interrupted).
+pub const MR_EINCOMPLETE: c_int = 117;
+
+/// `mr_image_open_on` offset: detect (a libvirt save-image header, or 0).
+pub const MR_OFFSET_DETECT: u64 = u64::MAX;

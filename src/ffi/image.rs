@@ -1,0 +1,713 @@
+//! `mr_image`: a mapped-ram image.
+//!
+//! Ownership: BOXED. An `mr_image *` is a `Box<mr_image>` owned by the
+//! caller until `mr_image_close`. The strings the query functions return are
+//! cached in the handle when it is made, so they live as long as the image.
+//! All page calls take `const`/shared access and are safe from many threads
+//! at once on one handle.
+
+use super::channel::{channel_arc, mr_channel};
+use super::{
+    arg, arg_mut, arg_ptr, arg_str, call, call_ptr, check_flags, out, MR_IMAGE_DIRECT,
+    MR_IMAGE_READ_WRITE, MR_IMAGE_RECOVER, MR_OFFSET_DETECT, MR_READ_ZERO_ABSENT,
+};
+use crate::channel::Channel;
+use crate::engine;
+use crate::error::{Error, Result};
+use crate::format::ramblock::BlockSpec;
+use crate::image::{Image, ImageFlags};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A mapped-ram image (opaque).
+pub struct mr_image {
+    inner: Image,
+    machine_type: CString,
+    capabilities: Vec<CString>,
+}
+
+/// Describes one ramblock of a new image.
+#[repr(C)]
+pub struct mr_ramblock_desc {
+    /// The block's name (QEMU's idstr), at most 255 bytes.
+    pub idstr: *const c_char,
+    /// Bytes of guest memory in the block.
+    pub used_length: u64,
+    /// Target page size (4096 on x86).
+    pub page_size: u64,
+}
+
+/// What a caller may know about one ramblock of an image.
+#[repr(C)]
+pub struct mr_ramblock_info {
+    /// The block's name, NUL-terminated.
+    pub idstr: [c_char; 256],
+    pub used_length: u64,
+    pub page_size: u64,
+    /// Absolute file offset of the block's bitmap.
+    pub bitmap_offset: u64,
+    /// Absolute file offset of the block's first page.
+    pub pages_offset: u64,
+    /// Pages whose bit is set.
+    pub pages_present: u64,
+}
+
+/// Progress callback for `mr_image_save_ramblock` / `mr_image_read_ramblock`:
+/// called on the thread that started the operation with bytes done and bytes
+/// total; a nonzero return cancels the operation (it returns `-ECANCELED`).
+pub type mr_progress_fn =
+    Option<unsafe extern "C" fn(opaque: *mut c_void, done: u64, total: u64) -> c_int>;
+
+const CREATE_FLAGS: u32 = MR_IMAGE_READ_WRITE | MR_IMAGE_DIRECT;
+const OPEN_FLAGS: u32 = MR_IMAGE_READ_WRITE | MR_IMAGE_DIRECT | MR_IMAGE_RECOVER;
+
+/// Box a new image with its cached strings and hand it to C.
+fn into_handle(img: Image) -> Result<*mut mr_image> {
+    let c = |s: &str, what: &str| {
+        CString::new(s).map_err(|_| Error::Corrupt(format!("{what} `{s}` contains a NUL byte")))
+    };
+    let machine_type = c(img.machine_type(), "machine type")?;
+    let capabilities = img
+        .capabilities()
+        .iter()
+        .map(|s| c(s, "capability"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Box::into_raw(Box::new(mr_image {
+        inner: img,
+        machine_type,
+        capabilities,
+    })))
+}
+
+/// Borrow the image behind a handle.
+///
+/// # Safety
+/// `img` must be NULL or a live handle from this module.
+unsafe fn image_ref<'a>(img: *const mr_image) -> Result<&'a mr_image> {
+    // SAFETY: per this function's contract.
+    unsafe { arg(img, "img") }
+}
+
+/// Read the C block descriptions.
+///
+/// # Safety
+/// `blocks` must point to `nblocks` descriptors with valid strings.
+unsafe fn block_specs(blocks: *const mr_ramblock_desc, nblocks: u32) -> Result<Vec<BlockSpec>> {
+    if nblocks == 0 {
+        return Err(Error::Invalid(
+            "an image needs at least one ramblock".into(),
+        ));
+    }
+    // SAFETY: non-NULL checked; `nblocks` entries per the contract.
+    let descs = unsafe { std::slice::from_raw_parts(arg(blocks, "blocks")?, nblocks as usize) };
+    descs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            // SAFETY: per the contract each idstr is NULL or a valid string.
+            let idstr = unsafe { arg_str(d.idstr, &format!("blocks[{i}].idstr")) }?;
+            Ok(BlockSpec {
+                idstr: idstr.to_owned(),
+                used_length: d.used_length,
+                page_size: d.page_size,
+            })
+        })
+        .collect()
+}
+
+fn block_index(img: &Image, block: u32) -> Result<usize> {
+    let n = img.block_count();
+    if block as usize >= n {
+        return Err(Error::NotFound(format!(
+            "ramblock index {block} out of range (the image has {n})"
+        )));
+    }
+    Ok(block as usize)
+}
+
+/// Create a new image file at `path` (mode 0600, truncated) for
+/// `machine_type` with `blocks[0..nblocks]`. Flags: `MR_IMAGE_DIRECT`.
+///
+/// # Safety
+/// Strings NUL-terminated; `blocks` points to `nblocks` descriptors; `out`
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_create(
+    path: *const c_char,
+    machine_type: *const c_char,
+    blocks: *const mr_ramblock_desc,
+    nblocks: u32,
+    flags: u32,
+    out_img: *mut *mut mr_image,
+) -> c_int {
+    call("mr_image_create", || {
+        // SAFETY: per this function's contract.
+        let path = unsafe { arg_str(path, "path") }?;
+        // SAFETY: per this function's contract.
+        let machine_type = unsafe { arg_str(machine_type, "machine_type") }?;
+        // SAFETY: per this function's contract.
+        let specs = unsafe { block_specs(blocks, nblocks) }?;
+        let out_img = arg_mut(out_img, "out")?;
+        check_flags(flags, CREATE_FLAGS, "mr_image_create")?;
+        let img = Image::create(Path::new(path), machine_type, &specs, ImageFlags(flags))?;
+        let h = into_handle(img)?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { out(out_img, h) };
+        Ok(0)
+    })
+}
+
+/// How `create_on` receives the channel: the image layer may take the
+/// shared `Arc<Channel>` or an owned `Channel`. An owned one can only be
+/// had when no other reference exists, which the caller's own handle
+/// prevents; that case is reported, not worked around.
+trait FromShared: Sized {
+    fn from_shared(ch: Arc<Channel>) -> Result<Self>;
+}
+
+impl FromShared for Arc<Channel> {
+    fn from_shared(ch: Arc<Channel>) -> Result<Self> {
+        Ok(ch)
+    }
+}
+
+impl FromShared for Channel {
+    fn from_shared(ch: Arc<Channel>) -> Result<Self> {
+        Arc::try_unwrap(ch).map_err(|ch| {
+            Error::Unsupported(format!(
+                "{}: the image layer cannot share this channel (Image::create_on takes it by value)",
+                ch.name()
+            ))
+        })
+    }
+}
+
+/// Create an image on an open channel, the stream starting at `offset`
+/// (e.g. after a container header the caller writes). The image takes its
+/// own reference to the channel: the caller may `mr_channel_close` its
+/// handle at any time.
+///
+/// # Safety
+/// `ch` a live channel handle; strings NUL-terminated; `blocks` points to
+/// `nblocks` descriptors; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_create_on(
+    ch: *mut mr_channel,
+    offset: u64,
+    machine_type: *const c_char,
+    blocks: *const mr_ramblock_desc,
+    nblocks: u32,
+    flags: u32,
+    out_img: *mut *mut mr_image,
+) -> c_int {
+    call("mr_image_create_on", || {
+        // SAFETY: per this function's contract.
+        let machine_type = unsafe { arg_str(machine_type, "machine_type") }?;
+        // SAFETY: per this function's contract.
+        let specs = unsafe { block_specs(blocks, nblocks) }?;
+        let out_img = arg_mut(out_img, "out")?;
+        check_flags(flags, CREATE_FLAGS, "mr_image_create_on")?;
+        // SAFETY: per this function's contract.
+        let ch = unsafe { channel_arc(ch) }?;
+        let img = Image::create_on(
+            FromShared::from_shared(ch)?,
+            offset,
+            machine_type,
+            &specs,
+            ImageFlags(flags),
+        )?;
+        let h = into_handle(img)?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { out(out_img, h) };
+        Ok(0)
+    })
+}
+
+/// Open an existing image. A libvirt save-image header is recognised.
+/// Flags: `MR_IMAGE_READ_WRITE`, `MR_IMAGE_DIRECT`, `MR_IMAGE_RECOVER`.
+/// An unfinished image gives `-MR_EINCOMPLETE` unless `MR_IMAGE_RECOVER`.
+///
+/// # Safety
+/// `path` NUL-terminated; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_open(
+    path: *const c_char,
+    flags: u32,
+    out_img: *mut *mut mr_image,
+) -> c_int {
+    call("mr_image_open", || {
+        // SAFETY: per this function's contract.
+        let path = unsafe { arg_str(path, "path") }?;
+        let out_img = arg_mut(out_img, "out")?;
+        check_flags(flags, OPEN_FLAGS, "mr_image_open")?;
+        let img = Image::open(Path::new(path), ImageFlags(flags))?;
+        let h = into_handle(img)?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { out(out_img, h) };
+        Ok(0)
+    })
+}
+
+/// Open an image on a channel with the stream at `offset`, or
+/// `MR_OFFSET_DETECT` (a libvirt header, else 0). The image takes its own
+/// reference to the channel.
+///
+/// # Safety
+/// `ch` a live channel handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_open_on(
+    ch: *mut mr_channel,
+    offset: u64,
+    flags: u32,
+    out_img: *mut *mut mr_image,
+) -> c_int {
+    call("mr_image_open_on", || {
+        let out_img = arg_mut(out_img, "out")?;
+        check_flags(flags, OPEN_FLAGS, "mr_image_open_on")?;
+        // SAFETY: per this function's contract.
+        let ch = unsafe { channel_arc(ch) }?;
+        let base = (offset != MR_OFFSET_DETECT).then_some(offset);
+        let img = Image::open_on(ch, base, ImageFlags(flags))?;
+        let h = into_handle(img)?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { out(out_img, h) };
+        Ok(0)
+    })
+}
+
+/// Number of ramblocks, or a negative errno.
+///
+/// # Safety
+/// `img` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_ramblock_count(img: *const mr_image) -> c_int {
+    call("mr_image_ramblock_count", || {
+        // SAFETY: per this function's contract.
+        let n = unsafe { image_ref(img) }?.inner.block_count();
+        c_int::try_from(n).map_err(|_| Error::Unsupported(format!("{n} ramblocks")))
+    })
+}
+
+/// Fill `*out` with what is known about ramblock `block`.
+///
+/// # Safety
+/// `img` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_ramblock_info(
+    img: *const mr_image,
+    block: u32,
+    out_info: *mut mr_ramblock_info,
+) -> c_int {
+    call("mr_image_ramblock_info", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        let out_info = arg_mut(out_info, "out")?;
+        let info = img.block_info(block_index(img, block)?)?;
+        let mut idstr = [0 as c_char; 256];
+        let bytes = info.idstr.as_bytes();
+        if bytes.len() > 255 {
+            return Err(Error::Corrupt(format!(
+                "ramblock idstr is {} bytes (at most 255)",
+                bytes.len()
+            )));
+        }
+        for (d, s) in idstr.iter_mut().zip(bytes) {
+            *d = *s as c_char;
+        }
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe {
+            out(
+                out_info,
+                mr_ramblock_info {
+                    idstr,
+                    used_length: info.used_length,
+                    page_size: info.page_size,
+                    bitmap_offset: info.bitmap_offset,
+                    pages_offset: info.pages_offset,
+                    pages_present: info.pages_present,
+                },
+            )
+        };
+        Ok(0)
+    })
+}
+
+/// Index of the ramblock named `idstr`; `-ENOENT` when there is none.
+///
+/// # Safety
+/// `img` a live handle; `idstr` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_find_ramblock(
+    img: *const mr_image,
+    idstr: *const c_char,
+) -> c_int {
+    call("mr_image_find_ramblock", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        // SAFETY: per this function's contract.
+        let idstr = unsafe { arg_str(idstr, "idstr") }?;
+        let i = img.find_block(idstr)?;
+        c_int::try_from(i).map_err(|_| Error::Unsupported(format!("ramblock index {i}")))
+    })
+}
+
+/// The machine type the image was saved for; valid until `mr_image_close`.
+/// NULL (with the last error set) only when `img` is NULL.
+///
+/// # Safety
+/// `img` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_machine_type(img: *const mr_image) -> *const c_char {
+    call_ptr("mr_image_machine_type", || {
+        // SAFETY: per this function's contract.
+        Ok(unsafe { image_ref(img) }?.machine_type.as_ptr())
+    })
+}
+
+/// Number of migration capabilities recorded in the image.
+///
+/// # Safety
+/// `img` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_capability_count(img: *const mr_image) -> c_int {
+    call("mr_image_capability_count", || {
+        // SAFETY: per this function's contract.
+        let n = unsafe { image_ref(img) }?.capabilities.len();
+        c_int::try_from(n).map_err(|_| Error::Unsupported(format!("{n} capabilities")))
+    })
+}
+
+/// Capability `i` (e.g. "mapped-ram"); valid until `mr_image_close`. NULL
+/// with the last error set when `i` is out of range.
+///
+/// # Safety
+/// `img` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_capability(img: *const mr_image, i: u32) -> *const c_char {
+    call_ptr("mr_image_capability", || {
+        // SAFETY: per this function's contract.
+        let caps = &unsafe { image_ref(img) }?.capabilities;
+        caps.get(i as usize).map(|c| c.as_ptr()).ok_or_else(|| {
+            Error::OutOfRange(format!(
+                "capability index {i} out of range (the image has {})",
+                caps.len()
+            ))
+        })
+    })
+}
+
+/// 1 when the stream visibly ended (and no in-place update is open), 0 when
+/// not, or a negative errno.
+///
+/// # Safety
+/// `img` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_is_complete(img: *const mr_image) -> c_int {
+    call("mr_image_is_complete", || {
+        // SAFETY: per this function's contract.
+        Ok(c_int::from(unsafe { image_ref(img) }?.inner.is_complete()))
+    })
+}
+
+/// Store the absolute file offset where the QEMU stream starts.
+///
+/// # Safety
+/// `img` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_stream_offset(img: *const mr_image, out_off: *mut u64) -> c_int {
+    call("mr_image_stream_offset", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        let out_off = arg_mut(out_off, "out")?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { out(out_off, img.stream_offset()) };
+        Ok(0)
+    })
+}
+
+/// Store the logical file size.
+///
+/// # Safety
+/// `img` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_file_size(img: *const mr_image, out_size: *mut u64) -> c_int {
+    call("mr_image_file_size", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        let out_size = arg_mut(out_size, "out")?;
+        let v = img.file_size()?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { out(out_size, v) };
+        Ok(0)
+    })
+}
+
+/// Store the bytes the file occupies on disk.
+///
+/// # Safety
+/// `img` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_allocated_bytes(
+    img: *const mr_image,
+    out_size: *mut u64,
+) -> c_int {
+    call("mr_image_allocated_bytes", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        let out_size = arg_mut(out_size, "out")?;
+        let v = img.allocated_bytes()?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { out(out_size, v) };
+        Ok(0)
+    })
+}
+
+/// Write one page at byte `offset` (page aligned) inside `block`. An
+/// all-zero page clears the page's bit and frees its slot.
+///
+/// # Safety
+/// `img` a live handle; `page` readable for the block's page size.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_write_page(
+    img: *mut mr_image,
+    block: u32,
+    offset: u64,
+    page: *const c_void,
+) -> c_int {
+    call("mr_image_write_page", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        let b = block_index(img, block)?;
+        let page_size = img.block_info(b)?.page_size;
+        let page = arg_ptr(page.cast::<u8>(), "page")?;
+        // SAFETY: readable for page_size bytes per the contract.
+        unsafe { img.write_pages_raw(b, offset, page, page_size) }?;
+        Ok(0)
+    })
+}
+
+/// Write `len` bytes (a multiple of the page size) of whole pages from `buf`
+/// at `offset` inside `block`.
+///
+/// # Safety
+/// `img` a live handle; `buf` readable for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_write_pages(
+    img: *mut mr_image,
+    block: u32,
+    offset: u64,
+    buf: *const c_void,
+    len: u64,
+) -> c_int {
+    call("mr_image_write_pages", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        let b = block_index(img, block)?;
+        let page_size = img.block_info(b)?.page_size;
+        if page_size == 0 || len % page_size != 0 {
+            return Err(Error::Invalid(format!(
+                "length {len} is not a multiple of the page size {page_size}"
+            )));
+        }
+        if len == 0 {
+            return Ok(0);
+        }
+        let buf = arg_ptr(buf.cast::<u8>(), "buf")?;
+        // SAFETY: readable for `len` bytes per the contract.
+        unsafe { img.write_pages_raw(b, offset, buf, len) }?;
+        Ok(0)
+    })
+}
+
+/// Read one page at `offset` inside `block` into `page`. Returns 1 when the
+/// page is present, 0 when it is a zero page (`page` is then zero-filled).
+///
+/// # Safety
+/// `img` a live handle; `page` writable for the block's page size.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_read_page(
+    img: *mut mr_image,
+    block: u32,
+    offset: u64,
+    page: *mut c_void,
+) -> c_int {
+    call("mr_image_read_page", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        let b = block_index(img, block)?;
+        let page_size = img.block_info(b)?.page_size;
+        let page = arg_mut(page.cast::<u8>(), "page")?;
+        let len = usize::try_from(page_size)
+            .map_err(|_| Error::Unsupported(format!("page size {page_size}")))?;
+        // SAFETY: writable for page_size bytes per the contract; the caller
+        // does not touch it during the call.
+        let buf = unsafe { std::slice::from_raw_parts_mut(page, len) };
+        Ok(c_int::from(img.read_page(b, offset, buf)?))
+    })
+}
+
+/// Save `block` from host memory `host` (the block's `used_length` bytes)
+/// with `threads` threads (0 = a default). `dirty`: NULL saves every page,
+/// else one bit per page (ceil(pages / 64) `uint64_t` words, LSB first)
+/// limits the save to the set pages. `-ECANCELED` when cancelled.
+///
+/// # Safety
+/// `img` a live handle; `host` readable for `used_length` bytes; `dirty`
+/// NULL or readable for ceil(pages / 64) words.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_save_ramblock(
+    img: *mut mr_image,
+    block: u32,
+    host: *const c_void,
+    dirty: *const u64,
+    threads: u32,
+) -> c_int {
+    call("mr_image_save_ramblock", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        let b = block_index(img, block)?;
+        let host = arg_ptr(host.cast::<u8>(), "host")?;
+        let dirty = if dirty.is_null() {
+            None
+        } else {
+            let info = img.block_info(b)?;
+            let pages = info.used_length.div_ceil(info.page_size.max(1));
+            let words = usize::try_from(pages.div_ceil(64))
+                .map_err(|_| Error::Unsupported(format!("{pages} pages")))?;
+            // SAFETY: readable for ceil(pages / 64) words per the contract.
+            Some(unsafe { std::slice::from_raw_parts(dirty, words) })
+        };
+        // SAFETY: `host` readable for used_length bytes per the contract.
+        unsafe { engine::save_ramblock(img, b, host, dirty, threads) }?;
+        Ok(0)
+    })
+}
+
+/// Restore `block` into host memory `host` (the block's `used_length`
+/// bytes) with `threads` threads (0 = a default). Present pages are read;
+/// with `MR_READ_ZERO_ABSENT` absent pages are zeroed, else left alone.
+/// `-ECANCELED` when cancelled.
+///
+/// # Safety
+/// `img` a live handle; `host` writable for `used_length` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_read_ramblock(
+    img: *mut mr_image,
+    block: u32,
+    host: *mut c_void,
+    flags: u32,
+    threads: u32,
+) -> c_int {
+    call("mr_image_read_ramblock", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        check_flags(flags, MR_READ_ZERO_ABSENT, "mr_image_read_ramblock")?;
+        let b = block_index(img, block)?;
+        let host = arg_mut(host.cast::<u8>(), "host")?;
+        let zero_absent = flags & MR_READ_ZERO_ABSENT != 0;
+        // SAFETY: `host` writable for used_length bytes per the contract.
+        unsafe { engine::read_ramblock(img, b, host, zero_absent, threads) }?;
+        Ok(0)
+    })
+}
+
+/// The C callback and its opaque pointer, moved into the image.
+struct CProgress {
+    func: unsafe extern "C" fn(*mut c_void, u64, u64) -> c_int,
+    opaque: *mut c_void,
+}
+
+// SAFETY: the image calls the progress callback only on the thread that
+// started the operation (documented in the C contract); the C caller is
+// responsible for `opaque` being usable from that thread.
+unsafe impl Send for CProgress {}
+
+/// Install a progress callback (NULL `fn` removes it). See `mr_progress_fn`.
+///
+/// # Safety
+/// `img` a live handle; `fn` callable with `opaque` until replaced, removed
+/// or the image is closed.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_set_progress(
+    img: *mut mr_image,
+    func: mr_progress_fn,
+    opaque: *mut c_void,
+) -> c_int {
+    call("mr_image_set_progress", || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        let cb = func.map(|func| {
+            let p = CProgress { func, opaque };
+            Box::new(move |done: u64, total: u64| {
+                // Capture the whole struct (not its fields) so the closure
+                // is Send through CProgress.
+                let p = &p;
+                // SAFETY: callable with `opaque` per mr_image_set_progress's
+                // contract.
+                unsafe { (p.func)(p.opaque, done, total) == 0 }
+            }) as crate::image::ProgressFn
+        });
+        img.set_progress(cb);
+        Ok(0)
+    })
+}
+
+/// Cancel the save/restore operations running on `img` (they return
+/// `-ECANCELED`); later operations are not affected. Any thread may call it.
+///
+/// # Safety
+/// `img` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_cancel(img: *mut mr_image) -> c_int {
+    call("mr_image_cancel", || {
+        // SAFETY: per this function's contract.
+        unsafe { image_ref(img) }?.inner.cancel();
+        Ok(0)
+    })
+}
+
+/// Write the bitmaps out and `fdatasync`.
+///
+/// # Safety
+/// `img` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_sync(img: *mut mr_image) -> c_int {
+    call("mr_image_sync", || {
+        // SAFETY: per this function's contract.
+        unsafe { image_ref(img) }?.inner.sync()?;
+        Ok(0)
+    })
+}
+
+/// End the stream and write the completion record, durably.
+///
+/// # Safety
+/// `img` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_finish(img: *mut mr_image) -> c_int {
+    call("mr_image_finish", || {
+        // SAFETY: per this function's contract.
+        unsafe { image_ref(img) }?.inner.finish()?;
+        Ok(0)
+    })
+}
+
+/// Close the image; returns a failed final sync or close as a negative
+/// errno (including the channel's, when this was the channel's last
+/// reference). The handle is gone even on failure. NULL is accepted.
+///
+/// # Safety
+/// `img` NULL or a live handle, not used again afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_close(img: *mut mr_image) -> c_int {
+    call("mr_image_close", || {
+        if img.is_null() {
+            return Ok(0);
+        }
+        // SAFETY: a live handle came from `Box::into_raw`; taken back once.
+        let img = unsafe { Box::from_raw(img) };
+        img.inner.close()?;
+        Ok(0)
+    })
+}
