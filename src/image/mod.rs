@@ -1,16 +1,32 @@
 //! Image: a mapped-ram image on a channel.
 //!
 //! Create (write headers, reserve regions), open (parse and validate, find
-//! ramblocks), page writes and reads at ramblock offsets, the in-memory
-//! atomic bitmap, sync (bitmap out + fdatasync), finish (end of stream +
-//! completion record).
+//! ramblocks), page writes and reads at ramblock offsets (`pages.rs`), the
+//! in-memory atomic bitmap (`bitmap.rs`), sync and finish with their
+//! durability order and the in-place-update mark (`state.rs`).
+//!
+//! Completion: an image counts as complete when its stream visibly ended
+//! (EOF + VMDESCRIPTION JSON at the file's end). While an in-place update of
+//! a complete image is open, the VMDESCRIPTION type byte is replaced by a
+//! mark (durably, before the first page write), so a crash mid-update leaves
+//! an image that opens as incomplete rather than one with torn pages.
 
 pub mod bitmap;
+mod pages;
+mod state;
+pub mod zero;
 
-use crate::channel::Channel;
-use crate::error::Result;
-use crate::format::ramblock::BlockSpec;
+use crate::channel::{Channel, OpenFlags};
+use crate::error::{Error, Result};
+use crate::format::libvirt::{self, LibvirtHeader};
+use crate::format::ramblock::{self, BlockLayout, BlockSpec, StreamLayout};
+use crate::format::stream::{self, Completion, Configuration};
+use crate::format::{ReadAt, CAP_MAPPED_RAM};
+use bitmap::AtomicBitmap;
+use parking_lot::{Mutex, RwLock};
+use state::DiskState;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Flags for [`Image::open`] / [`Image::create`]; values are the C `MR_IMAGE_*`.
@@ -24,9 +40,26 @@ impl ImageFlags {
     pub const DIRECT: ImageFlags = ImageFlags(0x2);
     /// Open: accept an image that is not complete (recover what is there).
     pub const RECOVER: ImageFlags = ImageFlags(0x4);
+    const ALL: u32 = 0x7;
 
     pub fn contains(self, o: ImageFlags) -> bool {
         self.0 & o.0 == o.0
+    }
+
+    fn check(self, allowed: u32, what: &str) -> Result<()> {
+        if self.0 & !Self::ALL != 0 {
+            return Err(Error::Invalid(format!(
+                "unknown image flags 0x{:x}",
+                self.0 & !Self::ALL
+            )));
+        }
+        if self.0 & !allowed != 0 {
+            return Err(Error::Invalid(format!(
+                "image flags 0x{:x} are not valid for {what}",
+                self.0 & !allowed
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -51,165 +84,377 @@ pub struct BlockInfo {
 /// Progress callback: (bytes done, bytes total) -> keep going.
 pub type ProgressFn = Box<dyn FnMut(u64, u64) -> bool + Send>;
 
+pub(crate) struct Block {
+    pub(crate) layout: BlockLayout,
+    pub(crate) bitmap: AtomicBitmap,
+}
+
 /// A mapped-ram image. All page calls are safe from many threads at once.
 pub struct Image {
-    _todo: (),
+    ch: Arc<Channel>,
+    libvirt: Option<LibvirtHeader>,
+    layout: StreamLayout,
+    blocks: Vec<Block>,
+    writable: bool,
+    /// Page writers hold it shared; setting/clearing the update mark and
+    /// finishing hold it exclusively.
+    gate: RwLock<()>,
+    state: Mutex<DiskState>,
+    /// Serialises sync/finish/close.
+    sync_lock: Mutex<()>,
+    cancel_epoch: AtomicU64,
+    progress: Mutex<Option<ProgressFn>>,
+}
+
+/// Reads of the image's channel for the format layer.
+struct Src<'a>(&'a Channel);
+
+impl ReadAt for Src<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn size(&self) -> Result<u64> {
+        self.0.size()
+    }
 }
 
 impl Image {
     /// Create a new image file (mode 0600, truncated) for `machine_type` with
-    /// these ramblocks.
+    /// these ramblocks. Flags: [`ImageFlags::DIRECT`].
     pub fn create(
         path: &Path,
         machine_type: &str,
         blocks: &[BlockSpec],
         flags: ImageFlags,
     ) -> Result<Image> {
-        let _ = (path, machine_type, blocks, flags);
-        todo!()
+        flags.check(ImageFlags::DIRECT.0 | ImageFlags::READ_WRITE.0, "create")?;
+        let mut of = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNC;
+        if flags.contains(ImageFlags::DIRECT) {
+            of = of | OpenFlags::DIRECT;
+        }
+        let ch = Channel::open(path, of)?;
+        Image::create_on(Arc::new(ch), 0, machine_type, blocks, ImageFlags::default())
     }
 
     /// Open an existing image. A libvirt save-image header is recognised.
+    /// Flags: [`ImageFlags::READ_WRITE`], [`ImageFlags::DIRECT`],
+    /// [`ImageFlags::RECOVER`].
     pub fn open(path: &Path, flags: ImageFlags) -> Result<Image> {
-        let _ = (path, flags);
-        todo!()
+        flags.check(ImageFlags::ALL, "open")?;
+        let mut of = OpenFlags::READ;
+        if flags.contains(ImageFlags::READ_WRITE) {
+            of = of | OpenFlags::WRITE;
+        }
+        if flags.contains(ImageFlags::DIRECT) {
+            of = of | OpenFlags::DIRECT;
+        }
+        let ch = Channel::open(path, of)?;
+        Image::open_on(Arc::new(ch), None, flags & !ImageFlags::DIRECT.0)
     }
 
-    /// Create on an open channel with the stream starting at `base`.
+    /// Create on an open, writable channel with the stream starting at
+    /// `base` (bytes before `base`, e.g. a container header, are kept;
+    /// everything after it is discarded).
     pub fn create_on(
-        ch: Channel,
+        ch: Arc<Channel>,
         base: u64,
         machine_type: &str,
         blocks: &[BlockSpec],
         flags: ImageFlags,
     ) -> Result<Image> {
-        let _ = (ch, base, machine_type, blocks, flags);
-        todo!()
+        flags.check(ImageFlags::DIRECT.0 | ImageFlags::READ_WRITE.0, "create")?;
+        if !ch.flags().contains(OpenFlags::WRITE) {
+            return Err(Error::Invalid(format!(
+                "creating an image on {} needs a channel opened with MR_OPEN_WRITE",
+                ch.name()
+            )));
+        }
+        if flags.contains(ImageFlags::DIRECT) && ch.dio_align().is_none() {
+            return Err(Error::Invalid(format!(
+                "MR_IMAGE_DIRECT needs a channel opened with MR_OPEN_DIRECT ({})",
+                ch.name()
+            )));
+        }
+        if machine_type.is_empty() || machine_type.contains('\0') {
+            return Err(Error::Invalid(
+                "machine type must be a non-empty string without NUL".into(),
+            ));
+        }
+        let page_size = blocks.first().map(|b| b.page_size).unwrap_or(4096);
+        if let Some(b) = blocks.iter().find(|b| b.page_size != page_size) {
+            return Err(Error::Invalid(format!(
+                "ramblock '{}': page size {} differs from the first block's {} (one target page size per image)",
+                b.idstr, b.page_size, page_size
+            )));
+        }
+        let target_page_bits = if page_size == 4096 || !page_size.is_power_of_two() {
+            None
+        } else {
+            Some(page_size.trailing_zeros())
+        };
+        let config = Configuration {
+            machine_type: machine_type.to_string(),
+            capabilities: vec![CAP_MAPPED_RAM.to_string()],
+            target_page_bits,
+        };
+        let layout = ramblock::plan(base, &config, 1, blocks)?;
+        ch.set_len(base)?;
+        for (off, bytes) in ramblock::encode_pieces(&layout) {
+            ch.write_all_at(&bytes, off)?;
+        }
+        let blocks = layout
+            .blocks
+            .iter()
+            .map(|l| Block {
+                layout: l.clone(),
+                bitmap: AtomicBitmap::new(l.pages()),
+            })
+            .collect();
+        Ok(Image::assemble(
+            ch,
+            None,
+            layout,
+            blocks,
+            true,
+            DiskState::Unfinished,
+        ))
     }
 
     /// Open on a channel; `base` None = detect (libvirt header or 0).
+    /// Flags: [`ImageFlags::READ_WRITE`] (the channel must be writable),
+    /// [`ImageFlags::RECOVER`].
     pub fn open_on(ch: Arc<Channel>, base: Option<u64>, flags: ImageFlags) -> Result<Image> {
-        let _ = (ch, base, flags);
-        todo!()
+        flags.check(
+            ImageFlags::READ_WRITE.0 | ImageFlags::RECOVER.0,
+            "open on a channel",
+        )?;
+        let writable = flags.contains(ImageFlags::READ_WRITE);
+        if writable && !ch.flags().contains(OpenFlags::WRITE) {
+            return Err(Error::Invalid(format!(
+                "MR_IMAGE_READ_WRITE needs a channel opened with MR_OPEN_WRITE ({})",
+                ch.name()
+            )));
+        }
+        let recover = flags.contains(ImageFlags::RECOVER);
+        let src = Src(&ch);
+        let (base, libvirt) = match base {
+            Some(b) => (b, None),
+            None => match libvirt::parse(&src)? {
+                Some(h) => (h.stream_offset(), Some(h)),
+                None => (0, None),
+            },
+        };
+        let layout = ramblock::parse(&src, base)?;
+        let completion = stream::completion(&src, layout.setup_end())?;
+        let name = ch.name().to_string();
+        let state = match completion {
+            Completion::Complete { vmdesc_offset, .. } => match &libvirt {
+                Some(h) if !h.complete => {
+                    if !recover {
+                        return Err(Error::Incomplete(format!(
+                            "{name}: libvirt header magic is LibvirtQemudPart: the save never finished (open with MR_IMAGE_RECOVER to read what is there)"
+                        )));
+                    }
+                    DiskState::Complete { vmdesc_offset }
+                }
+                _ => DiskState::Complete { vmdesc_offset },
+            },
+            Completion::Updating { vmdesc_offset, .. } => {
+                if !recover {
+                    return Err(Error::Incomplete(format!(
+                        "{name}: an in-place update was interrupted (update mark at offset 0x{:x}); pages may be torn (open with MR_IMAGE_RECOVER to read what is there)",
+                        vmdesc_offset + 1
+                    )));
+                }
+                DiskState::Updating { vmdesc_offset }
+            }
+            Completion::Incomplete(why) => {
+                if !recover {
+                    return Err(Error::Incomplete(format!(
+                        "{name}: image is incomplete: {why} (open with MR_IMAGE_RECOVER to read what is there)"
+                    )));
+                }
+                DiskState::Incomplete
+            }
+        };
+        let mut blocks = Vec::with_capacity(layout.blocks.len());
+        for l in &layout.blocks {
+            // The format layer checked that the bitmap lies inside the file,
+            // so this allocation is bounded by the file's size.
+            let len = usize::try_from(l.bitmap_len)
+                .map_err(|_| Error::Corrupt(format!("ramblock '{}': bitmap too large", l.idstr)))?;
+            let mut bytes = vec![0u8; len];
+            let n = ch.read_at(&mut bytes, l.bitmap_offset)?;
+            if n != len {
+                return Err(Error::Corrupt(format!(
+                    "ramblock '{}': bitmap at offset 0x{:x} truncated: expected {} bytes, found {}",
+                    l.idstr, l.bitmap_offset, len, n
+                )));
+            }
+            blocks.push(Block {
+                layout: l.clone(),
+                bitmap: AtomicBitmap::from_le_bytes(l.pages(), &bytes),
+            });
+        }
+        Ok(Image::assemble(
+            ch, libvirt, layout, blocks, writable, state,
+        ))
+    }
+
+    fn assemble(
+        ch: Arc<Channel>,
+        libvirt: Option<LibvirtHeader>,
+        layout: StreamLayout,
+        blocks: Vec<Block>,
+        writable: bool,
+        state: DiskState,
+    ) -> Image {
+        Image {
+            ch,
+            libvirt,
+            layout,
+            blocks,
+            writable,
+            gate: RwLock::new(()),
+            state: Mutex::new(state),
+            sync_lock: Mutex::new(()),
+            cancel_epoch: AtomicU64::new(0),
+            progress: Mutex::new(None),
+        }
     }
 
     pub fn block_count(&self) -> usize {
-        todo!()
+        self.blocks.len()
+    }
+
+    pub(crate) fn block(&self, block: usize) -> Result<&Block> {
+        self.blocks.get(block).ok_or_else(|| {
+            Error::NotFound(format!(
+                "no ramblock with index {block} (the image has {})",
+                self.blocks.len()
+            ))
+        })
     }
 
     pub fn block_info(&self, block: usize) -> Result<BlockInfo> {
-        let _ = block;
-        todo!()
+        let b = self.block(block)?;
+        Ok(BlockInfo {
+            idstr: b.layout.idstr.clone(),
+            used_length: b.layout.used_length,
+            page_size: b.layout.page_size,
+            bitmap_offset: b.layout.bitmap_offset,
+            pages_offset: b.layout.pages_offset,
+            pages_present: b.bitmap.count(),
+        })
     }
 
     pub fn find_block(&self, idstr: &str) -> Result<usize> {
-        let _ = idstr;
-        todo!()
+        self.blocks
+            .iter()
+            .position(|b| b.layout.idstr == idstr)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no ramblock named '{idstr}' (the image has {})",
+                    self.blocks
+                        .iter()
+                        .map(|b| format!("'{}'", b.layout.idstr))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
     }
 
     pub fn machine_type(&self) -> &str {
-        todo!()
+        &self.layout.config.machine_type
     }
 
     pub fn capabilities(&self) -> &[String] {
-        todo!()
+        &self.layout.config.capabilities
+    }
+
+    /// The parsed stream layout (offsets of every block, the EOS).
+    pub fn layout(&self) -> &StreamLayout {
+        &self.layout
     }
 
     /// True when the stream visibly ended (and no in-place update is open).
     pub fn is_complete(&self) -> bool {
-        todo!()
+        let libvirt_ok = self.libvirt.as_ref().is_none_or(|h| h.complete);
+        libvirt_ok && matches!(*self.state.lock(), DiskState::Complete { .. })
     }
 
     /// Absolute file offset where the QEMU stream starts (0 unless inside a
     /// container such as libvirt's save image).
     pub fn stream_offset(&self) -> u64 {
-        todo!()
+        self.layout.base
     }
 
     /// The libvirt header, when the image is inside one.
-    pub fn libvirt_header(&self) -> Option<&crate::format::libvirt::LibvirtHeader> {
-        todo!()
+    pub fn libvirt_header(&self) -> Option<&LibvirtHeader> {
+        self.libvirt.as_ref()
     }
 
     /// The underlying channel.
     pub fn channel(&self) -> &Arc<Channel> {
-        todo!()
+        &self.ch
     }
 
-    /// Logical file size and bytes allocated on disk.
+    /// Logical file size.
     pub fn file_size(&self) -> Result<u64> {
-        todo!()
+        self.ch.size()
     }
+
+    /// Bytes allocated on disk.
     pub fn allocated_bytes(&self) -> Result<u64> {
-        todo!()
+        self.ch.allocated_bytes()
     }
 
     /// Whether page `index` of `block` is present (bit set).
     pub fn page_present(&self, block: usize, index: u64) -> Result<bool> {
-        let _ = (block, index);
-        todo!()
-    }
-
-    /// Write whole pages from raw memory.
-    ///
-    /// # Safety
-    /// `ptr` must be valid for reads of `len` bytes for the call's duration.
-    pub unsafe fn write_pages_raw(
-        &self,
-        block: usize,
-        offset: u64,
-        ptr: *const u8,
-        len: u64,
-    ) -> Result<()> {
-        let _ = (block, offset, ptr, len);
-        todo!()
+        let b = self.block(block)?;
+        if index >= b.layout.pages() {
+            return Err(Error::OutOfRange(format!(
+                "ramblock '{}': page index {index} is past its {} pages",
+                b.layout.idstr,
+                b.layout.pages()
+            )));
+        }
+        Ok(b.bitmap.test(index))
     }
 
     /// Cancel the save/restore operations running on this image (they
     /// return `Error::Cancelled`); later operations are not affected.
     pub fn cancel(&self) {
-        todo!()
+        self.cancel_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn cancel_epoch(&self) -> u64 {
+        self.cancel_epoch.load(Ordering::Acquire)
     }
 
     /// Install (or remove) a progress callback for save/restore: called
     /// with (bytes done, bytes total) on the thread that started the
-    /// operation; returning false cancels it.
+    /// operation; returning false cancels it. While one operation runs, a
+    /// concurrent one on the same image gets no callbacks.
     pub fn set_progress(&self, cb: Option<ProgressFn>) {
-        let _ = cb;
-        todo!()
+        *self.progress.lock() = cb;
     }
 
-    /// Write one page at byte `offset` inside `block`.
-    pub fn write_page(&self, block: usize, offset: u64, page: &[u8]) -> Result<()> {
-        let _ = (block, offset, page);
-        todo!()
+    pub(crate) fn take_progress(&self) -> Option<ProgressFn> {
+        self.progress.lock().take()
     }
 
-    /// Write whole pages from `buf` (length a multiple of the page size).
-    pub fn write_pages(&self, block: usize, offset: u64, buf: &[u8]) -> Result<()> {
-        let _ = (block, offset, buf);
-        todo!()
+    pub(crate) fn restore_progress(&self, cb: Option<ProgressFn>) {
+        let mut p = self.progress.lock();
+        if p.is_none() {
+            *p = cb;
+        }
     }
+}
 
-    /// Read one page; returns true when present, false for a zero page
-    /// (then `page` is zero-filled).
-    pub fn read_page(&self, block: usize, offset: u64, page: &mut [u8]) -> Result<bool> {
-        let _ = (block, offset, page);
-        todo!()
-    }
-
-    /// Bitmaps out + fdatasync.
-    pub fn sync(&self) -> Result<()> {
-        todo!()
-    }
-
-    /// End of stream + completion record, durable.
-    pub fn finish(&self) -> Result<()> {
-        todo!()
-    }
-
-    /// Close; reports a failed final sync.
-    pub fn close(self) -> Result<()> {
-        todo!()
+impl std::ops::BitAnd<u32> for ImageFlags {
+    type Output = ImageFlags;
+    fn bitand(self, rhs: u32) -> ImageFlags {
+        ImageFlags(self.0 & rhs)
     }
 }

@@ -1,0 +1,233 @@
+//! Page writes and reads at ramblock offsets.
+//!
+//! A write puts the data in the page's slot first and sets the page's bit
+//! only after the write returned, so a bitmap written out by `sync` never
+//! claims a page whose data was not written. An all-zero page clears its
+//! bit and frees its slot (punch hole); a clear bit reads as a zero page
+//! whatever the slot holds.
+
+use super::zero::is_zero;
+use super::{Block, Image};
+use crate::error::{Error, Result};
+
+impl Image {
+    /// Check `[offset, offset+len)` against block `block`: page aligned,
+    /// non-empty, inside the block.
+    pub(crate) fn check_range(&self, block: usize, offset: u64, len: u64) -> Result<&Block> {
+        let b = self.block(block)?;
+        let l = &b.layout;
+        if offset % l.page_size != 0 {
+            return Err(Error::Invalid(format!(
+                "ramblock '{}': offset 0x{offset:x} is not a multiple of the page size {}",
+                l.idstr, l.page_size
+            )));
+        }
+        if len == 0 || len % l.page_size != 0 {
+            return Err(Error::Invalid(format!(
+                "ramblock '{}': length {len} is not a non-zero multiple of the page size {}",
+                l.idstr, l.page_size
+            )));
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= l.used_length => Ok(b),
+            _ => Err(Error::OutOfRange(format!(
+                "ramblock '{}': range 0x{offset:x}+0x{len:x} is outside the ramblock (used_length 0x{:x})",
+                l.idstr, l.used_length
+            ))),
+        }
+    }
+
+    /// Write one page at byte `offset` inside `block`.
+    pub fn write_page(&self, block: usize, offset: u64, page: &[u8]) -> Result<()> {
+        let b = self.block(block)?;
+        if page.len() as u64 != b.layout.page_size {
+            return Err(Error::Invalid(format!(
+                "ramblock '{}': a page is {} bytes, got a buffer of {}",
+                b.layout.idstr,
+                b.layout.page_size,
+                page.len()
+            )));
+        }
+        self.write_pages(block, offset, page)
+    }
+
+    /// Write whole pages from `buf` (length a multiple of the page size).
+    pub fn write_pages(&self, block: usize, offset: u64, buf: &[u8]) -> Result<()> {
+        // SAFETY: `buf` is valid for reads of its length for this call.
+        unsafe { self.write_pages_raw(block, offset, buf.as_ptr(), buf.len() as u64) }
+    }
+
+    /// Write whole pages from raw memory. Zero pages clear their bits (and
+    /// free their slots); runs of data pages go out in one write each.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads of `len` bytes for the call's duration.
+    pub unsafe fn write_pages_raw(
+        &self,
+        block: usize,
+        offset: u64,
+        ptr: *const u8,
+        len: u64,
+    ) -> Result<()> {
+        let b = self.check_range(block, offset, len)?;
+        let ps = b.layout.page_size;
+        let first = offset / ps;
+        let n = len / ps;
+        let page_zero = |i: u64| {
+            // SAFETY: i < n, so the page lies inside the caller's buffer.
+            unsafe { is_zero(ptr.add((i * ps) as usize), ps as usize) }
+        };
+        let mut i = 0;
+        while i < n {
+            let z = page_zero(i);
+            let mut j = i + 1;
+            while j < n && page_zero(j) == z {
+                j += 1;
+            }
+            if z {
+                self.discard_pages(block, first + i, j - i)?;
+            } else {
+                // SAFETY: pages i..j lie inside the caller's buffer.
+                unsafe { self.store_pages(block, first + i, j - i, ptr.add((i * ps) as usize))? };
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Write `npages` data pages from `ptr` into their slots, then set their
+    /// bits. No zero check (the engine scans first).
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads of `npages * page_size` bytes.
+    pub(crate) unsafe fn store_pages(
+        &self,
+        block: usize,
+        first_page: u64,
+        npages: u64,
+        ptr: *const u8,
+    ) -> Result<()> {
+        let b = self.block(block)?;
+        let l = &b.layout;
+        let _gate = self.write_gate()?;
+        let len = npages * l.page_size;
+        let off = l.pages_offset + first_page * l.page_size;
+        let iov = [libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len as usize,
+        }];
+        // SAFETY: the caller guarantees `ptr` is readable for `len` bytes.
+        let written = unsafe { self.ch.pwritev_raw(&iov, off) }.map_err(|e| {
+            context(
+                e,
+                &format!(
+                    "ramblock '{}': writing pages {first_page}..{} at file offset 0x{off:x}",
+                    l.idstr,
+                    first_page + npages
+                ),
+            )
+        })?;
+        if written != len {
+            return Err(Error::from_errno(
+                format!(
+                    "ramblock '{}': short write at file offset 0x{off:x}: {written} of {len} bytes",
+                    l.idstr
+                ),
+                libc::EIO,
+            ));
+        }
+        b.bitmap.set_range(first_page, npages);
+        Ok(())
+    }
+
+    /// Mark pages zero: clear their bits and, when any was set, free their
+    /// slots.
+    pub(crate) fn discard_pages(&self, block: usize, first_page: u64, npages: u64) -> Result<()> {
+        let b = self.block(block)?;
+        let l = &b.layout;
+        let _gate = self.write_gate()?;
+        if b.bitmap.clear_range(first_page, npages) {
+            let off = l.pages_offset + first_page * l.page_size;
+            match self.ch.punch_hole(off, npages * l.page_size) {
+                // A clear bit means "zero page" whatever the slot holds, so a
+                // file system without hole punching only costs space.
+                Ok(()) | Err(Error::Unsupported(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read one page; returns true when present, false for a zero page
+    /// (then `page` is zero-filled).
+    pub fn read_page(&self, block: usize, offset: u64, page: &mut [u8]) -> Result<bool> {
+        let b = self.block(block)?;
+        let ps = b.layout.page_size;
+        if page.len() as u64 != ps {
+            return Err(Error::Invalid(format!(
+                "ramblock '{}': a page is {ps} bytes, got a buffer of {}",
+                b.layout.idstr,
+                page.len()
+            )));
+        }
+        self.check_range(block, offset, ps)?;
+        let idx = offset / ps;
+        if !b.bitmap.test(idx) {
+            page.fill(0);
+            return Ok(false);
+        }
+        // SAFETY: `page` is valid for writes of `ps` bytes.
+        unsafe { self.load_pages(block, idx, 1, page.as_mut_ptr())? };
+        Ok(true)
+    }
+
+    /// Read `npages` slots into `ptr` regardless of their bits.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `npages * page_size` bytes.
+    pub(crate) unsafe fn load_pages(
+        &self,
+        block: usize,
+        first_page: u64,
+        npages: u64,
+        ptr: *mut u8,
+    ) -> Result<()> {
+        let b = self.block(block)?;
+        let l = &b.layout;
+        let len = npages * l.page_size;
+        let off = l.pages_offset + first_page * l.page_size;
+        let iov = [libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len as usize,
+        }];
+        // SAFETY: the caller guarantees `ptr` is writable for `len` bytes.
+        let n = unsafe { self.ch.preadv_raw(&iov, off) }.map_err(|e| {
+            context(
+                e,
+                &format!(
+                    "ramblock '{}': reading pages {first_page}..{} at file offset 0x{off:x}",
+                    l.idstr,
+                    first_page + npages
+                ),
+            )
+        })?;
+        if n != len {
+            return Err(Error::Corrupt(format!(
+                "ramblock '{}': page data at file offset 0x{off:x} is truncated: expected {len} bytes, the file has {n}",
+                l.idstr
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Prefix an I/O error's message with what the image was doing.
+pub(crate) fn context(e: Error, what: &str) -> Error {
+    match e {
+        Error::Io { msg, source } => Error::Io {
+            msg: format!("{what}: {msg}"),
+            source,
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,244 @@
+//! Durability: sync, finish, close, and the in-place-update mark.
+//!
+//! Order on `sync`: snapshot the bitmaps (every bit in the snapshot belongs
+//! to a page whose write had returned) → `fdatasync` (that page data is
+//! durable) → write the bitmaps → `fdatasync`.
+//!
+//! Order on `finish` of a new image: the sync above → the stream end (setup
+//! footer, RAM END section, EOF byte; the file is cut right after it) →
+//! `fdatasync` → the completion record (VMDESCRIPTION JSON) → `fdatasync`.
+//! A crash anywhere before the last step leaves a file without a visible end
+//! of stream: it opens as incomplete.
+//!
+//! In-place update of a complete image: before the first page write the
+//! VMDESCRIPTION type byte is replaced by [`UPDATING_MARK`] and synced; the
+//! next `sync`/`finish`/`close` writes everything out and restores the byte
+//! (holding the write gate exclusively, so no page write is in flight).
+
+use super::pages::context;
+use super::Image;
+use crate::error::{Error, Result};
+use crate::format::section;
+use crate::format::stream::{self, UPDATING_MARK};
+use parking_lot::RwLockReadGuard;
+use std::sync::Arc;
+
+/// What the file on disk says about completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DiskState {
+    /// Created by this library and not finished: no end of stream.
+    Unfinished,
+    /// Complete; the VMDESCRIPTION record's EOF byte is at `vmdesc_offset`.
+    Complete { vmdesc_offset: u64 },
+    /// Complete but for the update mark at `vmdesc_offset + 1`.
+    Updating { vmdesc_offset: u64 },
+    /// Opened incomplete with `RECOVER`.
+    Incomplete,
+}
+
+impl Image {
+    /// Take the write gate for one page write, setting the update mark first
+    /// when the image is complete on disk.
+    pub(crate) fn write_gate(&self) -> Result<RwLockReadGuard<'_, ()>> {
+        if !self.writable {
+            return Err(Error::ReadOnly(format!(
+                "{}: image is open read-only (open with MR_IMAGE_READ_WRITE to write pages)",
+                self.ch.name()
+            )));
+        }
+        loop {
+            let g = self.gate.read();
+            if !matches!(*self.state.lock(), DiskState::Complete { .. }) {
+                return Ok(g);
+            }
+            drop(g);
+            self.set_update_mark()?;
+        }
+    }
+
+    fn set_update_mark(&self) -> Result<()> {
+        let _g = self.gate.write();
+        let mut st = self.state.lock();
+        if let DiskState::Complete { vmdesc_offset } = *st {
+            self.ch
+                .write_all_at(&[UPDATING_MARK], vmdesc_offset + 1)
+                .and_then(|_| self.ch.sync())
+                .map_err(|e| context(e, "marking the image as being updated"))?;
+            *st = DiskState::Updating { vmdesc_offset };
+        }
+        Ok(())
+    }
+
+    fn require_writable(&self, what: &str) -> Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(Error::ReadOnly(format!(
+                "{}: cannot {what}: image is open read-only",
+                self.ch.name()
+            )))
+        }
+    }
+
+    /// Snapshot dirty bitmaps, make page data durable, write the bitmaps,
+    /// make them durable.
+    fn flush_bitmaps(&self) -> Result<()> {
+        let snaps: Vec<(usize, Vec<u8>)> = self
+            .blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.bitmap.take_dirty())
+            .map(|(i, b)| (i, b.bitmap.to_le_bytes()))
+            .collect();
+        let res = (|| {
+            self.ch
+                .sync()
+                .map_err(|e| context(e, "syncing page data"))?;
+            if snaps.is_empty() {
+                return Ok(());
+            }
+            for (i, bytes) in &snaps {
+                let l = &self.blocks[*i].layout;
+                self.ch.write_all_at(bytes, l.bitmap_offset).map_err(|e| {
+                    context(
+                        e,
+                        &format!(
+                            "ramblock '{}': writing the bitmap at offset 0x{:x}",
+                            l.idstr, l.bitmap_offset
+                        ),
+                    )
+                })?;
+            }
+            self.ch.sync().map_err(|e| context(e, "syncing bitmaps"))
+        })();
+        if res.is_err() {
+            for (i, _) in &snaps {
+                self.blocks[*i].bitmap.mark_dirty();
+            }
+        }
+        res
+    }
+
+    /// If an update mark is set: write out what changed and restore the
+    /// VMDESCRIPTION byte, with no page write in flight.
+    fn clear_update_mark(&self) -> Result<()> {
+        if !matches!(*self.state.lock(), DiskState::Updating { .. }) {
+            return Ok(());
+        }
+        let _g = self.gate.write();
+        let mut st = self.state.lock();
+        if let DiskState::Updating { vmdesc_offset } = *st {
+            self.flush_bitmaps()?;
+            self.ch
+                .write_all_at(&[section::VMDESCRIPTION], vmdesc_offset + 1)
+                .and_then(|_| self.ch.sync())
+                .map_err(|e| context(e, "clearing the update mark"))?;
+            *st = DiskState::Complete { vmdesc_offset };
+        }
+        Ok(())
+    }
+
+    /// Bitmaps out + fdatasync. Page writes may run concurrently; a bit is
+    /// never published for a page whose write had not returned. An image
+    /// that was complete is complete again when `sync` returns.
+    pub fn sync(&self) -> Result<()> {
+        self.require_writable("sync")?;
+        let _s = self.sync_lock.lock();
+        self.flush_bitmaps()?;
+        self.clear_update_mark()
+    }
+
+    /// End of stream + completion record, durable. On an image that is
+    /// already complete (or being updated) this is `sync`.
+    pub fn finish(&self) -> Result<()> {
+        self.require_writable("finish")?;
+        let _s = self.sync_lock.lock();
+        let st = *self.state.lock();
+        match st {
+            DiskState::Complete { .. } | DiskState::Updating { .. } => {
+                self.flush_bitmaps()?;
+                self.clear_update_mark()
+            }
+            DiskState::Unfinished => self.write_stream_end(),
+            DiskState::Incomplete => {
+                if self.tail_is_ours_or_empty()? {
+                    self.write_stream_end()
+                } else {
+                    Err(Error::Invalid(format!(
+                        "{}: cannot finish an incomplete image whose stream continues past the RAM setup section (it was not written by this library)",
+                        self.ch.name()
+                    )))
+                }
+            }
+        }
+    }
+
+    fn tail_bytes(&self) -> (Vec<u8>, usize) {
+        let l0 = self.layout.blocks.first();
+        let json = stream::completion_json(
+            l0.map(|b| b.page_size).unwrap_or(4096),
+            &self.layout.config.machine_type,
+            self.layout.blocks.len(),
+        );
+        let tail = stream::encode_tail(self.layout.ram_section_id, &json);
+        // The VMDESCRIPTION record (type, be32 length, JSON) ends the tail.
+        let split = tail.len() - (1 + 4 + json.len());
+        (tail, split)
+    }
+
+    /// Whether everything after the setup payload's EOS is a prefix of the
+    /// stream end this library writes (a save of ours that stopped early).
+    fn tail_is_ours_or_empty(&self) -> Result<bool> {
+        let start = self.layout.eos_offset + 8;
+        let size = self.ch.size()?;
+        let (tail, _) = self.tail_bytes();
+        if size < start || size - start > tail.len() as u64 {
+            return Ok(false);
+        }
+        let mut buf = vec![0u8; (size - start) as usize];
+        let n = self.ch.read_at(&mut buf, start)?;
+        Ok(n == buf.len() && tail.starts_with(&buf))
+    }
+
+    fn write_stream_end(&self) -> Result<()> {
+        let _g = self.gate.write();
+        self.flush_bitmaps()?;
+        let start = self.layout.eos_offset + 8;
+        let (tail, split) = self.tail_bytes();
+        let vmdesc_offset = start + split as u64 - 1;
+        let res = (|| {
+            self.ch.write_all_at(&tail[..split], start)?;
+            self.ch.set_len(start + split as u64)?;
+            self.ch.sync()?;
+            self.ch.write_all_at(&tail[split..], start + split as u64)?;
+            self.ch.sync()
+        })();
+        res.map_err(|e| context(e, "writing the end of stream and completion record"))?;
+        *self.state.lock() = DiskState::Complete { vmdesc_offset };
+        Ok(())
+    }
+
+    /// Close. A writable image has its bitmaps written and synced (and an
+    /// open update mark cleared) first; a new image that was not finished
+    /// stays incomplete. The channel is closed when this was its last
+    /// reference; failures of any step are reported.
+    pub fn close(self) -> Result<()> {
+        let mut first_err = None;
+        if self.writable {
+            let _s = self.sync_lock.lock();
+            if let Err(e) = self.flush_bitmaps().and_then(|_| self.clear_update_mark()) {
+                first_err = Some(e);
+            }
+        }
+        let ch = self.ch;
+        if let Ok(ch) = Arc::try_unwrap(ch) {
+            if let Err(e) = ch.close() {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
