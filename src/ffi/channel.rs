@@ -6,7 +6,7 @@
 //! reference, so the caller may `mr_channel_close` its handle at any time.
 //! The file's descriptors are closed when the last reference goes.
 
-use super::{arg, arg_mut, arg_str, call, call_ssize, out};
+use super::{arg, arg_mut, arg_str, call, call_ssize, write_out};
 use crate::channel::{Channel, OpenFlags};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int};
@@ -78,16 +78,16 @@ unsafe fn iov_slice<'a>(iov: *const libc::iovec, iovcnt: c_int) -> Result<&'a [l
 pub unsafe extern "C" fn mr_channel_open(
     path: *const c_char,
     flags: u32,
-    out_ch: *mut *mut mr_channel,
+    out: *mut *mut mr_channel,
 ) -> c_int {
     call("mr_channel_open", || {
         // SAFETY: per this function's contract.
         let path = unsafe { arg_str(path, "path") }?;
-        let out_ch = arg_mut(out_ch, "out")?;
+        let out = arg_mut(out, "out")?;
         let flags = OpenFlags::from_bits(flags)?;
         let ch = Channel::open(Path::new(path), flags)?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { out(out_ch, into_handle(Arc::new(ch))) };
+        unsafe { write_out(out, into_handle(Arc::new(ch))) };
         Ok(0)
     })
 }
@@ -101,14 +101,14 @@ pub unsafe extern "C" fn mr_channel_open(
 pub unsafe extern "C" fn mr_channel_from_fd(
     fd: c_int,
     flags: u32,
-    out_ch: *mut *mut mr_channel,
+    out: *mut *mut mr_channel,
 ) -> c_int {
     call("mr_channel_from_fd", || {
-        let out_ch = arg_mut(out_ch, "out")?;
+        let out = arg_mut(out, "out")?;
         let flags = OpenFlags::from_bits(flags)?;
         let ch = Channel::from_fd(fd, flags)?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { out(out_ch, into_handle(Arc::new(ch))) };
+        unsafe { write_out(out, into_handle(Arc::new(ch))) };
         Ok(0)
     })
 }
@@ -180,14 +180,14 @@ pub unsafe extern "C" fn mr_channel_sync(ch: *mut mr_channel) -> c_int {
 /// # Safety
 /// `ch` must be a live handle; `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn mr_channel_size(ch: *mut mr_channel, out_size: *mut u64) -> c_int {
+pub unsafe extern "C" fn mr_channel_size(ch: *mut mr_channel, out: *mut u64) -> c_int {
     call("mr_channel_size", || {
         // SAFETY: per this function's contract.
         let ch = unsafe { channel_ref(ch) }?;
-        let out_size = arg_mut(out_size, "out")?;
+        let out = arg_mut(out, "out")?;
         let size = ch.size()?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { out(out_size, size) };
+        unsafe { write_out(out, size) };
         Ok(0)
     })
 }
@@ -248,8 +248,8 @@ pub unsafe extern "C" fn mr_channel_dio_align(
         })?;
         // SAFETY: both checked non-NULL; writable per the contract.
         unsafe {
-            out(mem_align, a.mem);
-            out(offset_align, a.offset);
+            write_out(mem_align, a.mem);
+            write_out(offset_align, a.offset);
         }
         Ok(0)
     })

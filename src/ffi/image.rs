@@ -8,7 +8,7 @@
 
 use super::channel::{channel_arc, mr_channel};
 use super::{
-    arg, arg_mut, arg_ptr, arg_str, call, call_ptr, check_flags, out, MR_IMAGE_DIRECT,
+    arg, arg_mut, arg_ptr, arg_str, call, call_ptr, check_flags, write_out, MR_IMAGE_DIRECT,
     MR_IMAGE_READ_WRITE, MR_IMAGE_RECOVER, MR_OFFSET_DETECT, MR_READ_ZERO_ABSENT,
 };
 use crate::channel::Channel;
@@ -139,7 +139,7 @@ pub unsafe extern "C" fn mr_image_create(
     blocks: *const mr_ramblock_desc,
     nblocks: u32,
     flags: u32,
-    out_img: *mut *mut mr_image,
+    out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_create", || {
         // SAFETY: per this function's contract.
@@ -148,12 +148,12 @@ pub unsafe extern "C" fn mr_image_create(
         let machine_type = unsafe { arg_str(machine_type, "machine_type") }?;
         // SAFETY: per this function's contract.
         let specs = unsafe { block_specs(blocks, nblocks) }?;
-        let out_img = arg_mut(out_img, "out")?;
+        let out = arg_mut(out, "out")?;
         check_flags(flags, CREATE_FLAGS, "mr_image_create")?;
         let img = Image::create(Path::new(path), machine_type, &specs, ImageFlags(flags))?;
         let h = into_handle(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { out(out_img, h) };
+        unsafe { write_out(out, h) };
         Ok(0)
     })
 }
@@ -199,14 +199,14 @@ pub unsafe extern "C" fn mr_image_create_on(
     blocks: *const mr_ramblock_desc,
     nblocks: u32,
     flags: u32,
-    out_img: *mut *mut mr_image,
+    out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_create_on", || {
         // SAFETY: per this function's contract.
         let machine_type = unsafe { arg_str(machine_type, "machine_type") }?;
         // SAFETY: per this function's contract.
         let specs = unsafe { block_specs(blocks, nblocks) }?;
-        let out_img = arg_mut(out_img, "out")?;
+        let out = arg_mut(out, "out")?;
         check_flags(flags, CREATE_FLAGS, "mr_image_create_on")?;
         // SAFETY: per this function's contract.
         let ch = unsafe { channel_arc(ch) }?;
@@ -219,7 +219,7 @@ pub unsafe extern "C" fn mr_image_create_on(
         )?;
         let h = into_handle(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { out(out_img, h) };
+        unsafe { write_out(out, h) };
         Ok(0)
     })
 }
@@ -234,17 +234,17 @@ pub unsafe extern "C" fn mr_image_create_on(
 pub unsafe extern "C" fn mr_image_open(
     path: *const c_char,
     flags: u32,
-    out_img: *mut *mut mr_image,
+    out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_open", || {
         // SAFETY: per this function's contract.
         let path = unsafe { arg_str(path, "path") }?;
-        let out_img = arg_mut(out_img, "out")?;
+        let out = arg_mut(out, "out")?;
         check_flags(flags, OPEN_FLAGS, "mr_image_open")?;
         let img = Image::open(Path::new(path), ImageFlags(flags))?;
         let h = into_handle(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { out(out_img, h) };
+        unsafe { write_out(out, h) };
         Ok(0)
     })
 }
@@ -260,10 +260,10 @@ pub unsafe extern "C" fn mr_image_open_on(
     ch: *mut mr_channel,
     offset: u64,
     flags: u32,
-    out_img: *mut *mut mr_image,
+    out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_open_on", || {
-        let out_img = arg_mut(out_img, "out")?;
+        let out = arg_mut(out, "out")?;
         check_flags(flags, OPEN_FLAGS, "mr_image_open_on")?;
         // SAFETY: per this function's contract.
         let ch = unsafe { channel_arc(ch) }?;
@@ -271,7 +271,7 @@ pub unsafe extern "C" fn mr_image_open_on(
         let img = Image::open_on(ch, base, ImageFlags(flags))?;
         let h = into_handle(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { out(out_img, h) };
+        unsafe { write_out(out, h) };
         Ok(0)
     })
 }
@@ -297,12 +297,12 @@ pub unsafe extern "C" fn mr_image_ramblock_count(img: *const mr_image) -> c_int 
 pub unsafe extern "C" fn mr_image_ramblock_info(
     img: *const mr_image,
     block: u32,
-    out_info: *mut mr_ramblock_info,
+    out: *mut mr_ramblock_info,
 ) -> c_int {
     call("mr_image_ramblock_info", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let out_info = arg_mut(out_info, "out")?;
+        let out = arg_mut(out, "out")?;
         let info = img.block_info(block_index(img, block)?)?;
         let mut idstr = [0 as c_char; 256];
         let bytes = info.idstr.as_bytes();
@@ -317,8 +317,8 @@ pub unsafe extern "C" fn mr_image_ramblock_info(
         }
         // SAFETY: checked non-NULL; writable per the contract.
         unsafe {
-            out(
-                out_info,
+            write_out(
+                out,
                 mr_ramblock_info {
                     idstr,
                     used_length: info.used_length,
@@ -415,13 +415,13 @@ pub unsafe extern "C" fn mr_image_is_complete(img: *const mr_image) -> c_int {
 /// # Safety
 /// `img` a live handle; `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn mr_image_stream_offset(img: *const mr_image, out_off: *mut u64) -> c_int {
+pub unsafe extern "C" fn mr_image_stream_offset(img: *const mr_image, out: *mut u64) -> c_int {
     call("mr_image_stream_offset", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let out_off = arg_mut(out_off, "out")?;
+        let out = arg_mut(out, "out")?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { out(out_off, img.stream_offset()) };
+        unsafe { write_out(out, img.stream_offset()) };
         Ok(0)
     })
 }
@@ -431,14 +431,14 @@ pub unsafe extern "C" fn mr_image_stream_offset(img: *const mr_image, out_off: *
 /// # Safety
 /// `img` a live handle; `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn mr_image_file_size(img: *const mr_image, out_size: *mut u64) -> c_int {
+pub unsafe extern "C" fn mr_image_file_size(img: *const mr_image, out: *mut u64) -> c_int {
     call("mr_image_file_size", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let out_size = arg_mut(out_size, "out")?;
+        let out = arg_mut(out, "out")?;
         let v = img.file_size()?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { out(out_size, v) };
+        unsafe { write_out(out, v) };
         Ok(0)
     })
 }
@@ -448,17 +448,14 @@ pub unsafe extern "C" fn mr_image_file_size(img: *const mr_image, out_size: *mut
 /// # Safety
 /// `img` a live handle; `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn mr_image_allocated_bytes(
-    img: *const mr_image,
-    out_size: *mut u64,
-) -> c_int {
+pub unsafe extern "C" fn mr_image_allocated_bytes(img: *const mr_image, out: *mut u64) -> c_int {
     call("mr_image_allocated_bytes", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let out_size = arg_mut(out_size, "out")?;
+        let out = arg_mut(out, "out")?;
         let v = img.allocated_bytes()?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { out(out_size, v) };
+        unsafe { write_out(out, v) };
         Ok(0)
     })
 }

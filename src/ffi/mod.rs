@@ -149,7 +149,7 @@ pub(crate) unsafe fn arg_str<'a>(p: *const c_char, name: &str) -> Result<&'a str
 ///
 /// # Safety
 /// `p` must be non-NULL (checked with [`arg_mut`]) and valid for writes.
-pub(crate) unsafe fn out<T>(p: *mut T, v: T) {
+pub(crate) unsafe fn write_out<T>(p: *mut T, v: T) {
     // SAFETY: the caller checked `p` and guarantees it is writable.
     unsafe { p.write(v) }
 }
