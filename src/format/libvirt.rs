@@ -1,7 +1,8 @@
 //! libvirt's save-image container header (92 bytes before the QEMU stream).
 
+use super::cursor::Cursor;
 use super::ReadAt;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `LibvirtQemudSave`: a finished save.
 pub const MAGIC_COMPLETE: &[u8; 16] = b"LibvirtQemudSave";
@@ -11,6 +12,8 @@ pub const MAGIC_PARTIAL: &[u8; 16] = b"LibvirtQemudPart";
 pub const HEADER_LEN: u64 = 92;
 /// `format` value for mapped-ram ("sparse").
 pub const FORMAT_SPARSE: u32 = 6;
+/// The newest header version libvirt writes (`QEMU_SAVE_VERSION`).
+pub const VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LibvirtHeader {
@@ -30,13 +33,84 @@ impl LibvirtHeader {
 }
 
 /// `Ok(None)` when the input does not start with either magic.
+///
+/// The u32 fields are host-endian (libvirt writes its struct as is); like
+/// libvirt, a header whose version only makes sense byte-swapped is read
+/// swapped. Versions other than 1 and 2 are `Unsupported`; a header cut
+/// short, or a `data_len` that puts the stream past the end of the input,
+/// is `Corrupt`. `format` is reported, not judged: the caller decides which
+/// formats it takes ([`FORMAT_SPARSE`] is libvirt's mapped-ram format).
 pub fn parse(src: &dyn ReadAt) -> Result<Option<LibvirtHeader>> {
-    let _ = src;
-    todo!()
+    let mut c = Cursor::new(src, 0)?;
+    if c.size() < MAGIC_COMPLETE.len() as u64 {
+        return Ok(None);
+    }
+    let magic: [u8; 16] = c.array("the libvirt magic")?;
+    let complete = if &magic == MAGIC_COMPLETE {
+        true
+    } else if &magic == MAGIC_PARTIAL {
+        false
+    } else {
+        return Ok(None);
+    };
+    let mut f = [0u32; 5];
+    for (i, v) in f.iter_mut().enumerate() {
+        *v = u32::from_ne_bytes(c.array(&format!("libvirt header field {i}"))?);
+    }
+    c.skip(14 * 4, "the libvirt header's unused words")?;
+    if f[0] > VERSION && f[0].swap_bytes() <= VERSION {
+        for v in f.iter_mut() {
+            *v = v.swap_bytes();
+        }
+    }
+    let h = LibvirtHeader {
+        complete,
+        version: f[0],
+        data_len: f[1],
+        was_running: f[2],
+        format: f[3],
+        cookie_offset: f[4],
+    };
+    if h.version == 0 || h.version > VERSION {
+        return Err(Error::Unsupported(format!(
+            "libvirt save image header version {} is not supported (expected 1..={VERSION})",
+            h.version
+        )));
+    }
+    if h.stream_offset() > c.size() {
+        return Err(Error::Corrupt(format!(
+            "libvirt header data_len {} puts the QEMU stream at offset {}, past the end of the file ({} bytes)",
+            h.data_len,
+            h.stream_offset(),
+            c.size()
+        )));
+    }
+    if h.cookie_offset != 0 && h.cookie_offset > h.data_len {
+        return Err(Error::Corrupt(format!(
+            "libvirt header cookie offset {} lies outside its data ({} bytes)",
+            h.cookie_offset, h.data_len
+        )));
+    }
+    Ok(Some(h))
 }
 
 /// Encode a header (for tests and for callers building containers).
 pub fn encode(h: &LibvirtHeader) -> Vec<u8> {
-    let _ = h;
-    todo!()
+    let mut v = Vec::with_capacity(HEADER_LEN as usize);
+    v.extend_from_slice(if h.complete {
+        MAGIC_COMPLETE
+    } else {
+        MAGIC_PARTIAL
+    });
+    for x in [
+        h.version,
+        h.data_len,
+        h.was_running,
+        h.format,
+        h.cookie_offset,
+    ] {
+        v.extend_from_slice(&x.to_ne_bytes());
+    }
+    v.resize(HEADER_LEN as usize, 0);
+    v
 }

@@ -10,6 +10,7 @@
 //!   [`stream::completion`] tells whether the stream visibly ended;
 //!   [`libvirt::parse`] recognises libvirt's save-image header.
 
+mod cursor;
 pub mod libvirt;
 pub mod ramblock;
 pub mod stream;
@@ -34,6 +35,26 @@ impl ReadAt for [u8] {
         let n = buf.len().min(self.len() - start);
         buf[..n].copy_from_slice(&self[start..start + n]);
         Ok(n)
+    }
+    fn size(&self) -> Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
+/// Byte buffers (tests, in-memory images): `&vec` coerces to `&dyn ReadAt`.
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        self.as_slice().read_at(buf, offset)
+    }
+    fn size(&self) -> Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
+/// Borrowed byte slices: `&slice` (a `&&[u8]`) coerces to `&dyn ReadAt`.
+impl ReadAt for &[u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        (**self).read_at(buf, offset)
     }
     fn size(&self) -> Result<u64> {
         Ok(self.len() as u64)
@@ -72,3 +93,29 @@ pub const PAGES_ALIGN: u64 = 1 << 20;
 /// The capability names QEMU records, in the order it records them.
 pub const CAP_X_IGNORE_SHARED: &str = "x-ignore-shared";
 pub const CAP_MAPPED_RAM: &str = "mapped-ram";
+/// The target page size when the stream has no `configuration/target-page-bits`
+/// subsection (x86: 4 KiB).
+pub const DEFAULT_PAGE_SIZE: u64 = 4096;
+/// Page sizes (as target-page-bits) this library accepts: 1 KiB .. 1 MiB.
+/// Larger pages could not be aligned by the 1 MiB page-region rule.
+pub const MIN_TARGET_PAGE_BITS: u32 = 10;
+pub const MAX_TARGET_PAGE_BITS: u32 = 20;
+/// Longest machine type name accepted (QEMU's are a few dozen bytes).
+pub const MAX_MACHINE_TYPE_LEN: u64 = 1024;
+/// Most ramblocks accepted in one stream (QEMU VMs have tens; memory
+/// hotplug slots and ROMs stay far below this).
+pub const MAX_RAMBLOCKS: usize = 16384;
+/// Size of the packed mapped-ram header: be32 version, be64 page_size,
+/// be64 bitmap_offset, be64 pages_offset.
+pub const MAPPED_RAM_HEADER_LEN: u64 = 28;
+
+/// Round `v` up to a multiple of the power of two `align`; `None` on overflow.
+pub fn round_up(v: u64, align: u64) -> Option<u64> {
+    debug_assert!(align.is_power_of_two());
+    Some(v.checked_add(align - 1)? & !(align - 1))
+}
+
+/// Bitmap bytes for `pages` pages: ceil(pages / 64) 64-bit words.
+pub fn bitmap_len(pages: u64) -> u64 {
+    pages.div_ceil(64) * 8
+}

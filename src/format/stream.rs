@@ -2,8 +2,12 @@
 //! capabilities and target-page-bits subsections), section headers and
 //! footers, and the stream's end (EOF + VMDESCRIPTION JSON).
 
-use super::ReadAt;
-use crate::error::Result;
+use super::cursor::Cursor;
+use super::{
+    section, ReadAt, CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED, DEFAULT_PAGE_SIZE, MAX_MACHINE_TYPE_LEN,
+    MAX_TARGET_PAGE_BITS, MIN_TARGET_PAGE_BITS, QEVM_MAGIC, QEVM_VERSION,
+};
+use crate::error::{Error, Result};
 
 /// The configuration section.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,6 +19,34 @@ pub struct Configuration {
     /// `configuration/target-page-bits`, when present.
     pub target_page_bits: Option<u32>,
 }
+
+impl Configuration {
+    /// The target page size: `1 << target_page_bits`, or 4096 without that
+    /// subsection.
+    pub fn page_size(&self) -> u64 {
+        match self.target_page_bits {
+            Some(bits) if bits < 64 => 1u64 << bits,
+            Some(_) => 0,
+            None => DEFAULT_PAGE_SIZE,
+        }
+    }
+
+    /// Whether a capability is recorded.
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.iter().any(|c| c == name)
+    }
+}
+
+/// Subsection names of the configuration section.
+pub const SUBSECTION_TARGET_PAGE_BITS: &str = "configuration/target-page-bits";
+pub const SUBSECTION_CAPABILITIES: &str = "configuration/capabilities";
+pub const SUBSECTION_UUID: &str = "configuration/uuid";
+/// Key of this library's completion record in the VMDESCRIPTION JSON.
+pub const COMPLETION_KEY: &str = "libmappedram";
+/// Version of this library's completion record.
+pub const COMPLETION_VERSION: u32 = 1;
+/// `completion` looks for the VMDESCRIPTION record at most this far back.
+pub const MAX_VMDESC_SCAN: u64 = 64 << 20;
 
 /// Whether a stream visibly ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,9 +74,39 @@ pub enum Completion {
 pub const UPDATING_MARK: u8 = 0xee;
 
 /// Encode stream header + configuration section.
+///
+/// Byte for byte what QEMU's `qemu_savevm_state_header` writes: magic,
+/// version, `0x07`, be32 length + machine name, then the subsections in
+/// QEMU's order (target-page-bits only when set, capabilities only when
+/// non-empty). Nothing terminates the configuration; the next byte is the
+/// first section.
 pub fn encode_header(config: &Configuration) -> Vec<u8> {
-    let _ = config;
-    todo!()
+    let mut v = Vec::with_capacity(64 + config.machine_type.len());
+    v.extend_from_slice(&QEVM_MAGIC.to_be_bytes());
+    v.extend_from_slice(&QEVM_VERSION.to_be_bytes());
+    v.push(section::CONFIGURATION);
+    v.extend_from_slice(&(config.machine_type.len() as u32).to_be_bytes());
+    v.extend_from_slice(config.machine_type.as_bytes());
+    if let Some(bits) = config.target_page_bits {
+        push_subsection_header(&mut v, SUBSECTION_TARGET_PAGE_BITS, 1);
+        v.extend_from_slice(&bits.to_be_bytes());
+    }
+    if !config.capabilities.is_empty() {
+        push_subsection_header(&mut v, SUBSECTION_CAPABILITIES, 1);
+        v.extend_from_slice(&(config.capabilities.len() as u32).to_be_bytes());
+        for cap in &config.capabilities {
+            v.push(cap.len() as u8);
+            v.extend_from_slice(cap.as_bytes());
+        }
+    }
+    v
+}
+
+fn push_subsection_header(v: &mut Vec<u8>, name: &str, version: u32) {
+    v.push(section::SUBSECTION);
+    v.push(name.len() as u8);
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(&version.to_be_bytes());
 }
 
 /// Encode a START/FULL section header.
@@ -55,40 +117,329 @@ pub fn encode_section_start(
     instance: u32,
     version: u32,
 ) -> Vec<u8> {
-    let _ = (kind, section_id, idstr, instance, version);
-    todo!()
+    let mut v = Vec::with_capacity(14 + idstr.len());
+    v.push(kind);
+    v.extend_from_slice(&section_id.to_be_bytes());
+    v.push(idstr.len() as u8);
+    v.extend_from_slice(idstr.as_bytes());
+    v.extend_from_slice(&instance.to_be_bytes());
+    v.extend_from_slice(&version.to_be_bytes());
+    v
 }
 
 /// Encode a section footer (`0x7e`, be32 id).
 pub fn encode_footer(section_id: u32) -> Vec<u8> {
-    let _ = section_id;
-    todo!()
+    let mut v = Vec::with_capacity(5);
+    v.push(section::FOOTER);
+    v.extend_from_slice(&section_id.to_be_bytes());
+    v
 }
 
 /// The bytes after the RAM setup payload's EOS, ending the stream the way
 /// QEMU's grammar allows: setup footer, RAM END section (EOS + footer), EOF,
 /// VMDESCRIPTION with `json`.
+///
+/// Write it at [`StreamLayout::tail_offset`](super::ramblock::StreamLayout::tail_offset)
+/// (= `eos_offset + 8`): it starts with the setup footer, which
+/// [`encode_pieces`](super::ramblock::encode_pieces) also writes, so both
+/// write the same 5 bytes there.
 pub fn encode_tail(ram_section_id: u32, json: &str) -> Vec<u8> {
-    let _ = (ram_section_id, json);
-    todo!()
+    let mut v = Vec::with_capacity(32 + json.len());
+    v.extend_from_slice(&encode_footer(ram_section_id));
+    v.push(section::END);
+    v.extend_from_slice(&ram_section_id.to_be_bytes());
+    v.extend_from_slice(&super::RAM_SAVE_FLAG_EOS.to_be_bytes());
+    v.extend_from_slice(&encode_footer(ram_section_id));
+    v.push(section::EOF);
+    v.push(section::VMDESCRIPTION);
+    v.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    v.extend_from_slice(json.as_bytes());
+    v
+}
+
+/// Quote `s` as a JSON string.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// The JSON completion record this library writes (`ours` = true on parse).
+///
+/// Shaped like QEMU's description (`page_size`, `devices`) plus this
+/// library's own key; valid JSON, no raw control bytes (so no `0x00`).
 pub fn completion_json(page_size: u64, machine_type: &str, nblocks: usize) -> String {
-    let _ = (page_size, machine_type, nblocks);
-    todo!()
+    format!(
+        "{{\"page_size\":{page_size},\"devices\":[],\"{COMPLETION_KEY}\":{{\"version\":{COMPLETION_VERSION},\"machine-type\":{},\"ramblocks\":{nblocks}}}}}",
+        json_string(machine_type)
+    )
 }
 
 /// Parse the stream header and configuration at `base`; returns the
 /// configuration and the absolute offset just past it.
+///
+/// Errors: wrong magic is `Corrupt`; another stream version or a stream
+/// without a configuration section is `Unsupported`; unknown subsections,
+/// subsection versions or capabilities are `Unsupported` (naming them);
+/// truncation and malformed fields are `Corrupt`.
 pub fn parse_header(src: &dyn ReadAt, base: u64) -> Result<(Configuration, u64)> {
-    let _ = (src, base);
-    todo!()
+    let mut c = Cursor::new(src, base)?;
+    let magic = c.be32("the stream magic")?;
+    if magic != QEVM_MAGIC {
+        return Err(Error::Corrupt(format!(
+            "not a QEMU migration stream: magic at offset {base} is 0x{magic:08x}, expected 0x{QEVM_MAGIC:08x} (\"QEVM\")"
+        )));
+    }
+    let version = c.be32("the stream version")?;
+    if version != QEVM_VERSION {
+        return Err(Error::Unsupported(format!(
+            "QEMU stream version {version} at offset {} is not supported (expected {QEVM_VERSION})",
+            base + 4
+        )));
+    }
+    let at = c.pos();
+    let kind = c.u8("the configuration section type")?;
+    if kind != section::CONFIGURATION {
+        return Err(Error::Unsupported(format!(
+            "stream has no configuration section: found section type 0x{kind:02x} at offset {at}, expected 0x{:02x}; without it a mapped-ram file cannot be recognised",
+            section::CONFIGURATION
+        )));
+    }
+    let at = c.pos();
+    let len = c.be32("the machine type length")? as u64;
+    if len == 0 {
+        return Err(Error::Corrupt(format!(
+            "configuration at offset {at} has an empty machine type"
+        )));
+    }
+    let name = c.vec(len, MAX_MACHINE_TYPE_LEN, "the machine type")?;
+    let machine_type = String::from_utf8(name).map_err(|_| {
+        Error::Corrupt(format!(
+            "machine type at offset {} is not valid UTF-8",
+            at + 4
+        ))
+    })?;
+    let mut config = Configuration {
+        machine_type,
+        capabilities: Vec::new(),
+        target_page_bits: None,
+    };
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        if c.remaining() == 0 {
+            // Let the caller report what it expected next.
+            break;
+        }
+        let at = c.pos();
+        if c.u8("a section type")? != section::SUBSECTION {
+            c.seek(at);
+            break;
+        }
+        let name = c.short_str("a configuration subsection name")?;
+        if seen.contains(&name) {
+            return Err(Error::Corrupt(format!(
+                "configuration subsection '{name}' at offset {at} appears twice"
+            )));
+        }
+        let version = c.be32(&format!("the version of subsection '{name}'"))?;
+        if !matches!(
+            name.as_str(),
+            SUBSECTION_TARGET_PAGE_BITS | SUBSECTION_CAPABILITIES | SUBSECTION_UUID
+        ) {
+            return Err(Error::Unsupported(format!(
+                "unknown configuration subsection '{name}' (version {version}) at offset {at}"
+            )));
+        }
+        if version != 1 {
+            return Err(Error::Unsupported(format!(
+                "configuration subsection '{name}' at offset {at} has version {version}, expected 1"
+            )));
+        }
+        match name.as_str() {
+            SUBSECTION_TARGET_PAGE_BITS => {
+                let fat = c.pos();
+                let bits = c.be32("target-page-bits")?;
+                if !(MIN_TARGET_PAGE_BITS..=MAX_TARGET_PAGE_BITS).contains(&bits) {
+                    return Err(Error::Unsupported(format!(
+                        "target-page-bits {bits} at offset {fat} is not supported (expected {MIN_TARGET_PAGE_BITS}..={MAX_TARGET_PAGE_BITS})"
+                    )));
+                }
+                config.target_page_bits = Some(bits);
+            }
+            SUBSECTION_CAPABILITIES => {
+                let fat = c.pos();
+                let count = c.be32("the capability count")?;
+                // Each capability takes at least 2 bytes; QEMU records 2.
+                if count > 64 || count as u64 * 2 > c.remaining() {
+                    return Err(Error::Corrupt(format!(
+                        "capability count {count} at offset {fat} is not plausible ({} bytes left)",
+                        c.remaining()
+                    )));
+                }
+                for _ in 0..count {
+                    let cat = c.pos();
+                    let cap = c.short_str("a capability name")?;
+                    if cap != CAP_X_IGNORE_SHARED && cap != CAP_MAPPED_RAM {
+                        return Err(Error::Unsupported(format!(
+                            "capability '{cap}' recorded at offset {cat} is not supported (known: {CAP_X_IGNORE_SHARED}, {CAP_MAPPED_RAM})"
+                        )));
+                    }
+                    if config.has_capability(&cap) {
+                        return Err(Error::Corrupt(format!(
+                            "capability '{cap}' at offset {cat} is recorded twice"
+                        )));
+                    }
+                    config.capabilities.push(cap);
+                }
+            }
+            _ => {
+                // configuration/uuid (x-validate-uuid): 16 bytes.
+                c.skip(16, "the configuration uuid")?;
+            }
+        }
+        seen.push(name);
+    }
+    Ok((config, c.pos()))
 }
 
 /// Examine the bytes after `after` (the end of the RAM setup section) for a
 /// visible end of stream.
+///
+/// Looks only at the end of the input (at most [`MAX_VMDESC_SCAN`] bytes of
+/// JSON): the last byte must be `}`, and the JSON (which holds no `0x00`
+/// byte) must be preceded by `0x06` (or [`UPDATING_MARK`]) + its be32 length
+/// and by the EOF byte `0x00`, all at or after `after`.
 pub fn completion(src: &dyn ReadAt, after: u64) -> Result<Completion> {
-    let _ = (src, after);
-    todo!()
+    let size = src.size()?;
+    let incomplete = |why: &str| {
+        Ok(Completion::Incomplete(format!(
+            "stream ends at offset {size} without an end-of-stream record: {why}"
+        )))
+    };
+    // EOF + marker + be32 + "{}" at least.
+    if size < after.saturating_add(8) {
+        return incomplete(&format!(
+            "only {} bytes follow the RAM setup section (which ends at offset {after})",
+            size.saturating_sub(after)
+        ));
+    }
+    let mut last = [0u8; 1];
+    read_full(src, &mut last, size - 1)?;
+    if last[0] != b'}' {
+        return incomplete(&format!("the last byte is 0x{:02x}, not '}}'", last[0]));
+    }
+    // Scan backward for the last 0x00 byte (JSON text never holds one).
+    let floor = after.max(size.saturating_sub(MAX_VMDESC_SCAN + 6));
+    let mut zero = None;
+    let mut end = size;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > floor && zero.is_none() {
+        let start = end.saturating_sub(buf.len() as u64).max(floor);
+        let chunk = &mut buf[..(end - start) as usize];
+        read_full(src, chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == 0) {
+            zero = Some(start + i as u64);
+        }
+        end = start;
+    }
+    let Some(z) = zero else {
+        return incomplete("no end-of-file record before the trailing JSON");
+    };
+    // The zero is either in the be32 length or the EOF byte itself: the
+    // marker sits at z - 4 ..= z + 1.
+    let lo = z.saturating_sub(4).max(after.saturating_add(1));
+    let mut q = z + 1;
+    while q >= lo {
+        if let Some(found) = check_vmdesc(src, size, q)? {
+            return Ok(found);
+        }
+        if q == 0 {
+            break;
+        }
+        q -= 1;
+    }
+    incomplete("no end-of-file + description record before the trailing JSON")
+}
+
+/// Whether a VMDESCRIPTION (or updating) marker at `q` spans to the end.
+fn check_vmdesc(src: &dyn ReadAt, size: u64, q: u64) -> Result<Option<Completion>> {
+    if q == 0 || q.saturating_add(7) > size {
+        return Ok(None);
+    }
+    let mut b = [0u8; 7];
+    read_full(src, &mut b, q - 1)?;
+    let json_len = u32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+    if b[0] != section::EOF
+        || !(b[1] == section::VMDESCRIPTION || b[1] == UPDATING_MARK)
+        || json_len as u64 != size - (q + 5)
+        || b[6] != b'{'
+    {
+        return Ok(None);
+    }
+    let ours = contains(src, q + 5, size, COMPLETION_KEY.as_bytes())?;
+    let vmdesc_offset = q - 1;
+    Ok(Some(if b[1] == section::VMDESCRIPTION {
+        Completion::Complete {
+            vmdesc_offset,
+            json_len,
+            ours,
+        }
+    } else {
+        Completion::Updating {
+            vmdesc_offset,
+            json_len,
+            ours,
+        }
+    }))
+}
+
+/// Whether `[start, end)` of `src` contains `"needle"` (quoted as a key).
+fn contains(src: &dyn ReadAt, start: u64, end: u64, needle: &[u8]) -> Result<bool> {
+    let mut pat = Vec::with_capacity(needle.len() + 2);
+    pat.push(b'"');
+    pat.extend_from_slice(needle);
+    pat.push(b'"');
+    let overlap = pat.len() - 1;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = start;
+    while pos < end {
+        let n = ((end - pos) as usize).min(buf.len());
+        read_full(src, &mut buf[..n], pos)?;
+        if buf[..n].windows(pat.len()).any(|w| w == pat.as_slice()) {
+            return Ok(true);
+        }
+        if pos + n as u64 >= end {
+            break;
+        }
+        pos += (n - overlap.min(n - 1)) as u64;
+    }
+    Ok(false)
+}
+
+/// Read exactly `buf.len()` bytes at `offset` (the caller checked the size).
+fn read_full(src: &dyn ReadAt, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = src.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            return Err(Error::Corrupt(format!(
+                "truncated at offset {} while reading the end of the stream",
+                offset + done as u64
+            )));
+        }
+        done += n;
+    }
+    Ok(())
 }
