@@ -1,11 +1,20 @@
 //! Engine: parallel save/restore of whole ramblocks from/to host memory.
 //!
-//! Work is split in fixed-size units independent of the thread count; zero
-//! pages are detected and skipped; runs of present pages are coalesced into
-//! one positional write/read straight from/to guest memory.
+//! Work is split in fixed-size units ([`UNIT_BYTES`] of pages) independent of
+//! the thread count, so a block saved with 7 threads restores with 3; threads
+//! claim units from an atomic counter. Zero pages are detected and skipped;
+//! runs of present pages are coalesced into one positional write/read
+//! straight from/to guest memory (`O_DIRECT`, zero-copy, when aligned).
 
-use crate::error::Result;
-use crate::image::Image;
+mod parallel;
+mod restore;
+mod save;
+
+pub use restore::{read_ramblock, read_ramblock_to_vec};
+pub use save::save_ramblock;
+
+/// Size of one unit of work. Also the largest single write or read.
+pub const UNIT_BYTES: u64 = 4 << 20;
 
 /// Statistics of one save or restore.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,44 +29,29 @@ pub struct Stats {
     pub bytes: u64,
 }
 
-/// Save `block` from host memory `host` (`used_length` bytes). `dirty`
-/// (one bit per page, u64 words, LSB first) limits the save to those pages.
-/// `threads` 0 = a default.
-///
-/// # Safety
-/// `host` must be valid for reads of the block's `used_length` bytes for the
-/// duration of the call (other threads may change it; the saved bytes are
-/// then some mix, as with any live save).
-pub unsafe fn save_ramblock(
-    img: &Image,
-    block: usize,
-    host: *const u8,
-    dirty: Option<&[u64]>,
-    threads: u32,
-) -> Result<Stats> {
-    let _ = (img, block, host, dirty, threads);
-    todo!()
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.pages_scanned += o.pages_scanned;
+        self.pages_data += o.pages_data;
+        self.pages_zero += o.pages_zero;
+        self.bytes += o.bytes;
+    }
 }
 
-/// Restore `block` into host memory. Present pages are read; absent pages
-/// are zeroed only with `zero_absent`.
-///
-/// # Safety
-/// `host` must be valid for writes of the block's `used_length` bytes for
-/// the duration of the call.
-pub unsafe fn read_ramblock(
-    img: &Image,
-    block: usize,
-    host: *mut u8,
-    zero_absent: bool,
-    threads: u32,
-) -> Result<Stats> {
-    let _ = (img, block, host, zero_absent, threads);
-    todo!()
+/// The number of threads to use for `requested` (0 = default).
+pub fn effective_threads(requested: u32, units: u64) -> usize {
+    let t = if requested == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 8)
+    } else {
+        requested as usize
+    };
+    t.min(units.max(1) as usize).clamp(1, 256)
 }
 
-/// Safe convenience: restore a block into a new Vec (absent pages zero).
-pub fn read_ramblock_to_vec(img: &Image, block: usize, threads: u32) -> Result<Vec<u8>> {
-    let _ = (img, block, threads);
-    todo!()
+/// Pages per unit for a page size.
+pub(crate) fn unit_pages(page_size: u64) -> u64 {
+    (UNIT_BYTES / page_size).max(1)
 }

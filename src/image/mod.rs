@@ -458,3 +458,19 @@ impl std::ops::BitAnd<u32> for ImageFlags {
         ImageFlags(self.0 & rhs)
     }
 }
+
+impl Image {
+    /// The runs of present (`set` = true) and absent pages in
+    /// `[first, end)` of `block`.
+    pub(crate) fn present_runs(
+        &self,
+        block: usize,
+        first: u64,
+        end: u64,
+        f: impl FnMut(u64, u64, bool),
+    ) -> Result<()> {
+        let b = self.block(block)?;
+        b.bitmap.for_each_run(first, end.min(b.layout.pages()), f);
+        Ok(())
+    }
+}
