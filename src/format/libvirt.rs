@@ -114,3 +114,73 @@ pub fn encode(h: &LibvirtHeader) -> Vec<u8> {
     v.resize(HEADER_LEN as usize, 0);
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(complete: bool) -> LibvirtHeader {
+        LibvirtHeader {
+            complete,
+            version: 2,
+            data_len: 4004,
+            was_running: 1,
+            format: FORMAT_SPARSE,
+            cookie_offset: 3000,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        for complete in [true, false] {
+            let h = hdr(complete);
+            let mut b = encode(&h);
+            assert_eq!(b.len() as u64, HEADER_LEN);
+            assert_eq!(
+                &b[..16],
+                if complete {
+                    MAGIC_COMPLETE
+                } else {
+                    MAGIC_PARTIAL
+                }
+            );
+            // Little-endian on x86.
+            #[cfg(target_endian = "little")]
+            assert_eq!(&b[16..24], &[2, 0, 0, 0, 0xa4, 0x0f, 0, 0]);
+            b.resize(4096, 0);
+            assert_eq!(parse(&b).unwrap(), Some(h.clone()));
+            assert_eq!(h.stream_offset(), 4096);
+        }
+    }
+
+    #[test]
+    fn swapped_and_bad() {
+        let mut b = encode(&hdr(true));
+        b.resize(4096, 0);
+        let mut sw = b.clone();
+        for i in 0..5 {
+            let o = 16 + 4 * i;
+            sw[o..o + 4].reverse();
+        }
+        assert_eq!(parse(&sw).unwrap(), Some(hdr(true)));
+        assert_eq!(parse(&b"QEVM\0\0\0\x03".to_vec()).unwrap(), None);
+        assert_eq!(parse(&Vec::new()).unwrap(), None);
+        let e = parse(&b[..50].to_vec()).unwrap_err();
+        assert!(
+            matches!(e, Error::Corrupt(ref m) if m.contains("truncated at offset")),
+            "{e}"
+        );
+        let e = parse(&b[..4095].to_vec()).unwrap_err();
+        assert!(
+            matches!(e, Error::Corrupt(ref m) if m.contains("data_len 4004")),
+            "{e}"
+        );
+        let mut v9 = b.clone();
+        v9[16..20].copy_from_slice(&9u32.to_ne_bytes());
+        let e = parse(&v9).unwrap_err();
+        assert!(
+            matches!(e, Error::Unsupported(ref m) if m.contains("version 9")),
+            "{e}"
+        );
+    }
+}

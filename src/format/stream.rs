@@ -281,11 +281,18 @@ pub fn parse_header(src: &dyn ReadAt, base: u64) -> Result<(Configuration, u64)>
             SUBSECTION_CAPABILITIES => {
                 let fat = c.pos();
                 let count = c.be32("the capability count")?;
-                // Each capability takes at least 2 bytes; QEMU records 2.
-                if count > 64 || count as u64 * 2 > c.remaining() {
+                // QEMU records at most 2; each takes at least 2 bytes.
+                if count > 64 {
                     return Err(Error::Corrupt(format!(
-                        "capability count {count} at offset {fat} is not plausible ({} bytes left)",
-                        c.remaining()
+                        "capability count {count} at offset {fat} is not plausible (at most 64)"
+                    )));
+                }
+                if count as u64 * 2 > c.remaining() {
+                    return Err(Error::Corrupt(format!(
+                        "truncated at offset {} while reading {count} capability names (at least {} bytes needed, input ends at {})",
+                        c.pos(),
+                        count * 2,
+                        c.size()
                     )));
                 }
                 for _ in 0..count {
@@ -442,4 +449,209 @@ fn read_full(src: &dyn ReadAt, buf: &mut [u8], offset: u64) -> Result<()> {
         done += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Configuration {
+        Configuration {
+            machine_type: "pc-i440fx-10.0".into(),
+            capabilities: vec![CAP_MAPPED_RAM.into()],
+            target_page_bits: None,
+        }
+    }
+
+    #[test]
+    fn header_bytes_match_qemu() {
+        // The first 0x4a bytes of a QEMU 10.0.2 `-M pc` mapped-ram file.
+        let mut want = b"QEVM\0\0\0\x03\x07\0\0\0\x0epc-i440fx-10.0".to_vec();
+        want.extend_from_slice(
+            b"\x05\x1aconfiguration/capabilities\0\0\0\x01\0\0\0\x01\x0amapped-ram",
+        );
+        assert_eq!(encode_header(&cfg()), want);
+        let (c, end) = parse_header(&want, 0).unwrap();
+        assert_eq!(c, cfg());
+        assert_eq!(end, want.len() as u64);
+    }
+
+    #[test]
+    fn header_subsections_round_trip() {
+        let c = Configuration {
+            machine_type: "virt".into(),
+            capabilities: vec![CAP_X_IGNORE_SHARED.into(), CAP_MAPPED_RAM.into()],
+            target_page_bits: Some(14),
+        };
+        let mut b = encode_header(&c);
+        // x-validate-uuid subsection after the capabilities.
+        b.extend_from_slice(b"\x05\x12configuration/uuid\0\0\0\x01");
+        b.extend_from_slice(&[0xab; 16]);
+        let n = b.len() as u64;
+        b.push(section::START);
+        let (got, end) = parse_header(&b, 0).unwrap();
+        assert_eq!(got, c);
+        assert_eq!(got.page_size(), 16384);
+        assert_eq!(end, n);
+    }
+
+    #[test]
+    fn header_errors() {
+        let good = encode_header(&cfg());
+        let mut bad_magic = good.clone();
+        bad_magic[0] = b'X';
+        let e = parse_header(&bad_magic, 0).unwrap_err();
+        assert!(
+            matches!(e, Error::Corrupt(ref m) if m.contains("0x5845564d")),
+            "{e}"
+        );
+        let mut v2 = good.clone();
+        v2[7] = 2;
+        let e = parse_header(&v2, 0).unwrap_err();
+        assert!(
+            matches!(e, Error::Unsupported(ref m) if m.contains("version 2")),
+            "{e}"
+        );
+        let mut no_cfg = good[..8].to_vec();
+        no_cfg.push(section::START);
+        let e = parse_header(&no_cfg, 0).unwrap_err();
+        assert!(
+            matches!(e, Error::Unsupported(ref m) if m.contains("no configuration")),
+            "{e}"
+        );
+        let mut unknown = good.clone();
+        unknown.extend_from_slice(b"\x05\x11configuration/foo\0\0\0\x01");
+        let e = parse_header(&unknown, 0).unwrap_err();
+        assert!(
+            matches!(e, Error::Unsupported(ref m) if m.contains("configuration/foo")),
+            "{e}"
+        );
+        let mut unknown_cap = encode_header(&Configuration {
+            capabilities: vec!["multifd".into()],
+            ..cfg()
+        });
+        unknown_cap.push(section::START);
+        let e = parse_header(&unknown_cap, 0).unwrap_err();
+        assert!(
+            matches!(e, Error::Unsupported(ref m) if m.contains("'multifd'")),
+            "{e}"
+        );
+        let bits = encode_header(&Configuration {
+            target_page_bits: Some(40),
+            ..cfg()
+        });
+        let e = parse_header(&bits, 0).unwrap_err();
+        assert!(
+            matches!(e, Error::Unsupported(ref m) if m.contains("target-page-bits 40")),
+            "{e}"
+        );
+        for n in 0..good.len() {
+            let r = parse_header(&good[..n].to_vec(), 0);
+            if n == 27 {
+                // Right after the machine name: a configuration without
+                // subsections is complete; the caller reports what follows.
+                assert_eq!(r.unwrap().1, 27);
+                continue;
+            }
+            let e = r.unwrap_err();
+            assert!(
+                matches!(e, Error::Corrupt(ref m) if m.starts_with("truncated at offset")),
+                "{n}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn completion_json_is_escaped_and_ours() {
+        let j = completion_json(4096, "pc\"x\\y\n\u{1}", 3);
+        assert_eq!(
+            j,
+            r#"{"page_size":4096,"devices":[],"libmappedram":{"version":1,"machine-type":"pc\"x\\y\n\u0001","ramblocks":3}}"#
+        );
+        assert!(!j.bytes().any(|b| b < 0x20));
+    }
+
+    fn stream_with_tail(prefix: usize, json: &str, mark: u8) -> Vec<u8> {
+        let mut v = vec![0x55u8; prefix];
+        let mut t = encode_tail(1, json);
+        let p = t.len() - json.len() - 5;
+        t[p] = mark;
+        v.extend_from_slice(&t);
+        v
+    }
+
+    #[test]
+    fn completion_cases() {
+        let ours = completion_json(4096, "pc", 1);
+        let v = stream_with_tail(100, &ours, section::VMDESCRIPTION);
+        assert_eq!(
+            completion(&v, 100).unwrap(),
+            Completion::Complete {
+                vmdesc_offset: 100 + 23,
+                json_len: ours.len() as u32,
+                ours: true
+            }
+        );
+        // A QEMU-like description (no key of ours), long enough that the
+        // be32 length has no zero byte (0x01_01_01_01 would be too big;
+        // use 0x0101 = 257 bytes: two zero bytes lead the length).
+        let theirs = format!(
+            "{{\"page_size\": 4096, \"devices\": [\"{}\"]}}",
+            "d".repeat(257 - 36)
+        );
+        assert_eq!(theirs.len(), 257);
+        let v = stream_with_tail(7, &theirs, section::VMDESCRIPTION);
+        assert!(matches!(
+            completion(&v, 7).unwrap(),
+            Completion::Complete {
+                ours: false,
+                json_len: 257,
+                ..
+            }
+        ));
+        let v = stream_with_tail(7, &ours, UPDATING_MARK);
+        assert!(matches!(
+            completion(&v, 7).unwrap(),
+            Completion::Updating { ours: true, .. }
+        ));
+        // Cut anywhere: never complete.
+        let full = stream_with_tail(7, &ours, section::VMDESCRIPTION);
+        for n in 0..full.len() {
+            let r = completion(&full[..n].to_vec(), 7).unwrap();
+            assert!(
+                matches!(r, Completion::Incomplete(ref m) if m.contains(&format!("offset {n}"))),
+                "{n}: {r:?}"
+            );
+        }
+        // A wrong length, a missing EOF byte, a record before `after`.
+        let mut bad_len = full.clone();
+        let p = full.len() - ours.len() - 1;
+        bad_len[p] ^= 1;
+        assert!(matches!(
+            completion(&bad_len, 7).unwrap(),
+            Completion::Incomplete(_)
+        ));
+        let mut no_eof = full.clone();
+        no_eof[full.len() - ours.len() - 6] = 0x7e;
+        assert!(matches!(
+            completion(&no_eof, 7).unwrap(),
+            Completion::Incomplete(_)
+        ));
+        // The record must start at or after `after`.
+        assert!(matches!(
+            completion(&full, 30).unwrap(),
+            Completion::Complete { .. }
+        ));
+        assert!(matches!(
+            completion(&full, 31).unwrap(),
+            Completion::Incomplete(_)
+        ));
+        // Trailing garbage after the JSON.
+        let mut trailing = full.clone();
+        trailing.extend_from_slice(b"}");
+        assert!(matches!(
+            completion(&trailing, 7).unwrap(),
+            Completion::Incomplete(_)
+        ));
+    }
 }
