@@ -1,0 +1,47 @@
+//! Shared harness for the real-QEMU interop tests.
+//!
+//! - [`qemu`]: find/version-check QEMU, start paused guests, save/restore;
+//! - [`qmp`]: a minimal QMP client;
+//! - [`fill`]: deterministic memory patterns and comparisons;
+//! - [`raw`]: an independent minimal reader of mapped-ram files;
+//! - [`libvirt_header`]: libvirt's 92-byte save-image header, built by hand.
+
+// Each test binary uses a different subset of the helpers.
+#![allow(dead_code)]
+
+pub mod fill;
+pub mod qemu;
+pub mod qmp;
+pub mod raw;
+
+/// libvirt's save-image header: 16-byte magic, then host-endian u32
+/// version, data_len, was_running, format, cookieOffset, 14 unused u32 —
+/// followed by `data_len` bytes of XML-ish payload (NUL padded), so the
+/// QEMU stream starts at `92 + data_len` = `stream_offset`.
+pub fn libvirt_header(complete: bool, stream_offset: u64) -> Vec<u8> {
+    assert!(stream_offset >= 92);
+    let mut h = Vec::with_capacity(stream_offset as usize);
+    h.extend_from_slice(if complete {
+        b"LibvirtQemudSave"
+    } else {
+        b"LibvirtQemudPart"
+    });
+    let data_len = (stream_offset - 92) as u32;
+    for v in [2u32, data_len, 0, 6, 0] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    h.extend_from_slice(&[0u8; 14 * 4]);
+    assert_eq!(h.len(), 92);
+    let xml = b"<domain type='qemu'>\n  <name>mappedram-test</name>\n  <memory unit='KiB'>65536</memory>\n</domain>\n";
+    let n = xml.len().min(data_len as usize);
+    h.extend_from_slice(&xml[..n]);
+    h.resize(stream_offset as usize, 0);
+    h
+}
+
+/// Write `bytes` at the start of `path` without truncating it.
+pub fn write_at_start(path: &std::path::Path, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, 0).unwrap();
+}
