@@ -240,6 +240,10 @@ fn libvirt_case(tag: &str, seed: u64, offset: u64, opts: MigOpts) {
     }
     let img = library_check(&saved, &mem, ImageFlags::RECOVER);
     assert!(!img.libvirt_header().expect("libvirt header").complete);
+    assert!(
+        !img.is_complete(),
+        "a LibvirtQemudPart image is not complete"
+    );
     img.close().unwrap();
 }
 
@@ -459,17 +463,17 @@ fn library_patches_qemu_file_and_qemu_restores_it() {
     assert_same("QEMU restore of the patched file", &back, &expected);
 }
 
-#[test]
-fn library_rewrites_all_of_mem_and_qemu_restores_it() {
-    let dir = TestDir::new("p-rewrite");
-    let mem = fill::pattern(41, MEM);
+/// Rewrite all of `mem` in a QEMU-saved file through the engine (new
+/// pattern: stale data pages must lose their bits), restore in QEMU.
+fn rewrite_case(tag: &str, seed: u64, opts: MigOpts, flags: ImageFlags) {
+    let dir = TestDir::new(tag);
+    let mem = fill::pattern(seed, MEM);
     let file = dir.join("img");
-    let opts = MigOpts::multifd(2);
     qemu::save(&dir, &mem, &opts, &file, 0);
 
-    let new = fill::pattern(42, MEM);
+    let new = fill::pattern(seed + 1, MEM);
     let (zero_pages, data_pages) = fill::census(&new);
-    let img = Image::open(&file, ImageFlags::READ_WRITE).unwrap();
+    let img = Image::open(&file, ImageFlags::READ_WRITE | flags).unwrap();
     let blk = img.find_block("mem").unwrap();
     let st = unsafe { engine::save_ramblock(&img, blk, new.as_ptr(), None, 3) }.unwrap();
     assert_eq!(st.pages_scanned, (MEM / PAGE) as u64);
@@ -480,4 +484,19 @@ fn library_rewrites_all_of_mem_and_qemu_restores_it() {
 
     let back = qemu::restore(&dir, &file, 0, MEM, &opts);
     assert_same("QEMU restore of the rewritten file", &back, &new);
+}
+
+#[test]
+fn library_rewrites_all_of_mem_and_qemu_restores_it() {
+    rewrite_case("p-rewrite", 41, MigOpts::multifd(2), ImageFlags::default());
+}
+
+#[test]
+fn library_rewrites_all_of_mem_direct_and_qemu_restores_it_direct() {
+    rewrite_case(
+        "p-rewrite-dio",
+        43,
+        MigOpts::multifd_direct(2),
+        ImageFlags::DIRECT,
+    );
 }
