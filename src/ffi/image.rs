@@ -11,14 +11,12 @@ use super::{
     arg, arg_mut, arg_ptr, arg_str, call, call_ptr, check_flags, write_out, MR_IMAGE_DIRECT,
     MR_IMAGE_READ_WRITE, MR_IMAGE_RECOVER, MR_OFFSET_DETECT, MR_READ_ZERO_ABSENT,
 };
-use crate::channel::Channel;
 use crate::engine;
 use crate::error::{Error, Result};
 use crate::format::ramblock::BlockSpec;
 use crate::image::{Image, ImageFlags};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::Path;
-use std::sync::Arc;
 
 /// A mapped-ram image (opaque).
 pub struct mr_image {
@@ -158,31 +156,6 @@ pub unsafe extern "C" fn mr_image_create(
     })
 }
 
-/// How `create_on` receives the channel: the image layer may take the
-/// shared `Arc<Channel>` or an owned `Channel`. An owned one can only be
-/// had when no other reference exists, which the caller's own handle
-/// prevents; that case is reported, not worked around.
-trait FromShared: Sized {
-    fn from_shared(ch: Arc<Channel>) -> Result<Self>;
-}
-
-impl FromShared for Arc<Channel> {
-    fn from_shared(ch: Arc<Channel>) -> Result<Self> {
-        Ok(ch)
-    }
-}
-
-impl FromShared for Channel {
-    fn from_shared(ch: Arc<Channel>) -> Result<Self> {
-        Arc::try_unwrap(ch).map_err(|ch| {
-            Error::Unsupported(format!(
-                "{}: the image layer cannot share this channel (Image::create_on takes it by value)",
-                ch.name()
-            ))
-        })
-    }
-}
-
 /// Create an image on an open channel, the stream starting at `offset`
 /// (e.g. after a container header the caller writes). The image takes its
 /// own reference to the channel: the caller may `mr_channel_close` its
@@ -210,13 +183,7 @@ pub unsafe extern "C" fn mr_image_create_on(
         check_flags(flags, CREATE_FLAGS, "mr_image_create_on")?;
         // SAFETY: per this function's contract.
         let ch = unsafe { channel_arc(ch) }?;
-        let img = Image::create_on(
-            FromShared::from_shared(ch)?,
-            offset,
-            machine_type,
-            &specs,
-            ImageFlags(flags),
-        )?;
+        let img = Image::create_on(ch, offset, machine_type, &specs, ImageFlags(flags))?;
         let h = into_handle(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
         unsafe { write_out(out, h) };
