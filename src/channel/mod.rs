@@ -16,11 +16,16 @@
 
 mod bounce;
 mod direct;
+mod sys;
 
-pub use direct::DioAlign;
+pub use direct::{DioAlign, DEFAULT_DIO_ALIGN};
 
 use crate::error::{Error, Result};
-use std::path::Path;
+use direct::{Direct, Req};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use sys::IovCursor;
 
 /// Flags for [`Channel::open`]; the values are the C `MR_OPEN_*` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,38 +82,323 @@ impl std::ops::BitOr for OpenFlags {
 }
 
 /// A thread-safe file channel. See the module docs.
+///
+/// Large iovec arrays: any number of iovecs works; more than `IOV_MAX`
+/// (1024) are split over several system calls (like any short transfer, the
+/// request is then not one atomic system call).
 pub struct Channel {
-    _todo: (),
+    name: String,
+    flags: OpenFlags,
+    /// Buffered descriptor (metadata, sync, size, holes).
+    file: OwnedFd,
+    /// The `O_DIRECT` side, with `OpenFlags::DIRECT`.
+    direct: Option<Direct>,
+}
+
+// The contract: one handle is shared by many threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Channel>();
+};
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("name", &self.name)
+            .field("flags", &self.flags)
+            .field("fd", &self.file.as_raw_fd())
+            .field("dio_align", &self.dio_align())
+            .finish()
+    }
+}
+
+fn check_type(st: &libc::stat, name: &str) -> Result<()> {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFBLK => Ok(()),
+        libc::S_IFDIR => Err(Error::from_errno(
+            format!("{name} is a directory, not a file"),
+            libc::EISDIR,
+        )),
+        _ => Err(Error::Invalid(format!(
+            "{name} is not a regular file or block device (mode 0o{:o})",
+            st.st_mode
+        ))),
+    }
+}
+
+/// Open the `O_DIRECT` descriptor. Writable channels ask for read access too
+/// (read-modify-write of unaligned edges), falling back to write-only when
+/// that is refused. Returns the descriptor and whether it can be read.
+fn open_direct(path: &Path, flags: OpenFlags, name: &str) -> Result<(OwnedFd, bool)> {
+    let try_open = |mode: libc::c_int| -> std::io::Result<OwnedFd> {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(mode != libc::O_WRONLY)
+            .write(mode != libc::O_RDONLY)
+            .custom_flags(libc::O_DIRECT | libc::O_NOCTTY);
+        o.open(path).map(OwnedFd::from)
+    };
+    let first = if flags.contains(OpenFlags::WRITE) {
+        libc::O_RDWR
+    } else {
+        libc::O_RDONLY
+    };
+    let res = match try_open(first) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) && !flags.contains(OpenFlags::READ) => {
+            try_open(libc::O_WRONLY).map(|fd| (fd, false))
+        }
+        r => r.map(|fd| (fd, true)),
+    };
+    res.map_err(|e| {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            Error::io(
+                format!(
+                    "opening {name} with O_DIRECT: O_DIRECT not supported by the file system of {name}"
+                ),
+                e,
+            )
+        } else {
+            Error::io(format!("opening {name} with O_DIRECT"), e)
+        }
+    })
 }
 
 impl Channel {
     /// Open `path`. Files are created with mode 0600. With `DIRECT`, a file
     /// system that refuses `O_DIRECT` is an error naming the path and reason.
+    ///
+    /// All descriptors are `O_CLOEXEC`. `TRUNC` is applied only once every
+    /// descriptor is open, and a file this call created is removed again
+    /// when opening the `O_DIRECT` descriptor fails.
     pub fn open(path: &Path, flags: OpenFlags) -> Result<Channel> {
-        let _ = (path, flags);
-        todo!()
+        let flags = OpenFlags::from_bits(flags.bits())?;
+        let name = path.display().to_string();
+        let mut o = std::fs::OpenOptions::new();
+        o.read(flags.contains(OpenFlags::READ))
+            .write(flags.contains(OpenFlags::WRITE))
+            .mode(0o600)
+            .custom_flags(libc::O_NOCTTY);
+        let mut created = false;
+        let file = if flags.contains(OpenFlags::CREATE) {
+            match o.clone().create_new(true).open(path) {
+                Ok(f) => {
+                    created = true;
+                    Ok(f)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    o.create(true).open(path)
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            o.open(path)
+        }
+        .map_err(|e| Error::io(format!("opening {name} (flags 0x{:x})", flags.bits()), e))?;
+        let file = OwnedFd::from(file);
+        let cleanup = |err: Error| {
+            if created {
+                let _ = std::fs::remove_file(path);
+            }
+            err
+        };
+        let st = sys::fstat(file.as_fd())
+            .map_err(|e| cleanup(Error::io(format!("fstat of {name}"), e)))?;
+        check_type(&st, &name).map_err(cleanup)?;
+        let blk = sys::is_blk(&st);
+        let direct = if flags.contains(OpenFlags::DIRECT) {
+            let (dfd, can_read) = open_direct(path, flags, &name).map_err(cleanup)?;
+            let dst = sys::fstat(dfd.as_fd())
+                .map_err(|e| cleanup(Error::io(format!("fstat of {name}"), e)))?;
+            if dst.st_dev != st.st_dev || dst.st_ino != st.st_ino {
+                return Err(cleanup(Error::Invalid(format!(
+                    "{name} was replaced while it was being opened"
+                ))));
+            }
+            Some(Direct::new(dfd, can_read, blk))
+        } else {
+            None
+        };
+        if flags.contains(OpenFlags::TRUNC) && !blk {
+            sys::ftruncate(file.as_fd(), 0)
+                .map_err(|e| Error::io(format!("truncating {name} to 0 bytes"), e))?;
+        }
+        Ok(Channel {
+            name,
+            flags,
+            file,
+            direct,
+        })
     }
 
     /// Use a caller's descriptor; it is duplicated (the caller keeps its own).
     /// `CREATE`/`TRUNC` are invalid here; `TRUNC` could be honoured, but a
     /// descriptor's creator owns that decision.
+    ///
+    /// The duplicate shares the caller's open file description. With
+    /// `DIRECT`, the `O_DIRECT` descriptor is a new open of
+    /// `/proc/self/fd/N` (works for unlinked files too). A descriptor that
+    /// already has `O_DIRECT` gets a separate buffered open the same way.
+    /// The descriptor's access mode must allow what `flags` ask for, and a
+    /// writable one must not be `O_APPEND` (Linux `pwrite` would append).
     pub fn from_fd(fd: std::os::fd::RawFd, flags: OpenFlags) -> Result<Channel> {
-        let _ = (fd, flags);
-        todo!()
+        let flags = OpenFlags::from_bits(flags.bits())?;
+        let name = format!("fd {fd}");
+        if flags.contains(OpenFlags::CREATE) || flags.contains(OpenFlags::TRUNC) {
+            return Err(Error::Invalid(format!(
+                "MR_OPEN_CREATE and MR_OPEN_TRUNC are not valid with a descriptor ({name})"
+            )));
+        }
+        if fd < 0 {
+            return Err(Error::from_errno(
+                format!("{name} is not a descriptor"),
+                libc::EBADF,
+            ));
+        }
+        // SAFETY: F_GETFL only inspects the descriptor table; a closed fd
+        // gives EBADF.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if fl < 0 {
+            return Err(Error::last_os(format!("{name} is not an open descriptor")));
+        }
+        if fl & libc::O_PATH != 0 {
+            return Err(Error::from_errno(
+                format!("{name} is an O_PATH descriptor"),
+                libc::EBADF,
+            ));
+        }
+        let acc = fl & libc::O_ACCMODE;
+        if flags.contains(OpenFlags::READ) && acc == libc::O_WRONLY {
+            return Err(Error::from_errno(
+                format!("{name} is open write-only but MR_OPEN_READ was asked for"),
+                libc::EBADF,
+            ));
+        }
+        if flags.contains(OpenFlags::WRITE) && acc == libc::O_RDONLY {
+            return Err(Error::from_errno(
+                format!("{name} is open read-only but MR_OPEN_WRITE was asked for"),
+                libc::EBADF,
+            ));
+        }
+        if flags.contains(OpenFlags::WRITE) && fl & libc::O_APPEND != 0 {
+            return Err(Error::Invalid(format!(
+                "{name} has O_APPEND, which makes positional writes append"
+            )));
+        }
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we own.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(Error::last_os(format!("duplicating {name}")));
+        }
+        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+        let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+        let st = sys::fstat(dup.as_fd()).map_err(|e| Error::io(format!("fstat of {name}"), e))?;
+        check_type(&st, &name)?;
+        let blk = sys::is_blk(&st);
+        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", dup.as_raw_fd()));
+        let file = if fl & libc::O_DIRECT != 0 {
+            let mut o = std::fs::OpenOptions::new();
+            o.read(flags.contains(OpenFlags::READ))
+                .write(flags.contains(OpenFlags::WRITE))
+                .custom_flags(libc::O_NOCTTY);
+            OwnedFd::from(o.open(&proc_path).map_err(|e| {
+                Error::io(
+                    format!(
+                        "{name} has O_DIRECT; reopening it without through {}",
+                        proc_path.display()
+                    ),
+                    e,
+                )
+            })?)
+        } else {
+            dup
+        };
+        let direct = if flags.contains(OpenFlags::DIRECT) {
+            let (dfd, can_read) = open_direct(&proc_path, flags, &name)?;
+            Some(Direct::new(dfd, can_read, blk))
+        } else {
+            None
+        };
+        Ok(Channel {
+            name,
+            flags,
+            file,
+            direct,
+        })
     }
 
     /// The path (or "fd N") used in error messages.
     pub fn name(&self) -> &str {
-        todo!()
+        &self.name
     }
 
     pub fn flags(&self) -> OpenFlags {
-        todo!()
+        self.flags
     }
 
     /// The direct-I/O alignment, when the channel has an `O_DIRECT` descriptor.
     pub fn dio_align(&self) -> Option<DioAlign> {
-        todo!()
+        self.direct.as_ref().map(Direct::align)
+    }
+
+    /// Bytes that went through bounce buffers so far (unaligned I/O on an
+    /// `O_DIRECT` channel); aligned requests add nothing. For tests and
+    /// diagnostics.
+    pub fn bounced_bytes(&self) -> u64 {
+        self.direct.as_ref().map_or(0, Direct::bounced)
+    }
+
+    fn check_write(&self, op: &str, offset: u64, len: u64) -> Result<()> {
+        if !self.flags.contains(OpenFlags::WRITE) {
+            return Err(Error::ReadOnly(format!(
+                "{op} of {len} bytes at offset {offset} of {}: the channel was opened without MR_OPEN_WRITE",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_read(&self, op: &str, offset: u64, len: u64) -> Result<()> {
+        if !self.flags.contains(OpenFlags::READ) {
+            return Err(Error::from_errno(
+                format!(
+                    "{op} of {len} bytes at offset {offset} of {}: the channel was opened without MR_OPEN_READ",
+                    self.name
+                ),
+                libc::EBADF,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Total length of `iov`, checked: no NULL base with a length, no
+    /// overflow, `offset + total` within `off_t`.
+    fn iov_total(&self, op: &str, iov: &[libc::iovec], offset: u64) -> Result<u64> {
+        let mut total: u64 = 0;
+        for (i, v) in iov.iter().enumerate() {
+            if v.iov_base.is_null() && v.iov_len != 0 {
+                return Err(Error::Invalid(format!(
+                    "{op} at offset {offset} of {}: iovec {i} has a NULL base and length {}",
+                    self.name, v.iov_len
+                )));
+            }
+            total = total.checked_add(v.iov_len as u64).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{op} at offset {offset} of {}: the iovec lengths overflow",
+                    self.name
+                ))
+            })?;
+        }
+        self.check_range(op, offset, total)?;
+        Ok(total)
+    }
+
+    fn check_range(&self, op: &str, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= i64::MAX as u64 => Ok(()),
+            _ => Err(Error::Invalid(format!(
+                "{op} of {len} bytes at offset {offset} of {}: the range ends past the largest file offset",
+                self.name
+            ))),
+        }
     }
 
     /// Write every byte of `iov` at `offset` (`O_DIRECT` when aligned).
@@ -117,8 +407,40 @@ impl Channel {
     /// Each iovec must describe memory valid for reads of `iov_len` bytes for
     /// the duration of the call.
     pub unsafe fn pwritev_raw(&self, iov: &[libc::iovec], offset: u64) -> Result<u64> {
-        let _ = (iov, offset);
-        todo!()
+        let total = self.iov_total("pwritev", iov, offset)?;
+        self.check_write("pwritev", offset, total)?;
+        if total == 0 {
+            return Ok(0);
+        }
+        let req = Req {
+            name: &self.name,
+            op: "pwritev",
+            offset,
+            len: total,
+        };
+        match &self.direct {
+            // SAFETY: forwarded caller contract.
+            Some(d) => unsafe { d.write(&req, iov, offset, total)? },
+            None => {
+                let mut cur = IovCursor::new(iov);
+                let mut pos = offset;
+                while !cur.is_empty() {
+                    // SAFETY: the iovecs are readable (caller contract).
+                    let n = unsafe { sys::pwritev_once(self.file.as_fd(), &cur, pos) }
+                        .map_err(|e| req.err("pwritev", pos, e))?;
+                    if n == 0 {
+                        return Err(req.err(
+                            "pwritev",
+                            pos,
+                            std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote 0 bytes"),
+                        ));
+                    }
+                    cur.advance(n);
+                    pos += n as u64;
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// Read into `iov` from `offset` until full or end of file; returns the
@@ -128,66 +450,218 @@ impl Channel {
     /// Each iovec must describe memory valid for writes of `iov_len` bytes for
     /// the duration of the call.
     pub unsafe fn preadv_raw(&self, iov: &[libc::iovec], offset: u64) -> Result<u64> {
-        let _ = (iov, offset);
-        todo!()
+        let total = self.iov_total("preadv", iov, offset)?;
+        self.check_read("preadv", offset, total)?;
+        if total == 0 {
+            return Ok(0);
+        }
+        let req = Req {
+            name: &self.name,
+            op: "preadv",
+            offset,
+            len: total,
+        };
+        match &self.direct {
+            // SAFETY: forwarded caller contract.
+            Some(d) => unsafe { d.read(&req, self.file.as_fd(), iov, offset, total) },
+            None => {
+                let mut cur = IovCursor::new(iov);
+                let mut pos = offset;
+                while !cur.is_empty() {
+                    // SAFETY: the iovecs are writable (caller contract).
+                    let n = unsafe { sys::preadv_once(self.file.as_fd(), &cur, pos) }
+                        .map_err(|e| req.err("preadv", pos, e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    cur.advance(n);
+                    pos += n as u64;
+                }
+                Ok(pos - offset)
+            }
+        }
     }
 
     /// Write all of `buf` at `offset` through the buffered descriptor.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let _ = (buf, offset);
-        todo!()
+        let len = buf.len() as u64;
+        self.check_range("write", offset, len)?;
+        self.check_write("write", offset, len)?;
+        let req = Req {
+            name: &self.name,
+            op: "write",
+            offset,
+            len,
+        };
+        let _g = self
+            .direct
+            .as_ref()
+            .map(|d| (d.shared(), d.lock_edges(offset, offset + len)));
+        // SAFETY: `buf` is a live slice of `len` bytes.
+        unsafe { sys::pwrite_all(self.file.as_fd(), buf.as_ptr(), buf.len(), offset) }
+            .map_err(|e| req.err("pwrite", offset, e))
     }
 
     /// Read through the buffered descriptor until `buf` is full or end of
     /// file; returns the count.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let _ = (buf, offset);
-        todo!()
+        let len = buf.len() as u64;
+        self.check_range("read", offset, len)?;
+        self.check_read("read", offset, len)?;
+        let req = Req {
+            name: &self.name,
+            op: "read",
+            offset,
+            len,
+        };
+        let _g = self.direct.as_ref().map(Direct::shared);
+        // SAFETY: `buf` is a live, exclusively borrowed slice of `len` bytes.
+        unsafe { sys::pread_full(self.file.as_fd(), buf.as_mut_ptr(), buf.len(), offset, None) }
+            .map_err(|e| req.err("pread", offset, e))
     }
 
     /// `fdatasync`.
     pub fn sync(&self) -> Result<()> {
-        todo!()
+        nix::unistd::fdatasync(self.file.as_raw_fd())
+            .map_err(|e| Error::from_errno(format!("fdatasync of {}", self.name), e as i32))
     }
 
     /// Current file size.
     pub fn size(&self) -> Result<u64> {
-        todo!()
+        let blk = sys::fstat(self.file.as_fd())
+            .map(|st| sys::is_blk(&st))
+            .map_err(|e| Error::io(format!("fstat of {}", self.name), e))?;
+        // Block devices: SEEK_END on our own description when we have one.
+        let fd = match (&self.direct, blk) {
+            (Some(d), true) => d.fd(),
+            _ => self.file.as_fd(),
+        };
+        sys::file_size(fd, blk)
+            .map_err(|e| Error::io(format!("querying the size of {}", self.name), e))
     }
 
     /// `ftruncate`.
     pub fn set_len(&self, len: u64) -> Result<()> {
-        let _ = len;
-        todo!()
+        self.check_range("truncate", len, 0)?;
+        self.check_write("truncate", len, 0)?;
+        let _g = self.direct.as_ref().map(Direct::exclusive);
+        sys::ftruncate(self.file.as_fd(), len)
+            .map_err(|e| Error::io(format!("truncating {} to {len} bytes", self.name), e))
     }
 
     /// Deallocate a range, keeping the size (reads return zeros).
     /// File systems without hole punching give `Error::Unsupported`.
+    /// A zero length is a no-op.
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
-        let _ = (offset, len);
-        todo!()
+        self.check_range("punch_hole", offset, len)?;
+        self.check_write("punch_hole", offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let _g = self
+            .direct
+            .as_ref()
+            .map(|d| (d.shared(), d.lock_edges(offset, offset + len)));
+        let r = nix::fcntl::fallocate(
+            self.file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        );
+        match r {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EOPNOTSUPP) => Err(Error::Unsupported(format!(
+                "punching a hole of {len} bytes at offset {offset} of {}: the file system does not support it",
+                self.name
+            ))),
+            Err(e) => Err(Error::from_errno(
+                format!("punching a hole of {len} bytes at offset {offset} of {}", self.name),
+                e as i32,
+            )),
+        }
     }
 
     /// Bytes allocated on disk (`st_blocks * 512`).
     pub fn allocated_bytes(&self) -> Result<u64> {
-        todo!()
+        let st = sys::fstat(self.file.as_fd())
+            .map_err(|e| Error::io(format!("fstat of {}", self.name), e))?;
+        Ok((st.st_blocks as u64).saturating_mul(512))
+    }
+
+    /// `lseek` for SEEK_DATA/SEEK_HOLE; `None` on `ENXIO`. Uses the
+    /// channel's own `O_DIRECT` description when there is one: `lseek` moves
+    /// the description's offset, which a `from_fd` caller shares with the
+    /// buffered descriptor (this crate itself never uses the offset).
+    fn seek(&self, offset: u64, whence: libc::c_int, what: &str) -> Result<Option<u64>> {
+        if offset > i64::MAX as u64 {
+            return Ok(None);
+        }
+        let fd = self.direct.as_ref().map_or(self.file.as_fd(), Direct::fd);
+        // SAFETY: lseek on an open descriptor has no memory-safety concerns.
+        let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        Err(Error::io(
+            format!("{what} from offset {offset} of {}", self.name),
+            e,
+        ))
     }
 
     /// `SEEK_DATA`: the next offset `>= offset` holding data, or `None`.
     pub fn next_data(&self, offset: u64) -> Result<Option<u64>> {
-        let _ = offset;
-        todo!()
+        self.seek(offset, libc::SEEK_DATA, "SEEK_DATA")
     }
 
     /// `SEEK_HOLE`: the next hole at or after `offset` (end of file counts).
+    /// At or past end of file, that is `offset` itself.
     pub fn next_hole(&self, offset: u64) -> Result<u64> {
-        let _ = offset;
-        todo!()
+        Ok(self
+            .seek(offset, libc::SEEK_HOLE, "SEEK_HOLE")?
+            .unwrap_or(offset))
     }
 
     /// Close both descriptors. A writable channel is `fdatasync`ed first; a
     /// failed sync or close is reported.
+    ///
+    /// Every step runs even when an earlier one failed; the first failure is
+    /// returned. Dropping a channel without `close` closes the descriptors
+    /// too, but ignores errors and does not sync.
     pub fn close(self) -> Result<()> {
-        todo!()
+        let Channel {
+            name,
+            flags,
+            file,
+            direct,
+        } = self;
+        let mut first: Option<Error> = None;
+        if flags.contains(OpenFlags::WRITE) {
+            if let Err(e) = nix::unistd::fdatasync(file.as_raw_fd()) {
+                first.get_or_insert(Error::from_errno(
+                    format!("fdatasync of {name} before close"),
+                    e as i32,
+                ));
+            }
+        }
+        if let Some(d) = direct {
+            if let Err(e) = nix::unistd::close(d.into_fd().into_raw_fd()) {
+                first.get_or_insert(Error::from_errno(
+                    format!("closing the O_DIRECT descriptor of {name}"),
+                    e as i32,
+                ));
+            }
+        }
+        if let Err(e) = nix::unistd::close(file.into_raw_fd()) {
+            first.get_or_insert(Error::from_errno(format!("closing {name}"), e as i32));
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
