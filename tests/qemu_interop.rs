@@ -264,6 +264,7 @@ fn qemu_save_behind_unaligned_libvirt_header_reads_in_library() {
 // ---------------------------------------------------------------------
 
 /// First differing offset of two byte ranges.
+#[track_caller]
 fn assert_prefix_identical(ours: &Path, qemus: &Path, from: u64, to: u64) {
     let a = std::fs::read(ours).unwrap();
     let b = std::fs::read(qemus).unwrap();

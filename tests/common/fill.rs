@@ -101,6 +101,7 @@ pub fn census(mem: &[u8]) -> (usize, usize) {
 
 /// Panic with the first differing offset (and a count of differing pages)
 /// when `got` != `want`.
+#[track_caller]
 pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
     if got == want {
         return;
