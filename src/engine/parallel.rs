@@ -39,6 +39,15 @@ pub(crate) fn run(
         ))
     };
 
+    // A first call before any work: a callback can refuse to start.
+    if let Some(cb) = progress.as_mut() {
+        if !cb(0, total_bytes) {
+            img.restore_progress(progress);
+            return Err(Error::Cancelled(format!(
+                "{what} cancelled by the progress callback before it started"
+            )));
+        }
+    }
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {

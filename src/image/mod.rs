@@ -474,3 +474,16 @@ impl Image {
         Ok(())
     }
 }
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("channel", &self.ch.name())
+            .field("machine_type", &self.machine_type())
+            .field("stream_offset", &self.layout.base)
+            .field("blocks", &self.blocks.len())
+            .field("writable", &self.writable)
+            .field("state", &*self.state.lock())
+            .finish()
+    }
+}
