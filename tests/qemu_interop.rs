@@ -172,12 +172,12 @@ fn library_check(saved: &Saved, mem: &[u8], flags: ImageFlags) -> Image {
     img
 }
 
-fn qemu_save_library_reads(tag: &str, seed: u64, opts: MigOpts) {
+fn qemu_save_library_reads(tag: &str, seed: u64, opts: MigOpts, flags: ImageFlags) {
     let dir = TestDir::new(tag);
     let mem = fill::pattern(seed, MEM);
     let file = dir.join("img");
     let saved = qemu::save(&dir, &mem, &opts, &file, 0);
-    let img = library_check(&saved, &mem, ImageFlags::default());
+    let img = library_check(&saved, &mem, flags);
     assert!(img.is_complete(), "a finished QEMU save must be complete");
     assert!(img.libvirt_header().is_none());
     img.close().unwrap();
@@ -185,17 +185,17 @@ fn qemu_save_library_reads(tag: &str, seed: u64, opts: MigOpts) {
 
 #[test]
 fn qemu_plain_save_reads_in_library() {
-    qemu_save_library_reads("r-plain", 11, MigOpts::plain());
+    qemu_save_library_reads("r-plain", 11, MigOpts::plain(), ImageFlags::default());
 }
 
 #[test]
 fn qemu_multifd_save_reads_in_library() {
-    qemu_save_library_reads("r-mfd", 12, MigOpts::multifd(2));
+    qemu_save_library_reads("r-mfd", 12, MigOpts::multifd(2), ImageFlags::default());
 }
 
 #[test]
-fn qemu_multifd_direct_io_save_reads_in_library() {
-    qemu_save_library_reads("r-dio", 13, MigOpts::multifd_direct(2));
+fn qemu_multifd_direct_io_save_reads_in_library_direct() {
+    qemu_save_library_reads("r-dio", 13, MigOpts::multifd_direct(2), ImageFlags::DIRECT);
 }
 
 /// QEMU saves behind a libvirt-style container header
@@ -327,23 +327,18 @@ fn specs_of(img: &Image) -> Vec<BlockSpec> {
         .collect()
 }
 
-#[test]
-fn library_writes_ram_section_byte_identical_to_qemu() {
-    let dir = TestDir::new("w-ident");
-    let mem = fill::pattern(21, MEM);
+/// Rebuild a QEMU-saved file with the library (create, copy every block,
+/// finish) and compare it with QEMU's through the RAM setup EOS.
+fn byte_identical_case(tag: &str, seed: u64, opts: MigOpts, flags: ImageFlags) {
+    let dir = TestDir::new(tag);
+    let mem = fill::pattern(seed, MEM);
     let file = dir.join("qemu.img");
-    qemu::save(&dir, &mem, &MigOpts::multifd(2), &file, 0);
+    qemu::save(&dir, &mem, &opts, &file, 0);
     let eos = raw::parse(&std::fs::read(&file).unwrap(), 0).eos_offset;
 
     let src = Image::open(&file, ImageFlags::default()).unwrap();
     let ours = dir.join("ours.img");
-    let dst = Image::create(
-        &ours,
-        src.machine_type(),
-        &specs_of(&src),
-        ImageFlags::default(),
-    )
-    .unwrap();
+    let dst = Image::create(&ours, src.machine_type(), &specs_of(&src), flags).unwrap();
     copy_blocks(&src, &dst);
     dst.finish().unwrap();
     dst.close().unwrap();
@@ -360,6 +355,16 @@ fn library_writes_ram_section_byte_identical_to_qemu() {
     );
     src.close().unwrap();
     back.close().unwrap();
+}
+
+#[test]
+fn library_writes_ram_section_byte_identical_to_qemu() {
+    byte_identical_case("w-ident", 21, MigOpts::multifd(2), ImageFlags::default());
+}
+
+#[test]
+fn library_writes_ram_section_byte_identical_to_qemu_direct() {
+    byte_identical_case("w-ident-dio", 23, MigOpts::plain(), ImageFlags::DIRECT);
 }
 
 #[test]
