@@ -391,6 +391,14 @@ impl Direct {
         let mut pos = offset;
         let end = offset + total;
         let mut rest_aligned = offset % a == 0 && cur.all_aligned(mem, a as usize);
+        // O_DIRECT reads the whole last block into the caller's memory and
+        // only then clamps the count to the file size; a request that
+        // crosses end of file is bounced so that the caller's bytes past
+        // the returned count stay untouched. (The size cannot shrink while
+        // the size lock is held shared.)
+        if rest_aligned && end > self.size(req)? {
+            rest_aligned = false;
+        }
         while !cur.is_empty() {
             if !rest_aligned {
                 // SAFETY: forwarded caller contract.
