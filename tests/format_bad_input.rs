@@ -1,0 +1,555 @@
+//! Bad input for the format layer: every structural mutation of a valid
+//! image gets its own error (variant + errno + a message naming the thing),
+//! every truncation errors, and random mutations never panic nor yield a
+//! layout that breaks the invariants the image layer relies on.
+
+use mappedram::format::ramblock::{encode_pieces, parse, plan, BlockSpec, StreamLayout};
+use mappedram::format::stream::{
+    completion, completion_json, encode_header, encode_tail, Completion, Configuration,
+};
+use mappedram::format::{ReadAt, CAP_MAPPED_RAM, MAX_RAMBLOCKS};
+use mappedram::{Error, Result};
+use std::collections::BTreeMap;
+
+const PS: u64 = 4096;
+
+fn config() -> Configuration {
+    Configuration {
+        machine_type: "pc-i440fx-10.0".into(),
+        capabilities: vec![CAP_MAPPED_RAM.into()],
+        target_page_bits: None,
+    }
+}
+
+fn spec(idstr: &str, pages: u64) -> BlockSpec {
+    BlockSpec {
+        idstr: idstr.into(),
+        used_length: pages * PS,
+        page_size: PS,
+    }
+}
+
+/// A valid finished image: "big" (16 pages), "one" (a one-page block),
+/// "mid" (70 pages: a two-word bitmap), RAM section id 2.
+fn valid() -> (StreamLayout, Vec<u8>) {
+    let l = plan(
+        0,
+        &config(),
+        2,
+        &[spec("big", 16), spec("one", 1), spec("mid", 70)],
+    )
+    .unwrap();
+    let mut img = vec![0u8; l.tail_offset() as usize];
+    for (off, bytes) in encode_pieces(&l) {
+        let off = off as usize;
+        img.resize(img.len().max(off + bytes.len()), 0);
+        img[off..off + bytes.len()].copy_from_slice(&bytes);
+    }
+    // Some page data and bitmap bits, as a real image would have.
+    for b in &l.blocks {
+        img[b.bitmap_offset as usize] = 1;
+        img[b.pages_offset as usize..b.pages_offset as usize + 16].fill(0xa5);
+    }
+    img.truncate(l.tail_offset() as usize);
+    img.extend_from_slice(&encode_tail(2, &completion_json(PS, "pc-i440fx-10.0", 3)));
+    (l, img)
+}
+
+fn put64(img: &mut [u8], off: u64, v: u64) {
+    img[off as usize..off as usize + 8].copy_from_slice(&v.to_be_bytes());
+}
+
+fn put32(img: &mut [u8], off: u64, v: u32) {
+    img[off as usize..off as usize + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Offsets inside block `i`'s header.
+struct H {
+    len: u64,
+    used: u64,
+    version: u64,
+    page_size: u64,
+    bitmap: u64,
+    pages: u64,
+    end: u64,
+}
+
+fn h(l: &StreamLayout, i: usize) -> H {
+    let b = &l.blocks[i];
+    let used = b.header_offset + 1 + b.idstr.len() as u64;
+    H {
+        len: b.header_offset,
+        used,
+        version: used + 8,
+        page_size: used + 12,
+        bitmap: used + 20,
+        pages: used + 28,
+        end: used + 36,
+    }
+}
+
+fn header_len() -> u64 {
+    encode_header(&config()).len() as u64
+}
+
+/// Offset of the RAM START section and of the be64 total.
+fn start_off() -> u64 {
+    header_len()
+}
+fn total_off() -> u64 {
+    header_len() + 17
+}
+
+#[track_caller]
+fn expect_corrupt(img: &[u8], needles: &[&str]) -> String {
+    expect(img, libc::EBADMSG, needles)
+}
+
+#[track_caller]
+fn expect_unsupported(img: &[u8], needles: &[&str]) -> String {
+    expect(img, libc::ENOTSUP, needles)
+}
+
+#[track_caller]
+fn expect(img: &[u8], errno: i32, needles: &[&str]) -> String {
+    let e = match parse(&img, 0) {
+        Ok(l) => panic!("expected an error containing {needles:?}, parsed {l:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.errno(), errno, "wrong errno for: {e}");
+    match (&e, errno) {
+        (Error::Corrupt(_), libc::EBADMSG) | (Error::Unsupported(_), libc::ENOTSUP) => {}
+        _ => panic!("wrong variant: {e:?}"),
+    }
+    let m = e.to_string();
+    for n in needles {
+        assert!(m.contains(n), "message {m:?} lacks {n:?}");
+    }
+    m
+}
+
+#[test]
+fn the_valid_image_parses_and_is_complete() {
+    let (l, img) = valid();
+    assert_eq!(parse(&img, 0).unwrap(), l);
+    assert!(matches!(
+        completion(&img, l.setup_end()).unwrap(),
+        Completion::Complete { ours: true, .. }
+    ));
+}
+
+#[test]
+fn stream_header_errors() {
+    let (_, img) = valid();
+    let mut m = img.clone();
+    m[0] = b'X';
+    expect_corrupt(&m, &["magic", "offset 0", "0x5845564d", "0x5145564d"]);
+    let mut m = img.clone();
+    put32(&mut m, 4, 4);
+    expect_unsupported(&m, &["version 4", "expected 3"]);
+    let mut m = img.clone();
+    m[8] = 0x01;
+    expect_unsupported(&m, &["no configuration", "offset 8"]);
+    // An unknown subsection, named.
+    let mut m = img[..27].to_vec();
+    m.extend_from_slice(b"\x05\x12configuration/zzz\0\0\0\x01");
+    m.extend_from_slice(&img[27..]);
+    expect_unsupported(&m, &["configuration/zzz", "offset 27"]);
+}
+
+#[test]
+fn missing_mapped_ram_capability() {
+    let (_, img) = valid();
+    // Drop the capabilities subsection entirely, then with a count of 0.
+    let sub = header_len() as usize - 27;
+    let mut m = img[..27].to_vec();
+    m.extend_from_slice(&img[27 + sub..]);
+    expect_unsupported(&m, &["not a mapped-ram file", "mapped-ram"]);
+    let mut m = img[..27].to_vec();
+    m.extend_from_slice(b"\x05\x1aconfiguration/capabilities\0\0\0\x01\0\0\0\0");
+    m.extend_from_slice(&img[27 + sub..]);
+    expect_unsupported(&m, &["not a mapped-ram file"]);
+}
+
+#[test]
+fn ram_section_errors() {
+    let (_, img) = valid();
+    let s = start_off();
+    let mut m = img.clone();
+    put32(&mut m, s + 13, 3);
+    expect_unsupported(&m, &["RAM section", "version 3", "expected 4"]);
+    let mut m = img.clone();
+    put32(&mut m, s + 9, 1);
+    expect_corrupt(&m, &["instance id 1"]);
+    let mut m = img.clone();
+    m[s as usize] = 0x03;
+    expect_corrupt(
+        &m,
+        &["expected the RAM section start", &format!("offset {s}")],
+    );
+    // A device section before the RAM section.
+    let mut m = img[..s as usize].to_vec();
+    m.extend_from_slice(b"\x04\0\0\0\x07\x05timer\0\0\0\0\0\0\0\x02");
+    m.extend_from_slice(&img[s as usize..]);
+    expect_unsupported(&m, &["'timer'", "before the RAM section"]);
+    // Other flags than MEM_SIZE on the total.
+    let t = total_off();
+    let total = 87 * PS;
+    for flags in [0u64, 0x10, 0x6, 0x8] {
+        let mut m = img.clone();
+        put64(&mut m, t, total | flags);
+        expect_corrupt(&m, &["MEM_SIZE", &format!("offset {t}")]);
+    }
+    // A total larger than the file.
+    let mut m = img.clone();
+    put64(&mut m, t, (1 << 50) | 4);
+    expect_corrupt(&m, &["larger than the file"]);
+}
+
+#[test]
+fn ramblock_length_errors() {
+    let (l, img) = valid();
+    let t = total_off();
+    // Overshoot: the total covers only "big" + one page.
+    let mut m = img.clone();
+    put64(&mut m, t, 18 * PS | 4);
+    expect_corrupt(&m, &["'mid'", "past the announced 0x12000"]);
+    // Undershoot: the parser looks for a fourth block where the EOS is.
+    let mut m = img.clone();
+    put64(&mut m, t, 88 * PS | 4);
+    expect_corrupt(&m, &["empty idstr", &format!("offset {}", l.eos_offset)]);
+    for (v, what) in [(0, "0x0"), (PS + 1, "0x1001")] {
+        let mut m = img.clone();
+        put64(&mut m, h(&l, 1).used, v);
+        expect_corrupt(&m, &["'one'", what, "multiple of the page size"]);
+    }
+    let mut m = img.clone();
+    m[h(&l, 1).len as usize] = 0;
+    expect_corrupt(&m, &["empty idstr", &format!("offset {}", h(&l, 1).len)]);
+    // Duplicate idstr: "mid" renamed "big".
+    let mut m = img.clone();
+    let o = h(&l, 2).len as usize + 1;
+    m[o..o + 3].copy_from_slice(b"big");
+    expect_corrupt(&m, &["'big'", "twice"]);
+}
+
+#[test]
+fn mapped_ram_header_errors() {
+    let (l, img) = valid();
+    let o = h(&l, 1);
+    let mut m = img.clone();
+    put32(&mut m, o.version, 0);
+    expect_corrupt(&m, &["'one'", "version 0"]);
+    let mut m = img.clone();
+    put32(&mut m, o.version, 2);
+    expect_unsupported(&m, &["'one'", "version 2"]);
+    for ps in [0u64, 3000, 8192, 1024] {
+        let mut m = img.clone();
+        put64(&mut m, o.page_size, ps);
+        expect_corrupt(&m, &["'one'", &format!("page size {ps}"), "4096"]);
+    }
+    // Bitmap inside the header.
+    let mut m = img.clone();
+    put64(&mut m, o.bitmap, o.end - 1);
+    expect_corrupt(&m, &["'one'", "overlaps the headers"]);
+    // Bitmap running into the pages.
+    let mut m = img.clone();
+    put64(&mut m, o.bitmap, l.blocks[1].pages_offset - 4);
+    expect_corrupt(&m, &["'one'", "runs into the pages"]);
+    // Pages not page aligned.
+    let mut m = img.clone();
+    put64(&mut m, o.pages, l.blocks[1].pages_offset + 512);
+    expect_corrupt(&m, &["'one'", "not aligned"]);
+    // Overflowing sums.
+    let mut m = img.clone();
+    put64(&mut m, o.bitmap, u64::MAX - 3);
+    expect_corrupt(&m, &["'one'", "overflows"]);
+    let mut m = img.clone();
+    put64(&mut m, o.pages, u64::MAX - (PS - 1));
+    expect_corrupt(&m, &["'one'", "overflows"]);
+    // Pages past the end of the file (last block).
+    let o2 = h(&l, 2);
+    let mut m = img.clone();
+    put64(&mut m, o2.pages, l.blocks[2].pages_offset + (1 << 20));
+    expect_corrupt(&m, &["'mid'", "past the end of the file"]);
+    // Pages overlapping the previous block (pointing back before the header).
+    let mut m = img.clone();
+    put64(&mut m, o.bitmap, l.blocks[0].pages_offset);
+    expect_corrupt(&m, &["'one'", "overlaps the headers"]);
+}
+
+#[test]
+fn end_of_setup_errors() {
+    let (l, img) = valid();
+    let e = l.eos_offset;
+    for v in [0u64, 0x14, 0x4, 0x10 << 8] {
+        let mut m = img.clone();
+        put64(&mut m, e, v);
+        expect_corrupt(&m, &["expected EOS", &format!("offset {e}")]);
+    }
+    let mut m = img.clone();
+    m[e as usize + 8] = 0x7f;
+    expect_corrupt(&m, &["footer", &format!("offset {}", e + 8)]);
+    let mut m = img.clone();
+    put32(&mut m, e + 9, 1);
+    expect_corrupt(&m, &["footer", "id 2", "found type 0x7e id 1"]);
+}
+
+#[test]
+fn too_many_ramblocks() {
+    // 1 KiB pages so each block is small: header, bitmap, one page.
+    let cfg = Configuration {
+        target_page_bits: Some(10),
+        ..config()
+    };
+    let n = MAX_RAMBLOCKS + 1;
+    let mut img = encode_header(&cfg);
+    img.extend_from_slice(b"\x01\0\0\0\x01\x03ram\0\0\0\0\0\0\0\x04");
+    img.extend_from_slice(&((n as u64 * 1024) | 4).to_be_bytes());
+    for i in 0..n {
+        let id = format!("b{i:05}");
+        img.push(id.len() as u8);
+        img.extend_from_slice(id.as_bytes());
+        img.extend_from_slice(&1024u64.to_be_bytes());
+        let bitmap = img.len() as u64 + 28;
+        let pages = (bitmap + 8).div_ceil(1024) * 1024;
+        img.extend_from_slice(&1u32.to_be_bytes());
+        img.extend_from_slice(&1024u64.to_be_bytes());
+        img.extend_from_slice(&bitmap.to_be_bytes());
+        img.extend_from_slice(&pages.to_be_bytes());
+        img.resize(pages as usize + 1024, 0);
+    }
+    img.extend_from_slice(&0x10u64.to_be_bytes());
+    img.extend_from_slice(b"\x7e\0\0\0\x01");
+    expect_corrupt(&img, &[&format!("more than {MAX_RAMBLOCKS} ramblocks")]);
+    // One block fewer parses.
+    let m = {
+        let mut c = cfg.clone();
+        c.target_page_bits = Some(10);
+        let specs: Vec<BlockSpec> = (0..3)
+            .map(|i| BlockSpec {
+                idstr: format!("b{i}"),
+                used_length: 1024,
+                page_size: 1024,
+            })
+            .collect();
+        plan(0, &c, 1, &specs).unwrap()
+    };
+    assert_eq!(m.blocks.len(), 3);
+}
+
+/// Every prefix of the image through the setup footer fails to parse, with
+/// a Corrupt error, and never panics.
+#[test]
+fn every_truncation_errors() {
+    let (l, img) = valid();
+    for n in 0..l.setup_end() as usize {
+        let prefix = &img[..n];
+        match parse(&prefix, 0) {
+            Err(Error::Corrupt(m)) => {
+                assert!(
+                    m.contains("truncated at offset")
+                        || m.contains("larger than the file")
+                        || m.contains("past the end of the file"),
+                    "{n}: {m}"
+                )
+            }
+            other => panic!("prefix {n}: expected Corrupt, got {other:?}"),
+        }
+        if n < 4096 || n % 4093 == 0 {
+            // Completion of a cut stream is never Complete.
+            assert!(matches!(
+                completion(&prefix, l.setup_end()).unwrap(),
+                Completion::Incomplete(_)
+            ));
+        }
+    }
+    assert_eq!(parse(&&img[..l.setup_end() as usize], 0).unwrap(), l);
+}
+
+// ---------------------------------------------------------------------------
+// Deterministic mutation fuzzing.
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}
+
+/// A mutated view of the image without copying its megabytes: an editable
+/// head, the rest of the original after it, byte patches, a length.
+struct Mutant<'a> {
+    head: Vec<u8>,
+    rest: &'a [u8],
+    patches: BTreeMap<u64, u8>,
+    len: u64,
+}
+
+impl Mutant<'_> {
+    fn full_len(&self) -> u64 {
+        (self.head.len() + self.rest.len()) as u64
+    }
+    fn byte(&self, off: u64) -> u8 {
+        if let Some(&b) = self.patches.get(&off) {
+            return b;
+        }
+        let h = self.head.len() as u64;
+        if off < h {
+            self.head[off as usize]
+        } else {
+            self.rest[(off - h) as usize]
+        }
+    }
+}
+
+impl ReadAt for Mutant<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        if offset >= self.len {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(self.len - offset) as usize;
+        let h = self.head.len() as u64;
+        for (i, slot) in buf[..n].iter_mut().enumerate() {
+            let o = offset + i as u64;
+            *slot = if o < h {
+                self.head[o as usize]
+            } else {
+                self.rest[(o - h) as usize]
+            };
+        }
+        for (&o, &b) in self.patches.range(offset..offset + n as u64) {
+            buf[(o - offset) as usize] = b;
+        }
+        Ok(n)
+    }
+    fn size(&self) -> Result<u64> {
+        Ok(self.len)
+    }
+}
+
+fn check_invariants(l: &StreamLayout, size: u64) {
+    let mut prev_end = 0;
+    let mut total = 0u64;
+    for (i, b) in l.blocks.iter().enumerate() {
+        let ps = b.page_size;
+        assert!(ps.is_power_of_two());
+        assert!(b.used_length > 0 && b.used_length % ps == 0, "{b:?}");
+        assert!(
+            b.header_offset >= prev_end,
+            "{b:?} overlaps block {}",
+            i.wrapping_sub(1)
+        );
+        let hdr_end =
+            b.header_offset + 1 + b.idstr.len() as u64 + 8 + 28 + 8 * b.addr.is_some() as u64;
+        assert!(b.bitmap_offset >= hdr_end, "{b:?}");
+        assert_eq!(b.bitmap_len, b.pages().div_ceil(64) * 8);
+        assert!(b.bitmap_offset + b.bitmap_len <= b.pages_offset, "{b:?}");
+        assert_eq!(b.pages_offset % ps, 0, "{b:?}");
+        assert!(b.end() <= size, "{b:?} past {size}");
+        assert!(!l.blocks[..i].iter().any(|o| o.idstr == b.idstr));
+        prev_end = b.end();
+        total += b.used_length;
+    }
+    assert!(!l.blocks.is_empty() && total > 0);
+    assert!(l.eos_offset >= prev_end && l.setup_end() <= size);
+}
+
+#[test]
+fn mutation_fuzz_never_panics_nor_accepts_broken_layouts() {
+    let (l, img) = valid();
+    // Offsets worth hitting: the stream header + first block header, the
+    // other block headers, the EOS and the tail.
+    let head_len = l.blocks[0].bitmap_offset as usize + 8;
+    let mut hot: Vec<(u64, u64)> = vec![(0, head_len as u64)];
+    for b in &l.blocks[1..] {
+        hot.push((b.header_offset, b.bitmap_offset + b.bitmap_len));
+    }
+    hot.push((l.eos_offset, img.len() as u64));
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut accepted = 0;
+    for iter in 0..20_000u32 {
+        let mut m = Mutant {
+            head: img[..head_len].to_vec(),
+            rest: &img[head_len..],
+            patches: BTreeMap::new(),
+            len: img.len() as u64,
+        };
+        let ops = 1 + rng.below(4);
+        for _ in 0..ops {
+            let full = m.full_len();
+            let pick_hot = |rng: &mut XorShift| {
+                let (a, b) = hot[rng.below(hot.len() as u64) as usize];
+                a + rng.below(b - a)
+            };
+            match rng.below(10) {
+                0..=3 => {
+                    // Flip bits at a hot offset (anywhere 1 in 8).
+                    let o = if rng.below(8) == 0 {
+                        rng.below(full)
+                    } else {
+                        pick_hot(&mut rng)
+                    };
+                    if o < full {
+                        let b = m.byte(o) ^ (1 + rng.below(255)) as u8;
+                        m.patches.insert(o, b);
+                    }
+                }
+                4 => {
+                    // An interesting be64 at a hot offset.
+                    let o = pick_hot(&mut rng);
+                    let v = [0, 1, 4, 0x10, PS, u64::MAX, 1 << 63, m.len, m.len - 1]
+                        [rng.below(9) as usize];
+                    for (i, b) in v.to_be_bytes().iter().enumerate() {
+                        if o + (i as u64) < full {
+                            m.patches.insert(o + i as u64, *b);
+                        }
+                    }
+                }
+                5 | 6 => {
+                    // Insert bytes in the head.
+                    let at = rng.below(m.head.len() as u64 + 1) as usize;
+                    let k = 1 + rng.below(8) as usize;
+                    let bytes: Vec<u8> = (0..k).map(|_| rng.next() as u8).collect();
+                    m.head.splice(at..at, bytes);
+                    m.patches.clear();
+                    m.len = m.full_len();
+                }
+                7 | 8 => {
+                    // Delete bytes from the head.
+                    let at = rng.below(m.head.len() as u64) as usize;
+                    let k = (1 + rng.below(8) as usize).min(m.head.len() - at);
+                    m.head.drain(at..at + k);
+                    m.patches.clear();
+                    m.len = m.full_len();
+                }
+                _ => {
+                    // Truncate.
+                    m.len = rng.below(m.len + 1);
+                }
+            }
+        }
+        m.len = m.len.min(m.full_len());
+        if let Ok(parsed) = parse(&m, 0) {
+            accepted += 1;
+            check_invariants(&parsed, m.len);
+        }
+        // Completion detection must not panic either.
+        let _ = completion(&m, rng.below(m.len + 1)).unwrap_or_else(|e| panic!("{iter}: {e}"));
+    }
+    // Mutations in page data or bitmaps are harmless: some must pass.
+    assert!(accepted > 0);
+}
