@@ -374,6 +374,7 @@ pub fn parse(src: &dyn ReadAt, base: u64) -> Result<StreamLayout> {
     }
 
     let mut blocks: Vec<BlockLayout> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut sum: u64 = 0;
     while sum < total {
         let header_offset = c.pos();
@@ -395,7 +396,7 @@ pub fn parse(src: &dyn ReadAt, base: u64) -> Result<StreamLayout> {
                 "ramblock '{idstr}' (header at offset {header_offset}): {msg}"
             ))
         };
-        if blocks.iter().any(|b| b.idstr == idstr) {
+        if !seen.insert(idstr.clone()) {
             return Err(corrupt("the idstr appears twice".into()));
         }
         let used_length = c.be64(&format!("the length of ramblock '{idstr}'"))?;
