@@ -838,3 +838,49 @@ fn measure_aligned_direct_write_vs_raw() {
         std::fs::read(&raw_path).unwrap()
     );
 }
+
+/// procfs refuses O_DIRECT (open gives EINVAL), like any file system
+/// without direct I/O; the error names the path and the reason.
+#[test]
+fn o_direct_refused_is_a_clear_error() {
+    let _s = Scratch::new("refused");
+    let p = Path::new("/proc/version");
+    let e = Channel::open(p, OpenFlags::READ | OpenFlags::DIRECT).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "{e}");
+    assert!(
+        e.to_string()
+            .contains("O_DIRECT not supported by the file system of /proc/version"),
+        "{e}"
+    );
+    // Without DIRECT the same file opens.
+    let ch = Channel::open(p, OpenFlags::READ).unwrap();
+    let mut b = [0u8; 5];
+    assert_eq!(ch.read_at(&mut b, 0).unwrap(), 5);
+    assert_eq!(&b, b"Linux");
+}
+
+/// A caller's descriptor that already has O_DIRECT: unaligned metadata I/O
+/// still works (a separate buffered open), and the caller's flags are
+/// unchanged.
+#[test]
+fn from_fd_with_o_direct_descriptor() {
+    let s = Scratch::new("fromdirect");
+    let p = s.path("f");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&p)
+        .unwrap();
+    let ch = Channel::from_fd(f.as_raw_fd(), rw()).unwrap();
+    ch.write_all_at(b"abc", 1).unwrap();
+    let mut b = [0u8; 4];
+    assert_eq!(ch.read_at(&mut b, 0).unwrap(), 4);
+    assert_eq!(&b, b"\0abc");
+    ch.close().unwrap();
+    // SAFETY: F_GETFL on an open descriptor.
+    let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    assert_ne!(fl & libc::O_DIRECT, 0, "the caller's O_DIRECT flag is kept");
+}
