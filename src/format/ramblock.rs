@@ -672,12 +672,14 @@ mod tests {
     /// same bytes through the EOS + footer (outside the bitmaps). Set
     /// MAPPEDRAM_QEMU_IMAGE=path[:base] to run it; the QEMU interop tests
     /// produce such files.
+    /// Not run by default (reported as ignored, not passed): the QEMU
+    /// interop suite (tests/qemu_interop.rs) checks the same against files
+    /// QEMU writes during the test.
     #[test]
+    #[ignore = "needs MAPPEDRAM_QEMU_IMAGE=path[:base]; covered by tests/qemu_interop.rs"]
     fn qemu_written_file() {
-        let Ok(var) = std::env::var("MAPPEDRAM_QEMU_IMAGE") else {
-            eprintln!("MAPPEDRAM_QEMU_IMAGE not set; skipped");
-            return;
-        };
+        let var =
+            std::env::var("MAPPEDRAM_QEMU_IMAGE").expect("set MAPPEDRAM_QEMU_IMAGE=path[:base]");
         let (path, base) = match var.split_once(':') {
             Some((p, b)) => (p.to_string(), b.parse().unwrap()),
             None => (var.clone(), 0),

@@ -113,10 +113,8 @@ mod tests {
             for pos in 0..len {
                 v[1 + pos] = 0x80;
                 // SAFETY: as above.
-                assert!(
-                    !unsafe { is_zero(v[1..].as_ptr(), len) },
-                    "len {len} pos {pos}"
-                );
+                let z = unsafe { is_zero(v[1..].as_ptr(), len) };
+                assert!(!z, "len {len} pos {pos}");
                 // SAFETY: as above.
                 assert!(!unsafe { is_zero_portable(v[1..].as_ptr(), len) });
                 v[1 + pos] = 0;
