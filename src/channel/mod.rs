@@ -16,9 +16,11 @@
 
 mod bounce;
 mod direct;
+mod fault;
 mod sys;
 
 pub use direct::{DioAlign, DEFAULT_DIO_ALIGN};
+pub use fault::{FaultFn, FaultOp};
 
 use crate::error::{Error, Result};
 use direct::{Direct, Req};
@@ -93,6 +95,8 @@ pub struct Channel {
     file: OwnedFd,
     /// The `O_DIRECT` side, with `OpenFlags::DIRECT`.
     direct: Option<Direct>,
+    /// Test-only fault injector (see `fault`).
+    faults: fault::Faults,
 }
 
 // The contract: one handle is shared by many threads.
@@ -226,6 +230,7 @@ impl Channel {
             flags,
             file,
             direct,
+            faults: Default::default(),
         })
     }
 
@@ -322,7 +327,16 @@ impl Channel {
             flags,
             file,
             direct,
+            faults: Default::default(),
         })
+    }
+
+    /// Testing facility: install (or remove with `None`) a fault injector,
+    /// consulted before every write, read, sync (including `close`'s),
+    /// truncate and hole punch; `Some(errno)` fails that operation without
+    /// touching the file. See [`FaultOp`].
+    pub fn set_fault_injector(&self, f: Option<FaultFn>) {
+        self.faults.set(f);
     }
 
     /// The path (or "fd N") used in error messages.
@@ -409,6 +423,8 @@ impl Channel {
     pub unsafe fn pwritev_raw(&self, iov: &[libc::iovec], offset: u64) -> Result<u64> {
         let total = self.iov_total("pwritev", iov, offset)?;
         self.check_write("pwritev", offset, total)?;
+        self.faults
+            .check(&self.name, FaultOp::Write, offset, total)?;
         if total == 0 {
             return Ok(0);
         }
@@ -452,6 +468,8 @@ impl Channel {
     pub unsafe fn preadv_raw(&self, iov: &[libc::iovec], offset: u64) -> Result<u64> {
         let total = self.iov_total("preadv", iov, offset)?;
         self.check_read("preadv", offset, total)?;
+        self.faults
+            .check(&self.name, FaultOp::Read, offset, total)?;
         if total == 0 {
             return Ok(0);
         }
@@ -487,6 +505,7 @@ impl Channel {
         let len = buf.len() as u64;
         self.check_range("write", offset, len)?;
         self.check_write("write", offset, len)?;
+        self.faults.check(&self.name, FaultOp::Write, offset, len)?;
         let req = Req {
             name: &self.name,
             op: "write",
@@ -508,6 +527,7 @@ impl Channel {
         let len = buf.len() as u64;
         self.check_range("read", offset, len)?;
         self.check_read("read", offset, len)?;
+        self.faults.check(&self.name, FaultOp::Read, offset, len)?;
         let req = Req {
             name: &self.name,
             op: "read",
@@ -522,6 +542,7 @@ impl Channel {
 
     /// `fdatasync`.
     pub fn sync(&self) -> Result<()> {
+        self.faults.check(&self.name, FaultOp::Sync, 0, 0)?;
         nix::unistd::fdatasync(self.file.as_raw_fd())
             .map_err(|e| Error::from_errno(format!("fdatasync of {}", self.name), e as i32))
     }
@@ -544,6 +565,7 @@ impl Channel {
     pub fn set_len(&self, len: u64) -> Result<()> {
         self.check_range("truncate", len, 0)?;
         self.check_write("truncate", len, 0)?;
+        self.faults.check(&self.name, FaultOp::SetLen, len, 0)?;
         let _g = self.direct.as_ref().map(Direct::exclusive);
         sys::ftruncate(self.file.as_fd(), len)
             .map_err(|e| Error::io(format!("truncating {} to {len} bytes", self.name), e))
@@ -555,6 +577,8 @@ impl Channel {
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
         self.check_range("punch_hole", offset, len)?;
         self.check_write("punch_hole", offset, len)?;
+        self.faults
+            .check(&self.name, FaultOp::PunchHole, offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -638,10 +662,13 @@ impl Channel {
             flags,
             file,
             direct,
+            faults,
         } = self;
         let mut first: Option<Error> = None;
         if flags.contains(OpenFlags::WRITE) {
-            if let Err(e) = nix::unistd::fdatasync(file.as_raw_fd()) {
+            if let Err(e) = faults.check(&name, FaultOp::Sync, 0, 0) {
+                first.get_or_insert(e);
+            } else if let Err(e) = nix::unistd::fdatasync(file.as_raw_fd()) {
                 first.get_or_insert(Error::from_errno(
                     format!("fdatasync of {name} before close"),
                     e as i32,
