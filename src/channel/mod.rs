@@ -13,6 +13,28 @@
 //!   iovecs are full or end of file and returns the count.
 //! - `write_all_at` / `read_at` use the buffered descriptor (metadata).
 //! - Errors name the path (or "fd N"), the offset and the length.
+//!
+//! Further guarantees of this implementation:
+//! - Any iovec count works: arrays longer than `IOV_MAX` (1024) are split
+//!   over several system calls (like any short transfer, not atomically).
+//!   A NULL base with a non-zero length, or a range past `i64::MAX`, is
+//!   `Error::Invalid`; an empty list (or only empty iovecs) returns 0.
+//! - Writes leave the file size exactly as `pwrite` would, also when an
+//!   unaligned tail was written as a whole `O_DIRECT` block; reads past end
+//!   of file return short counts and leave the caller's bytes past the count
+//!   untouched.
+//! - Concurrent writers of disjoint bytes never lose each other's bytes,
+//!   whether they share a direct-I/O block or a page, and whether they use
+//!   `pwritev_raw` or `write_all_at` (see `direct.rs` for the lock design).
+//!   Overlapping concurrent writes have no defined winner.
+//! - Writing on a channel without `WRITE` is `Error::ReadOnly`; reading on
+//!   one without `READ` is an `EBADF` error. A write-only `DIRECT` channel
+//!   opens its `O_DIRECT` descriptor read-write when permitted, so unaligned
+//!   writes can read-modify-write; where that is refused, unaligned writes
+//!   fail with `EBADF` and a message saying why.
+//! - `next_data`/`next_hole` use `lseek`, which moves an open file
+//!   description's offset; this crate never uses that offset, but a
+//!   `from_fd` caller without `DIRECT` shares it with the channel.
 
 mod bounce;
 mod direct;
