@@ -325,3 +325,76 @@ pub(crate) fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(b: &[u8]) -> libc::iovec {
+        libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        }
+    }
+
+    #[test]
+    fn cursor_advances_through_partial_and_empty_iovecs() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let iov = [
+            v(&data[0..0]),
+            v(&data[0..10]),
+            v(&data[10..10]),
+            v(&data[10..100]),
+        ];
+        let mut c = IovCursor::new(&iov);
+        assert!(!c.is_empty());
+        c.advance(4);
+        let mut scratch = [v(&[])];
+        let b = c.batch(&mut scratch);
+        // A partly transferred iovec is passed alone, cut at the skip.
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].iov_base as usize, data.as_ptr() as usize + 4);
+        assert_eq!(b[0].iov_len, 6);
+        c.advance(6);
+        // The empty iovec is skipped; the batch is the caller's slice again.
+        let b = c.batch(&mut scratch);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].iov_len, 90);
+        let mut out = [0u8; 50];
+        // SAFETY: `data` is readable, `out` writable for 50 bytes, 90 left.
+        unsafe { c.copy_out(out.as_mut_ptr(), 50) };
+        assert_eq!(&out[..], &data[10..60]);
+        c.advance(40);
+        assert!(c.is_empty());
+        assert!(c.all_aligned(4096, 512));
+    }
+
+    #[test]
+    fn batches_never_exceed_iov_max() {
+        let data = vec![0u8; 3000];
+        let iov: Vec<libc::iovec> = data.chunks(1).map(v).collect();
+        let mut c = IovCursor::new(&iov);
+        let mut scratch = [v(&[])];
+        assert_eq!(c.batch(&mut scratch).len(), IOV_MAX);
+        c.advance(IOV_MAX * 2 + 5);
+        assert_eq!(c.batch(&mut scratch).len(), 3000 - IOV_MAX * 2 - 5);
+    }
+
+    #[test]
+    fn alignment_checks() {
+        let mut buf = vec![0u8; 3 * 4096];
+        let off = (4096 - buf.as_ptr() as usize % 4096) % 4096;
+        let a = &mut buf[off..off + 8192];
+        let iov = [v(&a[..4096]), v(&a[4096..4096]), v(&a[4096..])];
+        let mut c = IovCursor::new(&iov);
+        assert!(c.all_aligned(4096, 512));
+        c.advance(512);
+        assert!(!c.head_aligned(4096, 512));
+        assert!(c.head_aligned(512, 512));
+        c.advance(1);
+        assert!(!c.head_aligned(1, 512));
+        let iov = [v(&a[1..513])];
+        assert!(!IovCursor::new(&iov).all_aligned(4096, 512));
+        assert!(IovCursor::new(&iov).all_aligned(1, 512));
+    }
+}
