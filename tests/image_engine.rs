@@ -313,7 +313,7 @@ fn dirty_rounds_track_data_and_allocation() {
     // SAFETY: as above.
     unsafe { save_ramblock(&img, 0, mem.ptr, Some(&dirty), 8) }.unwrap();
     img.finish().unwrap();
-    assert_eq!(img.file_size().unwrap() <= size_full + 4096, true);
+    assert!(img.file_size().unwrap() <= size_full + 4096);
     img.close().unwrap();
     let img = Image::open(&path, ImageFlags::default()).unwrap();
     let back = read_ramblock_to_vec(&img, 0, 3).unwrap();

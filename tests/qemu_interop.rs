@@ -291,6 +291,7 @@ fn copy_blocks(src: &Image, dst: &Image) {
         let info = src.block_info(i).unwrap();
         let data = engine::read_ramblock_to_vec(src, i, 2).unwrap();
         if info.idstr == "mem" {
+            // SAFETY: `data` is valid for the block's used_length bytes.
             let st = unsafe { engine::save_ramblock(dst, i, data.as_ptr(), None, 2) }.unwrap();
             assert_eq!(st.pages_data, info.pages_present);
         } else {
@@ -481,6 +482,7 @@ fn rewrite_case(tag: &str, seed: u64, opts: MigOpts, flags: ImageFlags) {
     let (zero_pages, data_pages) = fill::census(&new);
     let img = Image::open(&file, ImageFlags::READ_WRITE | flags).unwrap();
     let blk = img.find_block("mem").unwrap();
+    // SAFETY: `new` is valid for the block's used_length bytes.
     let st = unsafe { engine::save_ramblock(&img, blk, new.as_ptr(), None, 3) }.unwrap();
     assert_eq!(st.pages_scanned, (MEM / PAGE) as u64);
     assert_eq!(st.pages_data, data_pages as u64);
