@@ -1,0 +1,80 @@
+/* Small helpers shared by the C tests: fail loudly with file:line, the
+ * expression, the value and mr_last_error(). */
+#ifndef MRTEST_H
+#define MRTEST_H
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mappedram.h"
+
+#define FAIL(...)                                                              \
+    do {                                                                       \
+        fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);                  \
+        fprintf(stderr, __VA_ARGS__);                                          \
+        fprintf(stderr, "\n  mr_last_error: %s\n", mr_last_error());           \
+        exit(1);                                                               \
+    } while (0)
+
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond))                                                           \
+            FAIL("%s", #cond);                                                 \
+    } while (0)
+
+/* Expect an exact (long long) value. */
+#define CHECK_EQ(expr, want)                                                   \
+    do {                                                                       \
+        long long got_ = (long long)(expr);                                    \
+        long long want_ = (long long)(want);                                   \
+        if (got_ != want_)                                                     \
+            FAIL("%s = %lld, want %lld (%s)", #expr, got_, want_,              \
+                 got_ < 0 ? strerror((int)-got_) : "-");                       \
+    } while (0)
+
+/* Expect success (0). */
+#define OK(expr) CHECK_EQ(expr, 0)
+
+/* The last error must be non-empty and mention `needle` (unless NULL). */
+static inline void mrtest_check_msg(const char *expr, const char *needle, const char *file,
+                                    int line)
+{
+    const char *m = mr_last_error();
+    if (m == NULL || m[0] == '\0' || (needle != NULL && strstr(m, needle) == NULL)) {
+        fprintf(stderr, "%s:%d: FAIL: %s: mr_last_error \"%s\" lacks \"%s\"\n", file, line,
+                expr, m ? m : "(NULL)", needle ? needle : "(any text)");
+        exit(1);
+    }
+}
+
+/* Expect -err and a non-empty last error mentioning `needle` (may be NULL). */
+#define CHECK_ERR(expr, err, needle)                                           \
+    do {                                                                       \
+        CHECK_EQ(expr, -(err));                                                \
+        mrtest_check_msg(#expr, (needle), __FILE__, __LINE__);                 \
+    } while (0)
+
+/* A fresh path for a scratch file in $MR_TEST_DIR (ext4 build dir by
+ * default), removed first. */
+static inline void test_path(char *buf, size_t len, const char *name)
+{
+    const char *dir = getenv("MR_TEST_DIR");
+    if (dir == NULL || dir[0] == '\0')
+        dir = ".";
+    snprintf(buf, len, "%s/%s.%ld.tmp", dir, name, (long)getpid());
+    unlink(buf);
+}
+
+/* Deterministic, mostly non-zero test bytes. */
+static inline uint8_t pattern(uint64_t seed, uint64_t i)
+{
+    uint64_t x = (seed + 1) * 0x9e3779b97f4a7c15ull ^ (i * 0xbf58476d1ce4e5b9ull);
+    x ^= x >> 31;
+    return (uint8_t)(x | 1);
+}
+
+#endif
