@@ -547,3 +547,95 @@ pub fn human(n: u64) -> String {
         format!("{v:.2} {}", U[i])
     }
 }
+
+/// The runs of non-zero pages of `mem`, split at `unit` boundaries (the
+/// I/O pattern of the library's save): (byte offset, byte length).
+pub fn present_runs(mem: &[u8], unit: usize) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut cur: Option<(usize, usize)> = None;
+    for (i, p) in mem.chunks(PAGE).enumerate() {
+        let off = i * PAGE;
+        // SAFETY: `p` is a valid slice of its length.
+        let z = unsafe { mappedram::image::zero::is_zero(p.as_ptr(), p.len()) };
+        let boundary = off % unit == 0;
+        match (&mut cur, z) {
+            (Some((_, l)), false) if !boundary => *l += p.len(),
+            (c, false) => {
+                if let Some(r) = c.take() {
+                    runs.push(r);
+                }
+                *c = Some((off, p.len()));
+            }
+            (c, true) => {
+                if let Some(r) = c.take() {
+                    runs.push(r);
+                }
+            }
+        }
+    }
+    runs.extend(cur);
+    runs
+}
+
+/// Plain `O_DIRECT` I/O of `runs` (offset, length) of `mem` at the same
+/// offsets of a file, one thread, in order: `pwrite` into a new sparse file
+/// of `mem.len()` bytes then `fdatasync` (write), or `pread` (read). The
+/// yardstick with the library's exact request pattern.
+///
+/// # Safety
+/// `mem` must be valid for reads (write) or writes (read) of every run.
+pub unsafe fn raw_runs(
+    path: &Path,
+    mem: *mut u8,
+    len: usize,
+    runs: &[(usize, usize)],
+    write: bool,
+) -> io::Result<Duration> {
+    let t = Instant::now();
+    let fd = if write {
+        open_direct(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?
+    } else {
+        open_direct(path, libc::O_RDONLY)?
+    };
+    let res = (|| {
+        // SAFETY: fd is our open descriptor.
+        if write && unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for &(off, n) in runs {
+            let mut done = 0;
+            while done < n {
+                // SAFETY: the run lies inside the caller's memory.
+                let p = unsafe { mem.add(off + done) } as *mut libc::c_void;
+                let o = (off + done) as libc::off_t;
+                // SAFETY: as above; fd is ours.
+                let r = unsafe {
+                    if write {
+                        libc::pwrite(fd, p, n - done, o)
+                    } else {
+                        libc::pread(fd, p, n - done, o)
+                    }
+                };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                if r == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short I/O"));
+                }
+                done += r as usize;
+            }
+        }
+        // SAFETY: fd is ours.
+        if write && unsafe { libc::fdatasync(fd) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    })();
+    // SAFETY: closing our own descriptor once.
+    unsafe { libc::close(fd) };
+    res.map(|_| t.elapsed())
+}

@@ -1,9 +1,11 @@
 //! mr-bench: the project's bars (DESIGN.md §5), measured side by side in one
 //! run and printed as ratios.
 //!
-//! 1. Library save/restore (O_DIRECT, 1 and 2 threads) vs plain sequential
-//!    O_DIRECT `pwrite`/`pread` of the same bytes on the same file system,
-//!    runs interleaved, medians of `--reps`; random data and a 50 % zero mix.
+//! 1. Library save/restore (O_DIRECT, 1, 2 and 4 threads) vs plain
+//!    sequential O_DIRECT `pwrite`/`pread` of the same bytes on the same
+//!    file system: each library run paired with a raw run next to it,
+//!    medians over `--reps` of the per-pair ratios; random data and a 50 %
+//!    zero mix.
 //! 2. Library vs QEMU 10 (mapped-ram + multifd + direct-io) saving and
 //!    restoring the same memory (a shared `memory-backend-file` on tmpfs).
 //! 3. Zero-page scan throughput on in-cache data, one core.
@@ -26,13 +28,14 @@ struct Args {
     qemu_reps: usize,
     sparse_size: usize,
     rss_size: usize,
+    threads: Vec<u32>,
     skip: Vec<String>,
 }
 
 const USAGE: &str =
     "usage: mr-bench [--sizes 1G,4G] [--reps 3] [--dir DIR (ext4; default $TMPDIR or /tmp)] \
 [--shm DIR (guest RAM files for QEMU; default /dev/shm)] [--qemu-size 1G] [--qemu-reps 2] \
-[--sparse-size 4G] [--rss-size 4G] [--skip raw,qemu,zero,rss,sparse]";
+[--sparse-size 4G] [--rss-size 4G] [--threads 1,2,4] [--skip raw,qemu,zero,rss,sparse]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -44,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
         qemu_reps: 2,
         sparse_size: 4 << 30,
         rss_size: 4 << 30,
+        threads: vec![1, 2, 4],
         skip: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -68,6 +72,16 @@ fn parse_args() -> Result<Args, String> {
             }
             "--sparse-size" => a.sparse_size = parse_size(&val()?)?,
             "--rss-size" => a.rss_size = parse_size(&val()?)?,
+            "--threads" => {
+                a.threads = val()?
+                    .split(',')
+                    .map(|t| {
+                        t.trim()
+                            .parse::<u32>()
+                            .map_err(|e| format!("--threads: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             "--skip" => a.skip = val()?.split(',').map(|s| s.trim().to_string()).collect(),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -291,40 +305,39 @@ fn raw_vs_lib_one(
     let mut dst = Mem::anon(size).map_err(io_err("mmap"))?;
     dst.prefault();
 
-    let threads = [1u32, 2];
-    // Save: per rep, lib(1), raw, lib(2): raw sits between the library runs.
+    let threads = &a.threads;
+    let nt = threads.len();
+    // Save: per rep and thread count, a raw run then a library run of the
+    // same bytes (pairs side by side; the ratio is taken per pair).
     let mut raw_w = Vec::new();
-    let mut lib_w: Vec<Vec<f64>> = vec![Vec::new(); threads.len()];
-    let mut ratio_w: Vec<Vec<f64>> = vec![Vec::new(); threads.len()];
+    let mut lib_w: Vec<Vec<f64>> = vec![Vec::new(); nt];
+    let mut ratio_w: Vec<Vec<f64>> = vec![Vec::new(); nt];
     for r in 0..a.reps {
-        let mut times = [Duration::ZERO; 2];
-        let _ = std::fs::remove_file(lib_path);
-        let (d, st) = lib_save(lib_path, &src, None, threads[0]).map_err(lib_err("lib save"))?;
-        times[0] = d;
-        if st.pages_data != present {
-            return Err(format!(
-                "lib save wrote {} pages, {present} present",
-                st.pages_data
-            ));
+        let mut line = format!("  save rep {r}:");
+        for (i, &t) in threads.iter().enumerate() {
+            let _ = std::fs::remove_file(raw_path);
+            // SAFETY: `src` is valid for reads of `pbytes <= size` bytes.
+            let dr = unsafe { raw_write(raw_path, src.as_ptr(), pbytes) }
+                .map_err(io_err("raw write"))?;
+            let _ = std::fs::remove_file(lib_path);
+            let (d, st) = lib_save(lib_path, &src, None, t).map_err(lib_err("lib save"))?;
+            if st.pages_data != present {
+                return Err(format!(
+                    "lib save wrote {} pages, {present} present",
+                    st.pages_data
+                ));
+            }
+            raw_w.push(mibs(pbytes as u64, dr));
+            lib_w[i].push(mibs(pbytes as u64, d));
+            ratio_w[i].push(dr.as_secs_f64() / d.as_secs_f64());
+            line += &format!(
+                " raw {:.0} / lib {t}T {:.0} MiB/s ({:.2}x);",
+                mibs(pbytes as u64, dr),
+                mibs(pbytes as u64, d),
+                dr.as_secs_f64() / d.as_secs_f64()
+            );
         }
-        let _ = std::fs::remove_file(raw_path);
-        // SAFETY: `src` is valid for reads of `pbytes <= size` bytes.
-        let dr =
-            unsafe { raw_write(raw_path, src.as_ptr(), pbytes) }.map_err(io_err("raw write"))?;
-        let _ = std::fs::remove_file(lib_path);
-        let (d, _) = lib_save(lib_path, &src, None, threads[1]).map_err(lib_err("lib save"))?;
-        times[1] = d;
-        raw_w.push(mibs(pbytes as u64, dr));
-        for i in 0..threads.len() {
-            lib_w[i].push(mibs(pbytes as u64, times[i]));
-            ratio_w[i].push(dr.as_secs_f64() / times[i].as_secs_f64());
-        }
-        println!(
-            "  save rep {r}: raw {:.0} MiB/s, lib 1T {:.0} MiB/s, lib 2T {:.0} MiB/s (present bytes / time)",
-            mibs(pbytes as u64, dr),
-            mibs(pbytes as u64, times[0]),
-            mibs(pbytes as u64, times[1])
-        );
+        println!("{line}");
     }
     let (logical, alloc) = file_sizes(lib_path).map_err(io_err("stat"))?;
     println!(
@@ -333,42 +346,42 @@ fn raw_vs_lib_one(
         human(alloc)
     );
 
-    // Restore: per rep, lib(1), raw, lib(2). Verify the first library
-    // restore (dst is all zero then, absent pages stay zero).
+    // Restore: the same pairing. Verify the first library restore (dst is
+    // all zero then, so absent pages left untouched are zero).
     let mut raw_r = Vec::new();
-    let mut lib_r: Vec<Vec<f64>> = vec![Vec::new(); threads.len()];
-    let mut ratio_r: Vec<Vec<f64>> = vec![Vec::new(); threads.len()];
+    let mut lib_r: Vec<Vec<f64>> = vec![Vec::new(); nt];
+    let mut ratio_r: Vec<Vec<f64>> = vec![Vec::new(); nt];
+    let mut verified = false;
     for r in 0..a.reps {
-        let (d1, st) =
-            lib_restore(lib_path, &mut dst, threads[0]).map_err(lib_err("lib restore"))?;
-        if r == 0 {
-            if let Some(i) = first_mismatch(src.as_slice(), dst.as_slice()) {
-                return Err(format!("restored memory differs at offset 0x{i:x}"));
+        let mut line = format!("  restore rep {r}:");
+        for (i, &t) in threads.iter().enumerate() {
+            let (d, st) = lib_restore(lib_path, &mut dst, t).map_err(lib_err("lib restore"))?;
+            if !verified {
+                if let Some(i) = first_mismatch(src.as_slice(), dst.as_slice()) {
+                    return Err(format!("restored memory differs at offset 0x{i:x}"));
+                }
+                if st.pages_data != present {
+                    return Err(format!(
+                        "restore read {} pages, {present} present",
+                        st.pages_data
+                    ));
+                }
+                verified = true;
             }
-            if st.pages_data != present {
-                return Err(format!(
-                    "restore read {} pages, {present} present",
-                    st.pages_data
-                ));
-            }
+            // SAFETY: `dst` is valid for writes of `pbytes <= size` bytes.
+            let dr = unsafe { raw_read(raw_path, dst.as_mut_ptr(), pbytes) }
+                .map_err(io_err("raw read"))?;
+            raw_r.push(mibs(pbytes as u64, dr));
+            lib_r[i].push(mibs(pbytes as u64, d));
+            ratio_r[i].push(dr.as_secs_f64() / d.as_secs_f64());
+            line += &format!(
+                " lib {t}T {:.0} / raw {:.0} MiB/s ({:.2}x);",
+                mibs(pbytes as u64, d),
+                mibs(pbytes as u64, dr),
+                dr.as_secs_f64() / d.as_secs_f64()
+            );
         }
-        // SAFETY: `dst` is valid for writes of `pbytes <= size` bytes.
-        let dr =
-            unsafe { raw_read(raw_path, dst.as_mut_ptr(), pbytes) }.map_err(io_err("raw read"))?;
-        let (d2, _) =
-            lib_restore(lib_path, &mut dst, threads[1]).map_err(lib_err("lib restore"))?;
-        let times = [d1, d2];
-        raw_r.push(mibs(pbytes as u64, dr));
-        for i in 0..threads.len() {
-            lib_r[i].push(mibs(pbytes as u64, times[i]));
-            ratio_r[i].push(dr.as_secs_f64() / times[i].as_secs_f64());
-        }
-        println!(
-            "  restore rep {r}: raw {:.0} MiB/s, lib 1T {:.0} MiB/s, lib 2T {:.0} MiB/s (present bytes / time)",
-            mibs(pbytes as u64, dr),
-            mibs(pbytes as u64, d1),
-            mibs(pbytes as u64, d2)
-        );
+        println!("{line}");
     }
     if let Some(i) = first_mismatch(src.as_slice(), dst.as_slice()) {
         return Err(format!(
@@ -379,6 +392,46 @@ fn raw_vs_lib_one(
 
     let frac = pbytes as f64 / size as f64;
     let label = format!("{} {}", human(size as u64), pat.name());
+    if frac < 0.999 {
+        // Yardstick with the library's own request pattern: the present
+        // runs (split at 4 MiB units) at their offsets, one thread.
+        let runs = present_runs(src.as_slice(), mappedram::engine::UNIT_BYTES as usize);
+        let avg = pbytes as f64 / runs.len().max(1) as f64;
+        let runs_path = raw_path.with_extension("runs");
+        let mut w = Vec::new();
+        let mut rd = Vec::new();
+        for _ in 0..a.reps {
+            let _ = std::fs::remove_file(&runs_path);
+            // SAFETY: `src` is valid for reads of every run.
+            let d = unsafe { raw_runs(&runs_path, src.as_ptr() as *mut u8, size, &runs, true) }
+                .map_err(io_err("raw runs write"))?;
+            w.push(mibs(pbytes as u64, d));
+            // SAFETY: `dst` is valid for writes of every run.
+            let d = unsafe { raw_runs(&runs_path, dst.as_mut_ptr(), size, &runs, false) }
+                .map_err(io_err("raw runs read"))?;
+            rd.push(mibs(pbytes as u64, d));
+        }
+        let _ = std::fs::remove_file(&runs_path);
+        println!(
+            "  raw O_DIRECT with the library's request pattern ({} runs, avg {:.0} KiB, 1 thread): write {:.0} MiB/s, read {:.0} MiB/s (medians)",
+            runs.len(),
+            avg / 1024.0,
+            median(&w),
+            median(&rd)
+        );
+        rep.add(
+            format!("raw, same runs as lib, {label}, 1 thread"),
+            format!(
+                "write {:.0} MiB/s, read {:.0} MiB/s ({} runs, avg {:.0} KiB)",
+                median(&w),
+                median(&rd),
+                runs.len(),
+                avg / 1024.0
+            ),
+            "-",
+            None,
+        );
+    }
     println!(
         "  medians: raw write {:.0} MiB/s, raw read {:.0} MiB/s",
         median(&raw_w),
