@@ -1,7 +1,8 @@
 /* Proves the sanitizers really are linked into the test binaries (built
  * only with -Db_sanitize=address,...): the ASan runtime's entry point must
- * resolve, and a deliberate heap overflow must be reported (that part runs
- * as a separate should_fail test: `sanitizer_linked overflow`). */
+ * resolve, and deliberate errors must be reported (run through
+ * expect_sanitizer.py: `sanitizer_linked overflow`, `... signed-overflow`). */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,12 @@ int main(int argc, char **argv)
         free((void *)p);
         fprintf(stderr, "FAIL: heap overflow was not detected\n");
         return 0; /* should_fail test: returning 0 fails it */
+    }
+    if (argc > 1 && strcmp(argv[1], "signed-overflow") == 0) {
+        volatile int x = INT_MAX;
+        x = x + argc; /* signed overflow: UBSan must report it */
+        fprintf(stderr, "FAIL: signed overflow (%d) was not detected\n", x);
+        return 0;
     }
     printf("ASan runtime linked\n");
     return 0;
