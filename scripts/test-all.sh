@@ -51,25 +51,19 @@ step() {
     fi
 }
 
-# meson_setup DIR ARGS...: configure, or reconfigure an existing build dir.
-meson_setup() {
-    local dir="$1"
-    shift
-    if [ -f "$dir/build.ninja" ]; then
-        meson setup --reconfigure "$dir" "$@"
-    else
-        meson setup "$dir" "$@"
-    fi
+# reconf DIR: "--reconfigure" when DIR is already a configured build dir.
+reconf() {
+    if [ -f "$1/build.ninja" ]; then echo --reconfigure; fi
 }
 
 step "dependencies (scripts/setup-deps.sh)" 900 bash scripts/setup-deps.sh
 step "cargo fmt --check" 120 cargo fmt --all --check
 step "cargo clippy" 600 cargo clippy --all-targets -- "${CLIPPY_ARGS[@]}"
 step "cargo test --release" 900 cargo test --release
-step "meson setup" 120 meson_setup "$BUILD"
+step "meson setup" 120 meson setup $(reconf "$BUILD") "$BUILD"
 step "meson compile" 600 meson compile -C "$BUILD"
 step "meson test" 600 meson test -C "$BUILD" --print-errorlogs
-step "meson setup (ASan/UBSan)" 120 meson_setup "$BUILD_SAN" -Db_sanitize=address,undefined -Db_lundef=false
+step "meson setup (ASan/UBSan)" 120 meson setup $(reconf "$BUILD_SAN") "$BUILD_SAN" -Db_sanitize=address,undefined -Db_lundef=false
 step "meson compile (ASan/UBSan)" 600 meson compile -C "$BUILD_SAN"
 step "meson test (ASan/UBSan)" 600 meson test -C "$BUILD_SAN" --print-errorlogs
 step "pkg-config consumer" 300 bash scripts/test-pkgconfig.sh "$BUILD"
