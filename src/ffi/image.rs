@@ -13,7 +13,7 @@ use super::{
 };
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::format::ramblock::BlockSpec;
+use crate::format::ramblock::{BlockLayout, BlockSpec};
 use crate::image::{Image, ImageFlags};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::Path;
@@ -115,13 +115,21 @@ unsafe fn block_specs(blocks: *const mr_ramblock_desc, nblocks: u32) -> Result<V
 }
 
 fn block_index(img: &Image, block: u32) -> Result<usize> {
-    let n = img.block_count();
-    if block as usize >= n {
-        return Err(Error::NotFound(format!(
-            "ramblock index {block} out of range (the image has {n})"
-        )));
-    }
-    Ok(block as usize)
+    block_layout(img, block).map(|(i, _)| i)
+}
+
+/// The index and layout of ramblock `block` (cheap: no bitmap count).
+fn block_layout(img: &Image, block: u32) -> Result<(usize, &BlockLayout)> {
+    let blocks = &img.layout().blocks;
+    blocks
+        .get(block as usize)
+        .map(|l| (block as usize, l))
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "ramblock index {block} out of range (the image has {})",
+                blocks.len()
+            ))
+        })
 }
 
 /// Create a new image file at `path` (mode 0600, truncated) for
@@ -442,8 +450,8 @@ pub unsafe extern "C" fn mr_image_write_page(
     call("mr_image_write_page", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let b = block_index(img, block)?;
-        let page_size = img.block_info(b)?.page_size;
+        let (b, layout) = block_layout(img, block)?;
+        let page_size = layout.page_size;
         let page = arg_ptr(page.cast::<u8>(), "page")?;
         // SAFETY: readable for page_size bytes per the contract.
         unsafe { img.write_pages_raw(b, offset, page, page_size) }?;
@@ -467,8 +475,8 @@ pub unsafe extern "C" fn mr_image_write_pages(
     call("mr_image_write_pages", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let b = block_index(img, block)?;
-        let page_size = img.block_info(b)?.page_size;
+        let (b, layout) = block_layout(img, block)?;
+        let page_size = layout.page_size;
         if page_size == 0 || len % page_size != 0 {
             return Err(Error::Invalid(format!(
                 "length {len} is not a multiple of the page size {page_size}"
@@ -499,8 +507,8 @@ pub unsafe extern "C" fn mr_image_read_page(
     call("mr_image_read_page", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let b = block_index(img, block)?;
-        let page_size = img.block_info(b)?.page_size;
+        let (b, layout) = block_layout(img, block)?;
+        let page_size = layout.page_size;
         let page = arg_mut(page.cast::<u8>(), "page")?;
         let len = usize::try_from(page_size)
             .map_err(|_| Error::Unsupported(format!("page size {page_size}")))?;
@@ -530,13 +538,12 @@ pub unsafe extern "C" fn mr_image_save_ramblock(
     call("mr_image_save_ramblock", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let b = block_index(img, block)?;
+        let (b, layout) = block_layout(img, block)?;
         let host = arg_ptr(host.cast::<u8>(), "host")?;
         let dirty = if dirty.is_null() {
             None
         } else {
-            let info = img.block_info(b)?;
-            let pages = info.used_length.div_ceil(info.page_size.max(1));
+            let pages = layout.used_length.div_ceil(layout.page_size.max(1));
             let words = usize::try_from(pages.div_ceil(64))
                 .map_err(|_| Error::Unsupported(format!("{pages} pages")))?;
             // SAFETY: readable for ceil(pages / 64) words per the contract.
