@@ -89,7 +89,7 @@ typedef struct mr_image mr_image;
 /**
  * Describes one ramblock of a new image.
  */
-typedef struct {
+typedef struct mr_ramblock_desc {
   /**
    * The block's name (QEMU's idstr), at most 255 bytes.
    */
@@ -107,7 +107,7 @@ typedef struct {
 /**
  * What a caller may know about one ramblock of an image.
  */
-typedef struct {
+typedef struct mr_ramblock_info {
   /**
    * The block's name, NUL-terminated.
    */
@@ -159,7 +159,7 @@ const char *mr_version(void);
  * # Safety
  * `path` must be a NUL-terminated string; `out` must be writable.
  */
-int mr_channel_open(const char *path, uint32_t flags, mr_channel **out);
+int mr_channel_open(const char *path, uint32_t flags, struct mr_channel **out);
 
 /**
  * Make a channel on a duplicate of `fd` (the caller keeps `fd`).
@@ -168,7 +168,7 @@ int mr_channel_open(const char *path, uint32_t flags, mr_channel **out);
  * # Safety
  * `out` must be writable.
  */
-int mr_channel_from_fd(int fd, uint32_t flags, mr_channel **out);
+int mr_channel_from_fd(int fd, uint32_t flags, struct mr_channel **out);
 
 /**
  * Write every byte of `iov[0..iovcnt]` at `offset`. Returns the number of
@@ -179,7 +179,10 @@ int mr_channel_from_fd(int fd, uint32_t flags, mr_channel **out);
  * `ch` must be a live handle; `iov` must point to `iovcnt` iovecs whose
  * buffers are readable.
  */
-ssize_t mr_channel_pwritev(mr_channel *ch, const struct iovec *iov, int iovcnt, uint64_t offset);
+ssize_t mr_channel_pwritev(struct mr_channel *ch,
+                           const struct iovec *iov,
+                           int iovcnt,
+                           uint64_t offset);
 
 /**
  * Read into `iov[0..iovcnt]` from `offset` until the buffers are full or
@@ -189,7 +192,10 @@ ssize_t mr_channel_pwritev(mr_channel *ch, const struct iovec *iov, int iovcnt, 
  * `ch` must be a live handle; `iov` must point to `iovcnt` iovecs whose
  * buffers are writable.
  */
-ssize_t mr_channel_preadv(mr_channel *ch, const struct iovec *iov, int iovcnt, uint64_t offset);
+ssize_t mr_channel_preadv(struct mr_channel *ch,
+                          const struct iovec *iov,
+                          int iovcnt,
+                          uint64_t offset);
 
 /**
  * `fdatasync` the file.
@@ -197,7 +203,7 @@ ssize_t mr_channel_preadv(mr_channel *ch, const struct iovec *iov, int iovcnt, u
  * # Safety
  * `ch` must be a live handle.
  */
-int mr_channel_sync(mr_channel *ch);
+int mr_channel_sync(struct mr_channel *ch);
 
 /**
  * Store the file's current size in `*out`.
@@ -205,7 +211,7 @@ int mr_channel_sync(mr_channel *ch);
  * # Safety
  * `ch` must be a live handle; `out` writable.
  */
-int mr_channel_size(mr_channel *ch, uint64_t *out);
+int mr_channel_size(struct mr_channel *ch, uint64_t *out);
 
 /**
  * Set the file's length (`ftruncate`).
@@ -213,7 +219,7 @@ int mr_channel_size(mr_channel *ch, uint64_t *out);
  * # Safety
  * `ch` must be a live handle.
  */
-int mr_channel_truncate(mr_channel *ch, uint64_t len);
+int mr_channel_truncate(struct mr_channel *ch, uint64_t len);
 
 /**
  * Deallocate `[offset, offset + len)`, keeping the size; the range then
@@ -222,7 +228,7 @@ int mr_channel_truncate(mr_channel *ch, uint64_t len);
  * # Safety
  * `ch` must be a live handle.
  */
-int mr_channel_punch_hole(mr_channel *ch, uint64_t offset, uint64_t len);
+int mr_channel_punch_hole(struct mr_channel *ch, uint64_t offset, uint64_t len);
 
 /**
  * Store the `O_DIRECT` alignment of memory addresses and of file
@@ -232,7 +238,7 @@ int mr_channel_punch_hole(mr_channel *ch, uint64_t offset, uint64_t len);
  * # Safety
  * `ch` must be a live handle; `mem_align` and `offset_align` writable.
  */
-int mr_channel_dio_align(mr_channel *ch, uint32_t *mem_align, uint32_t *offset_align);
+int mr_channel_dio_align(struct mr_channel *ch, uint32_t *mem_align, uint32_t *offset_align);
 
 /**
  * Release this handle. When it is the last reference (no image holds the
@@ -246,7 +252,7 @@ int mr_channel_dio_align(mr_channel *ch, uint32_t *mem_align, uint32_t *offset_a
  * # Safety
  * `ch` must be NULL or a live handle, not used again afterwards.
  */
-int mr_channel_close(mr_channel *ch);
+int mr_channel_close(struct mr_channel *ch);
 
 /**
  * Create a new image file at `path` (mode 0600, truncated) for
@@ -258,10 +264,10 @@ int mr_channel_close(mr_channel *ch);
  */
 int mr_image_create(const char *path,
                     const char *machine_type,
-                    const mr_ramblock_desc *blocks,
+                    const struct mr_ramblock_desc *blocks,
                     uint32_t nblocks,
                     uint32_t flags,
-                    mr_image **out);
+                    struct mr_image **out);
 
 /**
  * Create an image on an open channel, the stream starting at `offset`
@@ -273,13 +279,13 @@ int mr_image_create(const char *path,
  * `ch` a live channel handle; strings NUL-terminated; `blocks` points to
  * `nblocks` descriptors; `out` writable.
  */
-int mr_image_create_on(mr_channel *ch,
+int mr_image_create_on(struct mr_channel *ch,
                        uint64_t offset,
                        const char *machine_type,
-                       const mr_ramblock_desc *blocks,
+                       const struct mr_ramblock_desc *blocks,
                        uint32_t nblocks,
                        uint32_t flags,
-                       mr_image **out);
+                       struct mr_image **out);
 
 /**
  * Open an existing image. A libvirt save-image header is recognised.
@@ -289,7 +295,7 @@ int mr_image_create_on(mr_channel *ch,
  * # Safety
  * `path` NUL-terminated; `out` writable.
  */
-int mr_image_open(const char *path, uint32_t flags, mr_image **out);
+int mr_image_open(const char *path, uint32_t flags, struct mr_image **out);
 
 /**
  * Open an image on a channel with the stream at `offset`, or
@@ -299,7 +305,7 @@ int mr_image_open(const char *path, uint32_t flags, mr_image **out);
  * # Safety
  * `ch` a live channel handle; `out` writable.
  */
-int mr_image_open_on(mr_channel *ch, uint64_t offset, uint32_t flags, mr_image **out);
+int mr_image_open_on(struct mr_channel *ch, uint64_t offset, uint32_t flags, struct mr_image **out);
 
 /**
  * Number of ramblocks, or a negative errno.
@@ -307,7 +313,7 @@ int mr_image_open_on(mr_channel *ch, uint64_t offset, uint32_t flags, mr_image *
  * # Safety
  * `img` a live handle.
  */
-int mr_image_ramblock_count(const mr_image *img);
+int mr_image_ramblock_count(const struct mr_image *img);
 
 /**
  * Fill `*out` with what is known about ramblock `block`.
@@ -315,7 +321,9 @@ int mr_image_ramblock_count(const mr_image *img);
  * # Safety
  * `img` a live handle; `out` writable.
  */
-int mr_image_ramblock_info(const mr_image *img, uint32_t block, mr_ramblock_info *out);
+int mr_image_ramblock_info(const struct mr_image *img,
+                           uint32_t block,
+                           struct mr_ramblock_info *out);
 
 /**
  * Index of the ramblock named `idstr`; `-ENOENT` when there is none.
@@ -323,7 +331,7 @@ int mr_image_ramblock_info(const mr_image *img, uint32_t block, mr_ramblock_info
  * # Safety
  * `img` a live handle; `idstr` NUL-terminated.
  */
-int mr_image_find_ramblock(const mr_image *img, const char *idstr);
+int mr_image_find_ramblock(const struct mr_image *img, const char *idstr);
 
 /**
  * The machine type the image was saved for; valid until `mr_image_close`.
@@ -332,7 +340,7 @@ int mr_image_find_ramblock(const mr_image *img, const char *idstr);
  * # Safety
  * `img` a live handle.
  */
-const char *mr_image_machine_type(const mr_image *img);
+const char *mr_image_machine_type(const struct mr_image *img);
 
 /**
  * Number of migration capabilities recorded in the image.
@@ -340,7 +348,7 @@ const char *mr_image_machine_type(const mr_image *img);
  * # Safety
  * `img` a live handle.
  */
-int mr_image_capability_count(const mr_image *img);
+int mr_image_capability_count(const struct mr_image *img);
 
 /**
  * Capability `i` (e.g. "mapped-ram"); valid until `mr_image_close`. NULL
@@ -349,7 +357,7 @@ int mr_image_capability_count(const mr_image *img);
  * # Safety
  * `img` a live handle.
  */
-const char *mr_image_capability(const mr_image *img, uint32_t i);
+const char *mr_image_capability(const struct mr_image *img, uint32_t i);
 
 /**
  * 1 when the stream visibly ended (and no in-place update is open), 0 when
@@ -358,7 +366,7 @@ const char *mr_image_capability(const mr_image *img, uint32_t i);
  * # Safety
  * `img` a live handle.
  */
-int mr_image_is_complete(const mr_image *img);
+int mr_image_is_complete(const struct mr_image *img);
 
 /**
  * Store the absolute file offset where the QEMU stream starts.
@@ -366,7 +374,7 @@ int mr_image_is_complete(const mr_image *img);
  * # Safety
  * `img` a live handle; `out` writable.
  */
-int mr_image_stream_offset(const mr_image *img, uint64_t *out);
+int mr_image_stream_offset(const struct mr_image *img, uint64_t *out);
 
 /**
  * Store the logical file size.
@@ -374,7 +382,7 @@ int mr_image_stream_offset(const mr_image *img, uint64_t *out);
  * # Safety
  * `img` a live handle; `out` writable.
  */
-int mr_image_file_size(const mr_image *img, uint64_t *out);
+int mr_image_file_size(const struct mr_image *img, uint64_t *out);
 
 /**
  * Store the bytes the file occupies on disk.
@@ -382,7 +390,7 @@ int mr_image_file_size(const mr_image *img, uint64_t *out);
  * # Safety
  * `img` a live handle; `out` writable.
  */
-int mr_image_allocated_bytes(const mr_image *img, uint64_t *out);
+int mr_image_allocated_bytes(const struct mr_image *img, uint64_t *out);
 
 /**
  * Write one page at byte `offset` (page aligned) inside `block`. An
@@ -391,7 +399,7 @@ int mr_image_allocated_bytes(const mr_image *img, uint64_t *out);
  * # Safety
  * `img` a live handle; `page` readable for the block's page size.
  */
-int mr_image_write_page(mr_image *img, uint32_t block, uint64_t offset, const void *page);
+int mr_image_write_page(struct mr_image *img, uint32_t block, uint64_t offset, const void *page);
 
 /**
  * Write `len` bytes (a multiple of the page size) of whole pages from `buf`
@@ -400,7 +408,7 @@ int mr_image_write_page(mr_image *img, uint32_t block, uint64_t offset, const vo
  * # Safety
  * `img` a live handle; `buf` readable for `len` bytes.
  */
-int mr_image_write_pages(mr_image *img,
+int mr_image_write_pages(struct mr_image *img,
                          uint32_t block,
                          uint64_t offset,
                          const void *buf,
@@ -413,7 +421,7 @@ int mr_image_write_pages(mr_image *img,
  * # Safety
  * `img` a live handle; `page` writable for the block's page size.
  */
-int mr_image_read_page(mr_image *img, uint32_t block, uint64_t offset, void *page);
+int mr_image_read_page(struct mr_image *img, uint32_t block, uint64_t offset, void *page);
 
 /**
  * Save `block` from host memory `host` (the block's `used_length` bytes)
@@ -425,7 +433,7 @@ int mr_image_read_page(mr_image *img, uint32_t block, uint64_t offset, void *pag
  * `img` a live handle; `host` readable for `used_length` bytes; `dirty`
  * NULL or readable for ceil(pages / 64) words.
  */
-int mr_image_save_ramblock(mr_image *img,
+int mr_image_save_ramblock(struct mr_image *img,
                            uint32_t block,
                            const void *host,
                            const uint64_t *dirty,
@@ -440,7 +448,7 @@ int mr_image_save_ramblock(mr_image *img,
  * # Safety
  * `img` a live handle; `host` writable for `used_length` bytes.
  */
-int mr_image_read_ramblock(mr_image *img,
+int mr_image_read_ramblock(struct mr_image *img,
                            uint32_t block,
                            void *host,
                            uint32_t flags,
@@ -453,7 +461,7 @@ int mr_image_read_ramblock(mr_image *img,
  * `img` a live handle; `fn` callable with `opaque` until replaced, removed
  * or the image is closed.
  */
-int mr_image_set_progress(mr_image *img, mr_progress_fn func, void *opaque);
+int mr_image_set_progress(struct mr_image *img, mr_progress_fn func, void *opaque);
 
 /**
  * Cancel the save/restore operations running on `img` (they return
@@ -462,7 +470,7 @@ int mr_image_set_progress(mr_image *img, mr_progress_fn func, void *opaque);
  * # Safety
  * `img` a live handle.
  */
-int mr_image_cancel(mr_image *img);
+int mr_image_cancel(struct mr_image *img);
 
 /**
  * Write the bitmaps out and `fdatasync`.
@@ -470,7 +478,7 @@ int mr_image_cancel(mr_image *img);
  * # Safety
  * `img` a live handle.
  */
-int mr_image_sync(mr_image *img);
+int mr_image_sync(struct mr_image *img);
 
 /**
  * End the stream and write the completion record, durably.
@@ -478,7 +486,7 @@ int mr_image_sync(mr_image *img);
  * # Safety
  * `img` a live handle.
  */
-int mr_image_finish(mr_image *img);
+int mr_image_finish(struct mr_image *img);
 
 /**
  * Close the image; returns a failed final sync or close as a negative
@@ -488,7 +496,7 @@ int mr_image_finish(mr_image *img);
  * # Safety
  * `img` NULL or a live handle, not used again afterwards.
  */
-int mr_image_close(mr_image *img);
+int mr_image_close(struct mr_image *img);
 
 #ifdef __cplusplus
 }  // extern "C"

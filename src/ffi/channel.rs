@@ -274,20 +274,22 @@ pub unsafe extern "C" fn mr_channel_close(ch: *mut mr_channel) -> c_int {
         // SAFETY: a live handle owns one reference from `Arc::into_raw`; we
         // take it back exactly once.
         let arc = unsafe { Arc::from_raw(ch.cast_const().cast::<Channel>()) };
-        match Arc::try_unwrap(arc) {
-            // Last reference: Channel::close syncs a writable channel and
-            // reports sync and close failures.
-            Ok(ch) => ch.close()?,
-            Err(shared) => {
-                let synced = if shared.flags().contains(OpenFlags::WRITE) {
-                    shared.sync()
-                } else {
-                    Ok(())
-                };
-                drop(shared);
-                synced?;
-            }
-        }
+        // Sync first when writable, so the error reaches this caller even
+        // when an image still holds the channel.
+        let synced = if arc.flags().contains(OpenFlags::WRITE) {
+            arc.sync()
+        } else {
+            Ok(())
+        };
+        // `Arc::into_inner` hands the channel to exactly one of the racing
+        // last holders (this handle or an image being closed), so close
+        // errors are never lost to a plain drop.
+        let closed = match Arc::into_inner(arc) {
+            Some(ch) => ch.close(),
+            None => Ok(()),
+        };
+        synced?;
+        closed?;
         Ok(0)
     })
 }

@@ -230,8 +230,8 @@ impl Image {
                 first_err = Some(e);
             }
         }
-        let ch = self.ch;
-        if let Ok(ch) = Arc::try_unwrap(ch) {
+        // `into_inner` gives the channel to exactly one of its last holders.
+        if let Some(ch) = Arc::into_inner(self.ch) {
             if let Err(e) = ch.close() {
                 first_err.get_or_insert(e);
             }
