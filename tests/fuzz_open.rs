@@ -327,8 +327,8 @@ fn mutate(f: &mut Sparse, fields: &[(u64, usize)], r: &mut Rng) -> String {
         5 => {
             let new = match r.below(3) {
                 0 => r.below(header_len + 64),
-                1 => size - 1 - r.below(256.min(size - 1)),
-                _ => r.below(size),
+                1 => size.saturating_sub(1 + r.below(256)),
+                _ => r.below(size.max(1)),
             };
             f.size = new;
             format!("truncate to {new}")
@@ -356,7 +356,7 @@ fn mutate(f: &mut Sparse, fields: &[(u64, usize)], r: &mut Rng) -> String {
             for p in f.pieces.iter_mut().skip(1) {
                 p.0 -= n as u64;
             }
-            f.size -= n as u64;
+            f.size = f.size.saturating_sub(n as u64);
             format!("delete {n} bytes at {at}")
         }
     }
