@@ -635,3 +635,64 @@ mod protocol_model {
         println!("snapshot-before-clear variant: {}", bad.unwrap_err());
     }
 }
+
+/// A page write that failed during an in-place update leaves its slot torn:
+/// the image must not be declared complete again (by sync/close/finish)
+/// until that page was rewritten successfully.
+#[test]
+fn failed_in_place_write_blocks_completion_until_rewritten() {
+    let dir = TmpDir::new("latch");
+    let path = dir.0.join("img");
+    let img = create(&path, false);
+    let old = vec![0x11u8; PS as usize];
+    for p in 0..8 {
+        img.write_page(0, p * PS, &old).unwrap();
+    }
+    img.finish().unwrap();
+    img.close().unwrap();
+
+    for rewrite in [false, true] {
+        let img = Image::open(&path, ImageFlags::READ_WRITE).unwrap();
+        let new = vec![0x22u8; PS as usize];
+        img.write_page(0, 0, &new).unwrap();
+        let (f, injected) = fail_nth(FaultOp::Write, |_, len| len == PS, 1, false, EIO);
+        img.channel().set_fault_injector(Some(f));
+        let r = img.write_page(0, 3 * PS, &new);
+        img.channel().set_fault_injector(None);
+        assert_eq!(injected.load(Ordering::SeqCst), 1);
+        assert_errno(&r, EIO, &["'mem'"], "the failed page write");
+        // sync writes what is good but does not declare the image complete.
+        let r = img.sync();
+        assert_errno(
+            &r,
+            EIO,
+            &["'mem'", "page 3", "not rewritten"],
+            "sync after a failed write",
+        );
+        assert!(!img.is_complete());
+        assert!(matches!(
+            Image::open(&path, ImageFlags::default()),
+            Err(Error::Incomplete(_))
+        ));
+        if rewrite {
+            img.write_page(0, 3 * PS, &new).unwrap();
+            img.close().unwrap();
+            let img = Image::open(&path, ImageFlags::default()).unwrap();
+            let mut got = vec![0u8; PS as usize];
+            assert!(img.read_page(0, 3 * PS, &mut got).unwrap());
+            assert_eq!(got, new);
+        } else {
+            let r = img.close();
+            assert_errno(&r, EIO, &["not rewritten"], "close after a failed write");
+            assert!(matches!(
+                Image::open(&path, ImageFlags::default()),
+                Err(Error::Incomplete(_))
+            ));
+            // Recover explicitly and restore the page, then the image is whole.
+            let img = Image::open(&path, ImageFlags::READ_WRITE | ImageFlags::RECOVER).unwrap();
+            img.write_page(0, 3 * PS, &old).unwrap();
+            img.sync().unwrap();
+            img.close().unwrap();
+        }
+    }
+}

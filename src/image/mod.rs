@@ -87,6 +87,21 @@ pub type ProgressFn = Box<dyn FnMut(u64, u64) -> bool + Send>;
 pub(crate) struct Block {
     pub(crate) layout: BlockLayout,
     pub(crate) bitmap: AtomicBitmap,
+    /// Pages whose last write (or discard) failed and was not yet redone
+    /// successfully: while any is set the image cannot be declared
+    /// complete (their slots may be torn).
+    pub(crate) failed: AtomicBitmap,
+}
+
+impl Block {
+    fn new(layout: BlockLayout, bitmap: AtomicBitmap) -> Block {
+        let failed = AtomicBitmap::new(layout.pages());
+        Block {
+            layout,
+            bitmap,
+            failed,
+        }
+    }
 }
 
 /// A mapped-ram image. All page calls are safe from many threads at once.
@@ -205,10 +220,7 @@ impl Image {
         let blocks = layout
             .blocks
             .iter()
-            .map(|l| Block {
-                layout: l.clone(),
-                bitmap: AtomicBitmap::new(l.pages()),
-            })
+            .map(|l| Block::new(l.clone(), AtomicBitmap::new(l.pages())))
             .collect();
         Ok(Image::assemble(
             ch,
@@ -291,10 +303,10 @@ impl Image {
                     l.idstr, l.bitmap_offset, len, n
                 )));
             }
-            blocks.push(Block {
-                layout: l.clone(),
-                bitmap: AtomicBitmap::from_le_bytes(l.pages(), &bytes),
-            });
+            blocks.push(Block::new(
+                l.clone(),
+                AtomicBitmap::from_le_bytes(l.pages(), &bytes),
+            ));
         }
         Ok(Image::assemble(
             ch, libvirt, layout, blocks, writable, state,

@@ -117,25 +117,35 @@ impl Image {
             iov_len: len as usize,
         }];
         // SAFETY: the caller guarantees `ptr` is readable for `len` bytes.
-        let written = unsafe { self.ch.pwritev_raw(&iov, off) }.map_err(|e| {
-            context(
-                e,
-                &format!(
-                    "ramblock '{}': writing pages {first_page}..{} at file offset 0x{off:x}",
-                    l.idstr,
-                    first_page + npages
-                ),
-            )
-        })?;
-        if written != len {
-            return Err(Error::from_errno(
-                format!(
-                    "ramblock '{}': short write at file offset 0x{off:x}: {written} of {len} bytes",
-                    l.idstr
-                ),
-                libc::EIO,
-            ));
+        let res = unsafe { self.ch.pwritev_raw(&iov, off) }
+            .map_err(|e| {
+                context(
+                    e,
+                    &format!(
+                        "ramblock '{}': writing pages {first_page}..{} at file offset 0x{off:x}",
+                        l.idstr,
+                        first_page + npages
+                    ),
+                )
+            })
+            .and_then(|written| {
+                if written == len {
+                    Ok(())
+                } else {
+                    Err(Error::from_errno(
+                        format!(
+                            "ramblock '{}': short write at file offset 0x{off:x}: {written} of {len} bytes",
+                            l.idstr
+                        ),
+                        libc::EIO,
+                    ))
+                }
+            });
+        if let Err(e) = res {
+            b.failed.set_range(first_page, npages);
+            return Err(e);
         }
+        b.failed.clear_range(first_page, npages);
         b.bitmap.set_range(first_page, npages);
         Ok(())
     }
@@ -152,9 +162,15 @@ impl Image {
                 // A clear bit means "zero page" whatever the slot holds, so a
                 // file system without hole punching only costs space.
                 Ok(()) | Err(Error::Unsupported(_)) => {}
-                Err(e) => return Err(e),
+                // The bits are already clear, so the pages read as zero:
+                // the logical content is right, only the space is not freed.
+                Err(e) => {
+                    b.failed.clear_range(first_page, npages);
+                    return Err(e);
+                }
             }
         }
+        b.failed.clear_range(first_page, npages);
         Ok(())
     }
 

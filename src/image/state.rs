@@ -60,10 +60,19 @@ impl Image {
         let _g = self.gate.write();
         let mut st = self.state.lock();
         if let DiskState::Complete { vmdesc_offset } = *st {
-            self.ch
+            let res = self
+                .ch
                 .write_all_at(&[UPDATING_MARK], vmdesc_offset + 1)
-                .and_then(|_| self.ch.sync())
-                .map_err(|e| context(e, "marking the image as being updated"))?;
+                .and_then(|_| self.ch.sync());
+            if let Err(e) = res {
+                // The mark may or may not be on disk; nothing was written
+                // after it, so put the completion byte back (best effort:
+                // if that fails too the image only reads as incomplete).
+                let _ = self
+                    .ch
+                    .write_all_at(&[section::VMDESCRIPTION], vmdesc_offset + 1);
+                return Err(context(e, "marking the image as being updated"));
+            }
             *st = DiskState::Updating { vmdesc_offset };
         }
         Ok(())
@@ -119,6 +128,33 @@ impl Image {
         res
     }
 
+    /// Refuse to declare the image complete while a page write failed and
+    /// was not redone: that page's slot may be torn or missing.
+    fn check_no_failed_pages(&self) -> Result<()> {
+        for b in &self.blocks {
+            let n = b.failed.count();
+            if n > 0 {
+                let mut first = 0;
+                b.failed.for_each_run(0, b.layout.pages(), |s, _, set| {
+                    if set && first == 0 {
+                        first = s + 1;
+                    }
+                });
+                return Err(Error::from_errno(
+                    format!(
+                        "{}: ramblock '{}': {n} page(s) whose write failed were not rewritten (first: page {} at block offset 0x{:x}); the image stays incomplete until they are written successfully",
+                        self.ch.name(),
+                        b.layout.idstr,
+                        first - 1,
+                        (first - 1) * b.layout.page_size
+                    ),
+                    libc::EIO,
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// If an update mark is set: write out what changed and restore the
     /// VMDESCRIPTION byte, with no page write in flight.
     fn clear_update_mark(&self) -> Result<()> {
@@ -129,6 +165,7 @@ impl Image {
         let mut st = self.state.lock();
         if let DiskState::Updating { vmdesc_offset } = *st {
             self.flush_bitmaps()?;
+            self.check_no_failed_pages()?;
             self.ch
                 .write_all_at(&[section::VMDESCRIPTION], vmdesc_offset + 1)
                 .and_then(|_| self.ch.sync())
@@ -203,6 +240,7 @@ impl Image {
     fn write_stream_end(&self) -> Result<()> {
         let _g = self.gate.write();
         self.flush_bitmaps()?;
+        self.check_no_failed_pages()?;
         let start = self.layout.eos_offset + 8;
         let (tail, split) = self.tail_bytes();
         let vmdesc_offset = start + split as u64 - 1;
