@@ -1,25 +1,24 @@
 #!/usr/bin/env bash
-# The demo: install what is needed, build, and run the main job. For now the
-# main job is the O_DIRECT channel demo (examples/channel_demo.c: parallel
-# page writes and verified reads, with throughput); the engine's save/restore
-# demo replaces it when it exists.
+# The main job: install what is needed, build, then save a generated guest
+# memory (default 1 GiB: random, zero and text regions, plus ROM-like blocks)
+# into a mapped-ram image with the engine (O_DIRECT, parallel), restore it
+# with a different thread count, verify every byte, and print throughput,
+# the file's logical size and its allocated bytes.
 #
-#   scripts/demo.sh [MIB] [THREADS]     (defaults: 512 4)
+#   scripts/demo.sh [--size 1G] [--threads N] [--restore-threads N] [--dir DIR] [--keep]
+#
+# The image goes to DIR (default: target/demo inside the checkout, a real
+# disk file system; O_DIRECT needs one).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-BUILD="${MR_BUILD_DIR:-$ROOT/build}"
-MIB="${1:-512}"
-THREADS="${2:-4}"
 
 bash scripts/setup-deps.sh
-if [ -f "$BUILD/build.ninja" ]; then
-    meson setup --reconfigure "$BUILD" >/dev/null
-else
-    meson setup "$BUILD" >/dev/null
-fi
-meson compile -C "$BUILD" >/dev/null
-
-# The file lives in the build dir: a real (ext4) file system, not tmpfs.
-exec "$BUILD/examples/channel_demo" "$BUILD/demo-channel.img" "$MIB" "$THREADS"
+mkdir -p "$ROOT/target/demo"
+have_dir=0
+for a in "$@"; do [ "$a" = "--dir" ] && have_dir=1; done
+extra=()
+[ "$have_dir" -eq 1 ] || extra=(--dir "$ROOT/target/demo")
+cargo build --quiet --release -p mappedram-bench --bin mr-demo
+exec "$ROOT/target/release/mr-demo" "${extra[@]}" "$@"
