@@ -549,3 +549,29 @@ fn concurrent_writers_and_syncs() {
         pages - pages.div_ceil(5)
     );
 }
+
+#[test]
+fn cancel_single_thread_save_without_progress_callback() {
+    let len: u64 = 64 << 20;
+    let mut mem = Aligned::new(len as usize);
+    fill_mix(mem.as_mut_slice(), 11);
+    let path = tmp("cancel1.img");
+    let img = Arc::new(Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (i2, d2) = (img.clone(), done.clone());
+    // Cancel continuously while the save runs on the calling thread.
+    let canceller = std::thread::spawn(move || {
+        while !d2.load(Ordering::Acquire) {
+            i2.cancel();
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    });
+    // SAFETY: mem valid for len bytes.
+    let r = unsafe { save_ramblock(&img, 0, mem.ptr, None, 1) };
+    done.store(true, Ordering::Release);
+    canceller.join().unwrap();
+    match r {
+        Err(Error::Cancelled(m)) => assert!(m.contains("mr_image_cancel"), "{m}"),
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+}

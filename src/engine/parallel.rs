@@ -39,6 +39,20 @@ pub(crate) fn run(
         ))
     };
 
+    // One thread and nobody to report to: run on the calling thread (no
+    // thread start-up cost for small blocks).
+    if threads == 1 && progress.is_none() {
+        let mut totals = Stats::default();
+        for u in 0..units {
+            if img.cancel_epoch() != epoch {
+                return Err(cancelled("by mr_image_cancel"));
+            }
+            let (st, covered) = work(u)?;
+            done_bytes.fetch_add(covered, Ordering::AcqRel);
+            totals.add(&st);
+        }
+        return Ok(totals);
+    }
     // A first call before any work: a callback can refuse to start.
     if let Some(cb) = progress.as_mut() {
         if !cb(0, total_bytes) {
