@@ -119,6 +119,20 @@ pub struct Channel {
     direct: Option<Direct>,
     /// Test-only fault injector (see `fault`).
     faults: fault::Faults,
+    /// Something was written since the last successful `sync` started (set
+    /// when a mutating call returns, so a write racing a sync is synced by
+    /// the next one). Lets `sync_if_needed` and `close` skip a redundant
+    /// `fdatasync`.
+    unsynced: std::sync::atomic::AtomicBool,
+}
+
+/// Sets `unsynced` when a mutating call returns (success or not).
+struct MarkUnsynced<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for MarkUnsynced<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 // The contract: one handle is shared by many threads.
@@ -253,6 +267,9 @@ impl Channel {
             file,
             direct,
             faults: Default::default(),
+            // Conservative: whatever happened to the file before this
+            // channel existed is synced once by the first sync.
+            unsynced: std::sync::atomic::AtomicBool::new(flags.contains(OpenFlags::WRITE)),
         })
     }
 
@@ -350,6 +367,9 @@ impl Channel {
             file,
             direct,
             faults: Default::default(),
+            // Conservative: whatever happened to the file before this
+            // channel existed is synced once by the first sync.
+            unsynced: std::sync::atomic::AtomicBool::new(flags.contains(OpenFlags::WRITE)),
         })
     }
 
@@ -443,6 +463,7 @@ impl Channel {
     /// Each iovec must describe memory valid for reads of `iov_len` bytes for
     /// the duration of the call.
     pub unsafe fn pwritev_raw(&self, iov: &[libc::iovec], offset: u64) -> Result<u64> {
+        let _mark = MarkUnsynced(&self.unsynced);
         let total = self.iov_total("pwritev", iov, offset)?;
         self.check_write("pwritev", offset, total)?;
         self.faults
@@ -524,6 +545,7 @@ impl Channel {
 
     /// Write all of `buf` at `offset` through the buffered descriptor.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let _mark = MarkUnsynced(&self.unsynced);
         let len = buf.len() as u64;
         self.check_range("write", offset, len)?;
         self.check_write("write", offset, len)?;
@@ -564,9 +586,29 @@ impl Channel {
 
     /// `fdatasync`.
     pub fn sync(&self) -> Result<()> {
-        self.faults.check(&self.name, FaultOp::Sync, 0, 0)?;
-        nix::unistd::fdatasync(self.file.as_raw_fd())
-            .map_err(|e| Error::from_errno(format!("fdatasync of {}", self.name), e as i32))
+        use std::sync::atomic::Ordering;
+        self.unsynced.store(false, Ordering::Release);
+        let r = self
+            .faults
+            .check(&self.name, FaultOp::Sync, 0, 0)
+            .and_then(|_| {
+                nix::unistd::fdatasync(self.file.as_raw_fd())
+                    .map_err(|e| Error::from_errno(format!("fdatasync of {}", self.name), e as i32))
+            });
+        if r.is_err() {
+            self.unsynced.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    /// `sync` unless nothing was written through this channel since the
+    /// last successful one.
+    pub fn sync_if_needed(&self) -> Result<()> {
+        if self.unsynced.load(std::sync::atomic::Ordering::Acquire) {
+            self.sync()
+        } else {
+            Ok(())
+        }
     }
 
     /// Current file size.
@@ -585,6 +627,7 @@ impl Channel {
 
     /// `ftruncate`.
     pub fn set_len(&self, len: u64) -> Result<()> {
+        let _mark = MarkUnsynced(&self.unsynced);
         self.check_range("truncate", len, 0)?;
         self.check_write("truncate", len, 0)?;
         self.faults.check(&self.name, FaultOp::SetLen, len, 0)?;
@@ -597,6 +640,7 @@ impl Channel {
     /// File systems without hole punching give `Error::Unsupported`.
     /// A zero length is a no-op.
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+        let _mark = MarkUnsynced(&self.unsynced);
         self.check_range("punch_hole", offset, len)?;
         self.check_write("punch_hole", offset, len)?;
         self.faults
@@ -685,9 +729,12 @@ impl Channel {
             file,
             direct,
             faults,
+            unsynced,
         } = self;
         let mut first: Option<Error> = None;
-        if flags.contains(OpenFlags::WRITE) {
+        // Nothing written since the last successful sync: the final sync
+        // would have nothing to report about this channel's writes.
+        if flags.contains(OpenFlags::WRITE) && unsynced.into_inner() {
             if let Err(e) = faults.check(&name, FaultOp::Sync, 0, 0) {
                 first.get_or_insert(e);
             } else if let Err(e) = nix::unistd::fdatasync(file.as_raw_fd()) {

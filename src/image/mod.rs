@@ -91,6 +91,8 @@ pub(crate) struct Block {
     /// successfully: while any is set the image cannot be declared
     /// complete (their slots may be torn).
     pub(crate) failed: AtomicBitmap,
+    /// errno of the latest failed write (reported again by the latch).
+    pub(crate) failed_errno: std::sync::atomic::AtomicI32,
 }
 
 impl Block {
@@ -100,6 +102,7 @@ impl Block {
             layout,
             bitmap,
             failed,
+            failed_errno: std::sync::atomic::AtomicI32::new(libc::EIO),
         }
     }
 }

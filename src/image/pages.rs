@@ -142,6 +142,8 @@ impl Image {
                 }
             });
         if let Err(e) = res {
+            b.failed_errno
+                .store(e.errno(), std::sync::atomic::Ordering::Relaxed);
             b.failed.set_range(first_page, npages);
             return Err(e);
         }

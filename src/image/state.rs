@@ -92,6 +92,14 @@ impl Image {
     /// Snapshot dirty bitmaps, make page data durable, write the bitmaps,
     /// make them durable.
     fn flush_bitmaps(&self) -> Result<()> {
+        self.flush_bitmaps_then(true)
+    }
+
+    /// As [`flush_bitmaps`](Self::flush_bitmaps); without `final_sync` the
+    /// bitmaps are written but not yet synced (the caller syncs them with
+    /// what it writes next). `fdatasync`s with nothing new to make durable
+    /// are skipped.
+    fn flush_bitmaps_then(&self, final_sync: bool) -> Result<()> {
         let snaps: Vec<(usize, Vec<u8>)> = self
             .blocks
             .iter()
@@ -101,7 +109,7 @@ impl Image {
             .collect();
         let res = (|| {
             self.ch
-                .sync()
+                .sync_if_needed()
                 .map_err(|e| context(e, "syncing page data"))?;
             if snaps.is_empty() {
                 return Ok(());
@@ -118,7 +126,10 @@ impl Image {
                     )
                 })?;
             }
-            self.ch.sync().map_err(|e| context(e, "syncing bitmaps"))
+            if final_sync {
+                self.ch.sync().map_err(|e| context(e, "syncing bitmaps"))?;
+            }
+            Ok(())
         })();
         if res.is_err() {
             for (i, _) in &snaps {
@@ -148,7 +159,7 @@ impl Image {
                         first - 1,
                         (first - 1) * b.layout.page_size
                     ),
-                    libc::EIO,
+                    b.failed_errno.load(std::sync::atomic::Ordering::Relaxed),
                 ));
             }
         }
@@ -239,8 +250,11 @@ impl Image {
 
     fn write_stream_end(&self) -> Result<()> {
         let _g = self.gate.write();
-        self.flush_bitmaps()?;
         self.check_no_failed_pages()?;
+        // Page data durable, then bitmaps + stream end (one fdatasync for
+        // both: the image is not complete before the record either way),
+        // then the record.
+        self.flush_bitmaps_then(false)?;
         let start = self.layout.eos_offset + 8;
         let (tail, split) = self.tail_bytes();
         let vmdesc_offset = start + split as u64 - 1;
