@@ -175,6 +175,16 @@ fn pages_round_trip_and_zero_page_clears_bit() {
         img.write_page(mem, 0, &page),
         Err(Error::ReadOnly(_))
     ));
+    // Zero pages too, whether or not anything would change.
+    let zero = vec![0u8; PS as usize];
+    assert!(matches!(
+        img.write_page(mem, 0, &zero),
+        Err(Error::ReadOnly(_))
+    ));
+    assert!(matches!(
+        img.write_page(mem, 7 * PS, &zero),
+        Err(Error::ReadOnly(_))
+    ));
     assert!(img.sync().is_err());
     img.close().unwrap();
     let mode = std::fs::metadata(&path).unwrap();

@@ -150,11 +150,21 @@ fn retry<F: FnMut() -> isize>(mut f: F) -> io::Result<usize> {
     }
 }
 
-/// One `pwritev` of (a prefix of) what the cursor has left. Does not advance.
+/// `pwritev` / `preadv` as one function type.
+type VectoredFn = unsafe extern "C" fn(
+    libc::c_int,
+    *const libc::iovec,
+    libc::c_int,
+    libc::off_t,
+) -> libc::ssize_t;
+
+/// One vectored call over (a prefix of) what the cursor has left, retried
+/// on `EINTR`. Does not advance.
 ///
 /// # Safety
-/// The cursor's iovecs must be valid for reads.
-pub(crate) unsafe fn pwritev_once(
+/// The cursor's iovecs must be valid for what `f` does with them.
+unsafe fn vectored_once(
+    f: VectoredFn,
     fd: BorrowedFd<'_>,
     cur: &IovCursor<'_>,
     off: u64,
@@ -166,9 +176,9 @@ pub(crate) unsafe fn pwritev_once(
     let b = cur.batch(&mut scratch);
     retry(|| {
         // SAFETY: `b` is a valid iovec array of at most IOV_MAX entries whose
-        // memory is readable (caller contract); the kernel only reads it.
+        // memory is valid for `f` (caller contract).
         unsafe {
-            libc::pwritev(
+            f(
                 fd.as_raw_fd(),
                 b.as_ptr(),
                 b.len() as libc::c_int,
@@ -176,6 +186,19 @@ pub(crate) unsafe fn pwritev_once(
             )
         }
     })
+}
+
+/// One `pwritev` of (a prefix of) what the cursor has left. Does not advance.
+///
+/// # Safety
+/// The cursor's iovecs must be valid for reads.
+pub(crate) unsafe fn pwritev_once(
+    fd: BorrowedFd<'_>,
+    cur: &IovCursor<'_>,
+    off: u64,
+) -> io::Result<usize> {
+    // SAFETY: forwarded caller contract; pwritev only reads the buffers.
+    unsafe { vectored_once(libc::pwritev, fd, cur, off) }
 }
 
 /// One `preadv` into (a prefix of) what the cursor has left. Does not advance.
@@ -187,23 +210,8 @@ pub(crate) unsafe fn preadv_once(
     cur: &IovCursor<'_>,
     off: u64,
 ) -> io::Result<usize> {
-    let mut scratch = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }];
-    let b = cur.batch(&mut scratch);
-    retry(|| {
-        // SAFETY: `b` is a valid iovec array of at most IOV_MAX entries whose
-        // memory is writable (caller contract).
-        unsafe {
-            libc::preadv(
-                fd.as_raw_fd(),
-                b.as_ptr(),
-                b.len() as libc::c_int,
-                off as libc::off_t,
-            )
-        }
-    })
+    // SAFETY: forwarded caller contract; preadv writes the buffers.
+    unsafe { vectored_once(libc::preadv, fd, cur, off) }
 }
 
 /// Write all `len` bytes at `buf` to `off`. A write of 0 bytes is

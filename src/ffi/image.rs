@@ -8,8 +8,8 @@
 
 use super::channel::{channel_arc, mr_channel};
 use super::{
-    arg, arg_mut, arg_ptr, arg_str, call, call_ptr, check_flags, write_out, MR_IMAGE_DIRECT,
-    MR_IMAGE_READ_WRITE, MR_IMAGE_RECOVER, MR_OFFSET_DETECT, MR_READ_ZERO_ABSENT,
+    arg, arg_mut, arg_ptr, arg_str, call, call_ptr, check_flags, write_out, MR_OFFSET_DETECT,
+    MR_READ_ZERO_ABSENT,
 };
 use crate::engine;
 use crate::error::{Error, Result};
@@ -56,9 +56,6 @@ pub struct mr_ramblock_info {
 /// total; a nonzero return cancels the operation (it returns `-ECANCELED`).
 pub type mr_progress_fn =
     Option<unsafe extern "C" fn(opaque: *mut c_void, done: u64, total: u64) -> c_int>;
-
-const CREATE_FLAGS: u32 = MR_IMAGE_READ_WRITE | MR_IMAGE_DIRECT;
-const OPEN_FLAGS: u32 = MR_IMAGE_READ_WRITE | MR_IMAGE_DIRECT | MR_IMAGE_RECOVER;
 
 /// Box a new image with its cached strings and hand it to C.
 fn into_handle(img: Image) -> Result<*mut mr_image> {
@@ -114,6 +111,28 @@ unsafe fn block_specs(blocks: *const mr_ramblock_desc, nblocks: u32) -> Result<V
         .collect()
 }
 
+/// The body of the `uint64_t` queries: run `f` on the image and store the
+/// result in `out` (only on success).
+///
+/// # Safety
+/// `img` NULL or a live handle; `out` NULL or writable.
+unsafe fn query_u64(
+    func: &str,
+    img: *const mr_image,
+    out: *mut u64,
+    f: impl FnOnce(&Image) -> Result<u64>,
+) -> c_int {
+    call(func, || {
+        // SAFETY: per this function's contract.
+        let img = &unsafe { image_ref(img) }?.inner;
+        let out = arg_mut(out, "out")?;
+        let v = f(img)?;
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { write_out(out, v) };
+        Ok(0)
+    })
+}
+
 fn block_index(img: &Image, block: u32) -> Result<usize> {
     block_layout(img, block).map(|(i, _)| i)
 }
@@ -155,7 +174,6 @@ pub unsafe extern "C" fn mr_image_create(
         // SAFETY: per this function's contract.
         let specs = unsafe { block_specs(blocks, nblocks) }?;
         let out = arg_mut(out, "out")?;
-        check_flags(flags, CREATE_FLAGS, "mr_image_create")?;
         let img = Image::create(Path::new(path), machine_type, &specs, ImageFlags(flags))?;
         let h = into_handle(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
@@ -188,7 +206,6 @@ pub unsafe extern "C" fn mr_image_create_on(
         // SAFETY: per this function's contract.
         let specs = unsafe { block_specs(blocks, nblocks) }?;
         let out = arg_mut(out, "out")?;
-        check_flags(flags, CREATE_FLAGS, "mr_image_create_on")?;
         // SAFETY: per this function's contract.
         let ch = unsafe { channel_arc(ch) }?;
         let img = Image::create_on(ch, offset, machine_type, &specs, ImageFlags(flags))?;
@@ -215,7 +232,6 @@ pub unsafe extern "C" fn mr_image_open(
         // SAFETY: per this function's contract.
         let path = unsafe { arg_str(path, "path") }?;
         let out = arg_mut(out, "out")?;
-        check_flags(flags, OPEN_FLAGS, "mr_image_open")?;
         let img = Image::open(Path::new(path), ImageFlags(flags))?;
         let h = into_handle(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
@@ -239,7 +255,6 @@ pub unsafe extern "C" fn mr_image_open_on(
 ) -> c_int {
     call("mr_image_open_on", || {
         let out = arg_mut(out, "out")?;
-        check_flags(flags, OPEN_FLAGS, "mr_image_open_on")?;
         // SAFETY: per this function's contract.
         let ch = unsafe { channel_arc(ch) }?;
         let base = (offset != MR_OFFSET_DETECT).then_some(offset);
@@ -391,14 +406,15 @@ pub unsafe extern "C" fn mr_image_is_complete(img: *const mr_image) -> c_int {
 /// `img` a live handle; `out` writable.
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_stream_offset(img: *const mr_image, out: *mut u64) -> c_int {
-    call("mr_image_stream_offset", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let out = arg_mut(out, "out")?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, img.stream_offset()) };
-        Ok(0)
-    })
+    // SAFETY: per this function's contract.
+    unsafe {
+        query_u64(
+            "mr_image_stream_offset",
+            img,
+            out,
+            |i| Ok(i.stream_offset()),
+        )
+    }
 }
 
 /// Store the logical file size.
@@ -407,15 +423,8 @@ pub unsafe extern "C" fn mr_image_stream_offset(img: *const mr_image, out: *mut 
 /// `img` a live handle; `out` writable.
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_file_size(img: *const mr_image, out: *mut u64) -> c_int {
-    call("mr_image_file_size", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let out = arg_mut(out, "out")?;
-        let v = img.file_size()?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, v) };
-        Ok(0)
-    })
+    // SAFETY: per this function's contract.
+    unsafe { query_u64("mr_image_file_size", img, out, Image::file_size) }
 }
 
 /// Store the bytes the file occupies on disk.
@@ -424,15 +433,8 @@ pub unsafe extern "C" fn mr_image_file_size(img: *const mr_image, out: *mut u64)
 /// `img` a live handle; `out` writable.
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_allocated_bytes(img: *const mr_image, out: *mut u64) -> c_int {
-    call("mr_image_allocated_bytes", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let out = arg_mut(out, "out")?;
-        let v = img.allocated_bytes()?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, v) };
-        Ok(0)
-    })
+    // SAFETY: per this function's contract.
+    unsafe { query_u64("mr_image_allocated_bytes", img, out, Image::allocated_bytes) }
 }
 
 /// Write one page at byte `offset` (page aligned) inside `block`. An

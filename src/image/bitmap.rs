@@ -84,36 +84,51 @@ impl AtomicBitmap {
         self.update_range(first, n, false)
     }
 
-    fn update_range(&self, first: u64, n: u64, set: bool) -> bool {
-        debug_assert!(first + n <= self.bits);
-        let mut any_changed = false;
-        let mut i = first;
+    /// The (word index, mask) pairs covering bits `[first, first+n)`.
+    fn word_masks(first: u64, n: u64) -> impl Iterator<Item = (usize, u64)> {
         let end = first + n;
-        while i < end {
-            let w = (i / 64) as usize;
+        let mut i = first;
+        std::iter::from_fn(move || {
+            if i >= end {
+                return None;
+            }
             let lo = i % 64;
-            let hi = ((end - (i - lo)).min(64)) as u32; // exclusive bit index in word
-            let width = hi as u64 - lo;
+            let hi = (end - (i - lo)).min(64); // exclusive bit index in word
+            let width = hi - lo;
             let mask = if width == 64 {
                 u64::MAX
             } else {
                 ((1u64 << width) - 1) << lo
             };
+            let w = (i / 64) as usize;
+            i += width;
+            Some((w, mask))
+        })
+    }
+
+    fn update_range(&self, first: u64, n: u64, set: bool) -> bool {
+        debug_assert!(first + n <= self.bits);
+        let mut any_changed = false;
+        for (w, mask) in Self::word_masks(first, n) {
             let old = if set {
                 self.words[w].fetch_or(mask, Ordering::AcqRel)
             } else {
                 self.words[w].fetch_and(!mask, Ordering::AcqRel)
             };
             let changed = if set { !old & mask } else { old & mask };
-            if changed != 0 {
-                any_changed = true;
-            }
-            i += width;
+            any_changed |= changed != 0;
         }
         if any_changed {
             self.dirty.store(true, Ordering::Release);
         }
         any_changed
+    }
+
+    /// Whether any bit in `[first, first+n)` is set.
+    pub fn any_in_range(&self, first: u64, n: u64) -> bool {
+        debug_assert!(first + n <= self.bits);
+        Self::word_masks(first, n)
+            .any(|(w, mask)| self.words[w].load(Ordering::Acquire) & mask != 0)
     }
 
     /// Number of set bits.
@@ -182,6 +197,8 @@ mod tests {
         assert!(!bm.test(2) && bm.test(3) && bm.test(132) && !bm.test(133));
         assert!(bm.clear_range(60, 10));
         assert!(!bm.clear_range(60, 10));
+        assert!(!bm.any_in_range(60, 10));
+        assert!(bm.any_in_range(59, 2) && bm.any_in_range(64, 69));
         let mut runs = vec![];
         bm.for_each_run(0, 200, |s, n, set| runs.push((s, n, set)));
         assert_eq!(

@@ -157,6 +157,14 @@ impl Image {
     pub(crate) fn discard_pages(&self, block: usize, first_page: u64, npages: u64) -> Result<()> {
         let b = self.block(block)?;
         let l = &b.layout;
+        // Nothing to change (the common case when saving into a new image):
+        // no gate, no update mark. A read-only image still refuses.
+        if self.writable
+            && !b.bitmap.any_in_range(first_page, npages)
+            && !b.failed.any_in_range(first_page, npages)
+        {
+            return Ok(());
+        }
         let _gate = self.write_gate()?;
         if b.bitmap.clear_range(first_page, npages) {
             let off = l.pages_offset + first_page * l.page_size;
