@@ -4,7 +4,8 @@
 //! to a page whose write had returned) → `fdatasync` (that page data is
 //! durable) → write the bitmaps → `fdatasync`.
 //!
-//! Order on `finish` of a new image: the sync above → the stream end (setup
+//! Order on `finish` of a new image: snapshot the bitmaps → `fdatasync`
+//! (page data durable) → write the bitmaps and the stream end (setup
 //! footer, RAM END section, EOF byte; the file is cut right after it) →
 //! `fdatasync` → the completion record (VMDESCRIPTION JSON) → `fdatasync`.
 //! A crash anywhere before the last step leaves a file without a visible end
