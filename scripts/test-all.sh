@@ -16,6 +16,11 @@ BUILD="${MR_BUILD_DIR:-$ROOT/build}"
 BUILD_SAN="${MR_BUILD_SAN_DIR:-$ROOT/build-asan}"
 CLIPPY_ARGS=(-D warnings -D clippy::undocumented_unsafe_blocks)
 
+# The full suite skips nothing: a Rust test that needs QEMU, root or the
+# pinned cbindgen fails when it is missing (tests/common/need.rs), instead
+# of printing NOT RUN and returning as in a plain `cargo test`.
+export MR_TEST_REQUIRE_ALL=1
+
 passed=0
 failed=0
 T0=$SECONDS

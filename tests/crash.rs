@@ -25,9 +25,9 @@
 //! (delays drawn from a calibration run so kills land in every phase), or
 //! lets it finish.
 
-mod common_faults;
+mod common;
 
-use common_faults::*;
+use common::*;
 use mappedram::channel::{FaultFn, FaultOp};
 use mappedram::engine::save_ramblock;
 use mappedram::{Error, Image, ImageFlags};

@@ -8,9 +8,9 @@
 //! Needs root: each test mounts its own tmpfs (and fails saying so when the
 //! mount is refused).
 
-mod common_faults;
+mod common;
 
-use common_faults::*;
+use common::*;
 use mappedram::engine::{read_ramblock_to_vec, save_ramblock};
 use mappedram::{BlockSpec, Error, Image, ImageFlags};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -82,6 +82,9 @@ fn fill_up(dir: &Path) -> u64 {
 
 #[test]
 fn enospc_in_save_ramblock_reaches_the_caller() {
+    if !met(Need::Root) {
+        return;
+    }
     let fs = TmpfsMount::new("enospc-save", FS_SIZE);
     let path = fs.join("big.img");
     // Twice the file system, mostly random (incompressible, no zero pages).
@@ -116,6 +119,9 @@ fn enospc_in_save_ramblock_reaches_the_caller() {
 
 #[test]
 fn enospc_in_write_page_sync_finish_and_close() {
+    if !met(Need::Root) {
+        return;
+    }
     let fs = TmpfsMount::new("enospc-sync", FS_SIZE);
     let path = fs.join("sparse.img");
     // A 4 GiB guest: a 128 KiB bitmap that stays a hole until sync writes it.
@@ -231,6 +237,9 @@ fn last_error() -> String {
 
 #[test]
 fn enospc_through_the_c_api() {
+    if !met(Need::Root) {
+        return;
+    }
     let fs = TmpfsMount::new("enospc-c", FS_SIZE);
     let path = fs.join("c.img");
     let cpath = CString::new(path.to_str().unwrap()).unwrap();

@@ -5,9 +5,9 @@
 //! no page whose write failed), or it is complete with exactly the right
 //! contents (old contents for an in-place update that never started).
 
-mod common_faults;
+mod common;
 
-use common_faults::*;
+use common::*;
 use mappedram::channel::{FaultFn, FaultOp};
 use mappedram::engine::{read_ramblock_to_vec, save_ramblock};
 use mappedram::{Error, Image, ImageFlags};
@@ -642,7 +642,7 @@ mod protocol_model {
 #[test]
 fn failed_in_place_write_blocks_completion_until_rewritten() {
     let dir = TmpDir::new("latch");
-    let path = dir.0.join("img");
+    let path = dir.join("img");
     let img = create(&path, false);
     let old = vec![0x11u8; PS as usize];
     for p in 0..8 {

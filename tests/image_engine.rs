@@ -1,118 +1,19 @@
 //! Image and engine: round trips, thread-count independence, dirty rounds,
 //! in-place updates, completion and cancellation.
 
+mod common;
+
+use common::fill::mix as fill_mix;
+use common::{specs, Aligned, TmpDir, PS};
 use mappedram::engine::{read_ramblock, read_ramblock_to_vec, save_ramblock};
 use mappedram::{BlockSpec, Error, Image, ImageFlags};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-const PS: u64 = 4096;
-
-fn tmp(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "mr-image-engine-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// A page-aligned buffer (like guest RAM from mmap).
-struct Aligned {
-    ptr: *mut u8,
-    len: usize,
-    layout: std::alloc::Layout,
-}
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).unwrap();
-        // SAFETY: non-zero size layout.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null());
-        Aligned { ptr, len, layout }
-    }
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr is valid for len bytes, owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        // SAFETY: allocated with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-    }
-}
-
-/// Fill with a mix: random pages, zero pages, text pages, runs of each.
-fn fill_mix(buf: &mut [u8], seed: u64) {
-    let mut r = Rng(seed | 1);
-    let pages = buf.len() / PS as usize;
-    let mut p = 0;
-    while p < pages {
-        let run = (1 + r.next() % 40) as usize;
-        let kind = r.next() % 3;
-        for q in p..(p + run).min(pages) {
-            let page = &mut buf[q * PS as usize..(q + 1) * PS as usize];
-            match kind {
-                0 => {
-                    for c in page.chunks_mut(8) {
-                        let v = r.next().to_le_bytes();
-                        c.copy_from_slice(&v[..c.len()]);
-                    }
-                }
-                1 => page.fill(0),
-                _ => {
-                    let text = format!("page {q} of a guest; the quick brown fox. ");
-                    for (i, b) in page.iter_mut().enumerate() {
-                        *b = text.as_bytes()[i % text.len()];
-                    }
-                }
-            }
-        }
-        p += run;
-    }
-}
-
-fn specs(mem: u64) -> Vec<BlockSpec> {
-    vec![
-        BlockSpec {
-            idstr: "mem".into(),
-            used_length: mem,
-            page_size: PS,
-        },
-        BlockSpec {
-            idstr: "pc.bios".into(),
-            used_length: 0x40000,
-            page_size: PS,
-        },
-        BlockSpec {
-            idstr: "/rom@etc/acpi/rsdp".into(),
-            used_length: PS,
-            page_size: PS,
-        },
-    ]
-}
-
 #[test]
 fn pages_round_trip_and_zero_page_clears_bit() {
-    let path = tmp("pages.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("pages.img");
     let img = Image::create(
         &path,
         "pc-i440fx-10.0",
@@ -200,7 +101,8 @@ fn save_with_m_threads_restore_with_n() {
         let mut src = Aligned::new(len as usize);
         fill_mix(src.as_mut_slice(), 42 + direct as u64);
         for m in [1u32, 2, 3, 8] {
-            let path = tmp("mn.img");
+            let scratch = TmpDir::new("image-engine");
+            let path = scratch.join("mn.img");
             let flags = if direct {
                 ImageFlags::DIRECT
             } else {
@@ -209,7 +111,7 @@ fn save_with_m_threads_restore_with_n() {
             let img = Image::create(&path, "pc-q35-10.0", &specs(len), flags).unwrap();
             let mem = img.find_block("mem").unwrap();
             // SAFETY: src is valid for len bytes.
-            let st = unsafe { save_ramblock(&img, mem, src.ptr, None, m) }.unwrap();
+            let st = unsafe { save_ramblock(&img, mem, src.ptr(), None, m) }.unwrap();
             assert_eq!(st.pages_scanned, len / PS);
             assert_eq!(st.pages_data + st.pages_zero, len / PS);
             img.finish().unwrap();
@@ -219,7 +121,7 @@ fn save_with_m_threads_restore_with_n() {
                 let mut dst = Aligned::new(len as usize);
                 dst.as_mut_slice().fill(0x5a);
                 // SAFETY: dst valid for len bytes.
-                unsafe { read_ramblock(&img, mem, dst.ptr, true, n) }.unwrap();
+                unsafe { read_ramblock(&img, mem, dst.mut_ptr(), true, n) }.unwrap();
                 assert!(
                     dst.as_slice() == src.as_slice(),
                     "m={m} n={n} direct={direct}"
@@ -236,7 +138,8 @@ fn save_with_m_threads_restore_with_n() {
         // Unaligned source memory.
         let mut v = vec![0u8; len as usize + 3];
         v[3..].copy_from_slice(src.as_slice());
-        let path = tmp("unaligned-src.img");
+        let scratch = TmpDir::new("image-engine");
+        let path = scratch.join("unaligned-src.img");
         let flags = if direct {
             ImageFlags::DIRECT
         } else {
@@ -255,7 +158,8 @@ fn save_with_m_threads_restore_with_n() {
 #[test]
 fn absent_pages_left_untouched_without_zero_absent() {
     let len = 64 * PS;
-    let path = tmp("absent.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("absent.img");
     let img = Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap();
     let page = vec![7u8; PS as usize];
     img.write_page(0, 3 * PS, &page).unwrap();
@@ -276,7 +180,8 @@ fn absent_pages_left_untouched_without_zero_absent() {
 fn dirty_rounds_track_data_and_allocation() {
     let len: u64 = 16 << 20;
     let pages = len / PS;
-    let path = tmp("dirty.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("dirty.img");
     let img = Image::create(
         &path,
         "pc-i440fx-10.0",
@@ -288,7 +193,7 @@ fn dirty_rounds_track_data_and_allocation() {
     fill_mix(mem.as_mut_slice(), 7);
     // Round 1: everything.
     // SAFETY: mem valid for len bytes.
-    unsafe { save_ramblock(&img, 0, mem.ptr, None, 2) }.unwrap();
+    unsafe { save_ramblock(&img, 0, mem.ptr(), None, 2) }.unwrap();
     img.sync().unwrap();
     let alloc_full = img.allocated_bytes().unwrap();
     let size_full = img.file_size().unwrap();
@@ -299,7 +204,7 @@ fn dirty_rounds_track_data_and_allocation() {
         dirty[(p / 64) as usize] |= 1 << (p % 64);
     }
     // SAFETY: as above.
-    let st = unsafe { save_ramblock(&img, 0, mem.ptr, Some(&dirty), 3) }.unwrap();
+    let st = unsafe { save_ramblock(&img, 0, mem.ptr(), Some(&dirty), 3) }.unwrap();
     assert_eq!(st.pages_scanned, pages / 2);
     assert_eq!(st.pages_zero, pages / 2);
     img.sync().unwrap();
@@ -321,7 +226,7 @@ fn dirty_rounds_track_data_and_allocation() {
     let before_last = mem.as_slice()[last..].to_vec();
     mem.as_mut_slice()[last..].fill(0x33);
     // SAFETY: as above.
-    unsafe { save_ramblock(&img, 0, mem.ptr, Some(&dirty), 8) }.unwrap();
+    unsafe { save_ramblock(&img, 0, mem.ptr(), Some(&dirty), 8) }.unwrap();
     img.finish().unwrap();
     assert!(img.file_size().unwrap() <= size_full + 4096);
     img.close().unwrap();
@@ -332,14 +237,15 @@ fn dirty_rounds_track_data_and_allocation() {
     // A too-short dirty bitmap is an error.
     let img_rw = Image::open(&path, ImageFlags::READ_WRITE).unwrap();
     // SAFETY: as above.
-    let e = unsafe { save_ramblock(&img_rw, 0, mem.ptr, Some(&[0u64; 1]), 1) }.unwrap_err();
+    let e = unsafe { save_ramblock(&img_rw, 0, mem.ptr(), Some(&[0u64; 1]), 1) }.unwrap_err();
     assert!(matches!(e, Error::Invalid(_)), "{e}");
     img_rw.close().unwrap();
 }
 
 #[test]
 fn one_page_block_and_sparse_save() {
-    let path = tmp("onepage.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("onepage.img");
     let spec = vec![BlockSpec {
         idstr: "tiny".into(),
         used_length: PS,
@@ -348,16 +254,16 @@ fn one_page_block_and_sparse_save() {
     let img = Image::create(&path, "m", &spec, ImageFlags::DIRECT).unwrap();
     let page = Aligned::new(PS as usize);
     // SAFETY: page valid for PS bytes.
-    let st = unsafe { save_ramblock(&img, 0, page.ptr, None, 8) }.unwrap();
+    let st = unsafe { save_ramblock(&img, 0, page.ptr(), None, 8) }.unwrap();
     assert_eq!((st.pages_zero, st.pages_data), (1, 0));
     let mut data = Aligned::new(PS as usize);
     data.as_mut_slice().fill(9);
     // Dirty bitmap with no bit set: nothing is touched.
     // SAFETY: as above.
-    let st = unsafe { save_ramblock(&img, 0, data.ptr, Some(&[0]), 1) }.unwrap();
+    let st = unsafe { save_ramblock(&img, 0, data.ptr(), Some(&[0]), 1) }.unwrap();
     assert_eq!(st.pages_scanned, 0);
     // SAFETY: as above.
-    let st = unsafe { save_ramblock(&img, 0, data.ptr, Some(&[1]), 1) }.unwrap();
+    let st = unsafe { save_ramblock(&img, 0, data.ptr(), Some(&[1]), 1) }.unwrap();
     assert_eq!(st.pages_data, 1);
     img.finish().unwrap();
     img.close().unwrap();
@@ -367,7 +273,8 @@ fn one_page_block_and_sparse_save() {
 
 #[test]
 fn unfinished_image_is_incomplete_unless_recovering() {
-    let path = tmp("unfinished.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("unfinished.img");
     let img = Image::create(&path, "m", &specs(1 << 20), ImageFlags::default()).unwrap();
     img.write_page(0, 0, &vec![1u8; PS as usize]).unwrap();
     img.close().unwrap();
@@ -388,7 +295,8 @@ fn unfinished_image_is_incomplete_unless_recovering() {
 
 #[test]
 fn in_place_update_marks_incomplete_until_sync() {
-    let path = tmp("update.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("update.img");
     let img = Image::create(&path, "m", &specs(1 << 20), ImageFlags::default()).unwrap();
     img.write_page(0, 0, &vec![1u8; PS as usize]).unwrap();
     img.finish().unwrap();
@@ -415,7 +323,8 @@ fn in_place_update_marks_incomplete_until_sync() {
 
 #[test]
 fn create_on_inside_a_container() {
-    let path = tmp("container.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("container.img");
     std::fs::write(&path, vec![0xc5u8; 5000]).unwrap();
     let ch = mappedram::Channel::open(
         &path,
@@ -454,7 +363,8 @@ fn cancel_by_progress_and_by_other_thread() {
     let len: u64 = 64 << 20;
     let mut mem = Aligned::new(len as usize);
     fill_mix(mem.as_mut_slice(), 5);
-    let path = tmp("cancel.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("cancel.img");
     let img = Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap();
     let calls = Arc::new(AtomicU64::new(0));
     let c2 = calls.clone();
@@ -465,7 +375,7 @@ fn cancel_by_progress_and_by_other_thread() {
     })));
     // The callback is called before any work, then every 50 ms.
     // SAFETY: mem valid for len bytes.
-    let r = unsafe { save_ramblock(&img, 0, mem.ptr, None, 1) };
+    let r = unsafe { save_ramblock(&img, 0, mem.ptr(), None, 1) };
     match r {
         Err(Error::Cancelled(m)) => assert!(m.contains("progress callback"), "{m}"),
         other => panic!(
@@ -497,7 +407,7 @@ fn cancel_by_progress_and_by_other_thread() {
             i2.cancel();
         });
         // SAFETY: mem valid for len bytes.
-        let r = unsafe { save_ramblock(&img, 0, mem.ptr, None, 1) };
+        let r = unsafe { save_ramblock(&img, 0, mem.ptr(), None, 1) };
         canceller.join().unwrap();
         match r {
             Err(Error::Cancelled(m)) => {
@@ -513,14 +423,15 @@ fn cancel_by_progress_and_by_other_thread() {
     img.set_progress(None);
     // Later operations are not affected.
     // SAFETY: as above.
-    unsafe { save_ramblock(&img, 0, mem.ptr, None, 2) }.unwrap();
+    unsafe { save_ramblock(&img, 0, mem.ptr(), None, 2) }.unwrap();
 }
 
 #[test]
 fn concurrent_writers_and_syncs() {
     let len: u64 = 8 << 20;
     let pages = len / PS;
-    let path = tmp("stress.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("stress.img");
     let img = Arc::new(Image::create(&path, "m", &specs(len)[..1], ImageFlags::DIRECT).unwrap());
     let threads = 8u64;
     std::thread::scope(|s| {
@@ -565,7 +476,8 @@ fn cancel_single_thread_save_without_progress_callback() {
     let len: u64 = 64 << 20;
     let mut mem = Aligned::new(len as usize);
     fill_mix(mem.as_mut_slice(), 11);
-    let path = tmp("cancel1.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("cancel1.img");
     let img = Arc::new(Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap());
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (i2, d2) = (img.clone(), done.clone());
@@ -577,7 +489,7 @@ fn cancel_single_thread_save_without_progress_callback() {
         }
     });
     // SAFETY: mem valid for len bytes.
-    let r = unsafe { save_ramblock(&img, 0, mem.ptr, None, 1) };
+    let r = unsafe { save_ramblock(&img, 0, mem.ptr(), None, 1) };
     done.store(true, Ordering::Release);
     canceller.join().unwrap();
     match r {
