@@ -4,6 +4,7 @@
 //! - [`rng`]: the one deterministic generator;
 //! - [`mem`]: page-aligned buffers (guest RAM stand-ins);
 //! - [`dirs`]: temp dirs (disk, memory, O_DIRECT-enforcing), tmpfs mounts;
+//! - [`crash_states`]: power-loss states from a recorded channel trace;
 //! - [`guest`]: the standard ramblocks, per-page contents, image comparison;
 //! - [`fill`]: deterministic memory patterns and comparisons;
 //! - [`need`]: gating tests that need QEMU, root or the pinned cbindgen;
@@ -16,6 +17,7 @@
 // re-exports below).
 #![allow(dead_code, unused_imports)]
 
+pub mod crash_states;
 pub mod dirs;
 pub mod fill;
 pub mod guest;
