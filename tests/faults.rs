@@ -530,8 +530,8 @@ mod parking_lot_free {
 /// `flush_bitmaps` in `src/image/state.rs`), checked over every
 /// interleaving of two page writers (different bits of one bitmap word) and
 /// a syncer that syncs twice. Sequentially consistent interleavings only:
-/// weak-memory reorderings are not modelled (that would need loom on the
-/// real code; see the report). Invariants:
+/// weak-memory outcomes are checked with loom in tests/loom_bitmap.rs.
+/// Invariants:
 /// - safety: a bit in the durable bitmap always has durable page data;
 /// - no lost bit: when everything is done, each written page's bit is in
 ///   the bitmap on disk, or the dirty flag is set for the next sync.
