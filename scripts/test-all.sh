@@ -65,7 +65,7 @@ step "dependencies (scripts/setup-deps.sh)" 900 bash scripts/setup-deps.sh
 step "cargo fmt --check" 120 cargo fmt --all --check
 step "cargo clippy" 600 cargo clippy --workspace --all-targets -- "${CLIPPY_ARGS[@]}"
 step "cargo test --release" 900 cargo test --release
-step "meson setup" 120 meson setup $(reconf "$BUILD") "$BUILD"
+step "meson setup" 120 meson setup $(reconf "$BUILD") "$BUILD" -Dvalgrind=enabled
 step "meson compile" 600 meson compile -C "$BUILD"
 step "meson test" 600 meson test -C "$BUILD" --print-errorlogs
 step "meson setup (ASan/UBSan)" 120 meson setup $(reconf "$BUILD_SAN") "$BUILD_SAN" -Db_sanitize=address,undefined -Db_lundef=false
