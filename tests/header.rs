@@ -5,7 +5,7 @@
 mod common;
 
 use common::need::{cbindgen, repo_root as root};
-use common::{met, Need};
+use common::{met, Need, TmpDir};
 use std::process::Command;
 
 #[test]
@@ -16,7 +16,8 @@ fn header_is_up_to_date() {
     let root = root();
     // `met` checked that it is there and is the pinned version.
     let cbindgen = cbindgen();
-    let tmp = std::env::temp_dir().join(format!("mappedram-header-{}.h", std::process::id()));
+    let dir = TmpDir::new("header");
+    let tmp = dir.join("mappedram.h");
     let status = Command::new(&cbindgen)
         .current_dir(&root)
         .args(["--config", "cbindgen.toml", "--quiet", "--output"])
@@ -26,7 +27,6 @@ fn header_is_up_to_date() {
         .expect("running cbindgen");
     assert!(status.success(), "cbindgen failed: {status}");
     let fresh = std::fs::read_to_string(&tmp).expect("reading generated header");
-    let _ = std::fs::remove_file(&tmp);
     let checked_in = std::fs::read_to_string(root.join("include/mappedram.h"))
         .expect("reading include/mappedram.h");
     if fresh != checked_in {
