@@ -5,13 +5,17 @@
 //! claim units from an atomic counter. Zero pages are detected and skipped;
 //! runs of present pages are coalesced into one positional write/read
 //! straight from/to guest memory (`O_DIRECT`, zero-copy, when aligned).
+//! Guest memory comes in as [`crate::memory`] views; progress and cancel
+//! through a [`Control`] owned by the caller (the C handle holds one).
 
+mod control;
 mod parallel;
 mod restore;
 mod save;
 
-pub use restore::{read_ramblock, read_ramblock_to_vec};
-pub use save::save_ramblock;
+pub use control::{Control, ProgressFn};
+pub use restore::{read_ramblock, read_ramblock_to_vec, read_ramblock_with};
+pub use save::{save_ramblock, save_ramblock_with};
 
 /// Size of one unit of work. Also the largest single write or read.
 pub const UNIT_BYTES: u64 = 4 << 20;

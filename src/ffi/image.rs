@@ -11,16 +11,19 @@ use super::{
     arg, arg_mut, arg_ptr, arg_str, call, call_ptr, check_flags, write_out, MR_OFFSET_DETECT,
     MR_READ_ZERO_ABSENT,
 };
-use crate::engine;
+use crate::engine::{self, Control};
 use crate::error::{Error, Result};
-use crate::format::ramblock::{BlockLayout, BlockSpec};
+use crate::format::ramblock::BlockSpec;
 use crate::image::{Image, ImageFlags};
+use crate::memory::{DirtyBitmap, GuestSlice, GuestSliceMut};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::Path;
 
 /// A mapped-ram image (opaque).
 pub struct mr_image {
     inner: Image,
+    /// Progress callback and cancel of the operations on this handle.
+    control: Control,
     machine_type: CString,
     capabilities: Vec<CString>,
 }
@@ -53,7 +56,11 @@ pub struct mr_ramblock_info {
 
 /// Progress callback for `mr_image_save_ramblock` / `mr_image_read_ramblock`:
 /// called on the thread that started the operation with bytes done and bytes
-/// total; a nonzero return cancels the operation (it returns `-ECANCELED`).
+/// total: once with `done == 0` before any work, while the work runs, and
+/// once with `done == total` after it succeeded. A nonzero return cancels
+/// the operation (it returns `-ECANCELED`), except from that final call:
+/// the work is then done and the operation returns 0. Calls on one image
+/// are serialised; each call uses the callback installed at that moment.
 pub type mr_progress_fn =
     Option<unsafe extern "C" fn(opaque: *mut c_void, done: u64, total: u64) -> c_int>;
 
@@ -70,6 +77,7 @@ fn into_handle(img: Image) -> Result<*mut mr_image> {
         .collect::<Result<Vec<_>>>()?;
     Ok(Box::into_raw(Box::new(mr_image {
         inner: img,
+        control: Control::new(),
         machine_type,
         capabilities,
     })))
@@ -133,22 +141,10 @@ unsafe fn query_u64(
     })
 }
 
-fn block_index(img: &Image, block: u32) -> Result<usize> {
-    block_layout(img, block).map(|(i, _)| i)
-}
-
-/// The index and layout of ramblock `block` (cheap: no bitmap count).
-fn block_layout(img: &Image, block: u32) -> Result<(usize, &BlockLayout)> {
-    let blocks = &img.layout().blocks;
-    blocks
-        .get(block as usize)
-        .map(|l| (block as usize, l))
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "ramblock index {block} out of range (the image has {})",
-                blocks.len()
-            ))
-        })
+/// A length from C as a memory length.
+fn mem_len(len: u64) -> Result<usize> {
+    usize::try_from(len)
+        .map_err(|_| Error::OutOfRange(format!("length {len} does not fit in memory")))
 }
 
 /// Create a new image file at `path` (mode 0600, truncated) for
@@ -293,7 +289,7 @@ pub unsafe extern "C" fn mr_image_ramblock_info(
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
         let out = arg_mut(out, "out")?;
-        let info = img.block_info(block_index(img, block)?)?;
+        let info = img.block_info(block as usize)?;
         let mut idstr = [0 as c_char; 256];
         let bytes = info.idstr.as_bytes();
         if bytes.len() > 255 {
@@ -379,8 +375,8 @@ pub unsafe extern "C" fn mr_image_capability(img: *const mr_image, i: u32) -> *c
         // SAFETY: per this function's contract.
         let caps = &unsafe { image_ref(img) }?.capabilities;
         caps.get(i as usize).map(|c| c.as_ptr()).ok_or_else(|| {
-            Error::OutOfRange(format!(
-                "capability index {i} out of range (the image has {})",
+            Error::NotFound(format!(
+                "no capability with index {i} (the image has {})",
                 caps.len()
             ))
         })
@@ -452,11 +448,11 @@ pub unsafe extern "C" fn mr_image_write_page(
     call("mr_image_write_page", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let (b, layout) = block_layout(img, block)?;
-        let page_size = layout.page_size;
-        let page = arg_ptr(page.cast::<u8>(), "page")?;
-        // SAFETY: readable for page_size bytes per the contract.
-        unsafe { img.write_pages_raw(b, offset, page, page_size) }?;
+        let b = block as usize;
+        let page_size = img.block_info(b)?.page_size;
+        // SAFETY: readable for the page size per the contract.
+        let mem = unsafe { GuestSlice::new(page.cast(), mem_len(page_size)?) }?;
+        img.write_guest_pages(b, offset, mem)?;
         Ok(0)
     })
 }
@@ -477,19 +473,9 @@ pub unsafe extern "C" fn mr_image_write_pages(
     call("mr_image_write_pages", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let (b, layout) = block_layout(img, block)?;
-        let page_size = layout.page_size;
-        if page_size == 0 || len % page_size != 0 {
-            return Err(Error::Invalid(format!(
-                "length {len} is not a multiple of the page size {page_size}"
-            )));
-        }
-        if len == 0 {
-            return Ok(0);
-        }
-        let buf = arg_ptr(buf.cast::<u8>(), "buf")?;
         // SAFETY: readable for `len` bytes per the contract.
-        unsafe { img.write_pages_raw(b, offset, buf, len) }?;
+        let mem = unsafe { GuestSlice::new(buf.cast(), mem_len(len)?) }?;
+        img.write_guest_pages(block as usize, offset, mem)?;
         Ok(0)
     })
 }
@@ -509,14 +495,12 @@ pub unsafe extern "C" fn mr_image_read_page(
     call("mr_image_read_page", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        let (b, layout) = block_layout(img, block)?;
-        let page_size = layout.page_size;
+        let b = block as usize;
+        let page_size = img.block_info(b)?.page_size;
         let page = arg_mut(page.cast::<u8>(), "page")?;
-        let len = usize::try_from(page_size)
-            .map_err(|_| Error::Unsupported(format!("page size {page_size}")))?;
-        // SAFETY: writable for page_size bytes per the contract; the caller
-        // does not touch it during the call.
-        let buf = unsafe { std::slice::from_raw_parts_mut(page, len) };
+        // SAFETY: writable for the page size per the contract; the caller
+        // does not touch it during the call, so a slice is sound here.
+        let buf = unsafe { std::slice::from_raw_parts_mut(page, mem_len(page_size)?) };
         Ok(c_int::from(img.read_page(b, offset, buf)?))
     })
 }
@@ -539,20 +523,20 @@ pub unsafe extern "C" fn mr_image_save_ramblock(
 ) -> c_int {
     call("mr_image_save_ramblock", || {
         // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let (b, layout) = block_layout(img, block)?;
+        let h = unsafe { image_ref(img) }?;
+        let b = block as usize;
+        let info = h.inner.block_info(b)?;
         let host = arg_ptr(host.cast::<u8>(), "host")?;
+        // SAFETY: readable for used_length bytes per the contract.
+        let mem = unsafe { GuestSlice::new(host, mem_len(info.used_length)?) }?;
         let dirty = if dirty.is_null() {
             None
         } else {
-            let pages = layout.used_length.div_ceil(layout.page_size.max(1));
-            let words = usize::try_from(pages.div_ceil(64))
-                .map_err(|_| Error::Unsupported(format!("{pages} pages")))?;
-            // SAFETY: readable for ceil(pages / 64) words per the contract.
-            Some(unsafe { std::slice::from_raw_parts(dirty, words) })
+            let words = mem_len(DirtyBitmap::words_for(info.used_length / info.page_size))?;
+            // SAFETY: readable for that many words per the contract.
+            Some(unsafe { DirtyBitmap::new(dirty, words) }?)
         };
-        // SAFETY: `host` readable for used_length bytes per the contract.
-        unsafe { engine::save_ramblock(img, b, host, dirty, threads) }?;
+        engine::save_ramblock_with(&h.control, &h.inner, b, mem, dirty, threads)?;
         Ok(0)
     })
 }
@@ -574,13 +558,15 @@ pub unsafe extern "C" fn mr_image_read_ramblock(
 ) -> c_int {
     call("mr_image_read_ramblock", || {
         // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
+        let h = unsafe { image_ref(img) }?;
         check_flags(flags, MR_READ_ZERO_ABSENT, "mr_image_read_ramblock")?;
-        let b = block_index(img, block)?;
+        let b = block as usize;
+        let used_length = h.inner.block_info(b)?.used_length;
         let host = arg_mut(host.cast::<u8>(), "host")?;
+        // SAFETY: writable for used_length bytes per the contract.
+        let mem = unsafe { GuestSliceMut::new(host, mem_len(used_length)?) }?;
         let zero_absent = flags & MR_READ_ZERO_ABSENT != 0;
-        // SAFETY: `host` writable for used_length bytes per the contract.
-        unsafe { engine::read_ramblock(img, b, host, zero_absent, threads) }?;
+        engine::read_ramblock_with(&h.control, &h.inner, b, mem, zero_absent, threads)?;
         Ok(0)
     })
 }
@@ -596,11 +582,19 @@ struct CProgress {
 // responsible for `opaque` being usable from that thread.
 unsafe impl Send for CProgress {}
 
-/// Install a progress callback (NULL `fn` removes it). See `mr_progress_fn`.
+/// Install a progress callback (NULL `fn` removes it), also while an
+/// operation runs: its next report uses the new one. See `mr_progress_fn`.
+///
+/// After this returns, the previous callback is never called again. Called
+/// from another thread while the previous callback runs, it waits for that
+/// call to return (so do not call it while holding a lock your callback
+/// takes). Called from inside the callback, it does not wait: the current
+/// call's return value still counts, and the removed or replaced callback
+/// is not called again, not even for the operation's final report.
 ///
 /// # Safety
-/// `img` a live handle; `fn` callable with `opaque` until replaced, removed
-/// or the image is closed.
+/// `img` a live handle; `fn` callable with `opaque` until this function
+/// replaces or removes it, or the image is closed.
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_set_progress(
     img: *mut mr_image,
@@ -609,7 +603,7 @@ pub unsafe extern "C" fn mr_image_set_progress(
 ) -> c_int {
     call("mr_image_set_progress", || {
         // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
+        let ctl = &unsafe { image_ref(img) }?.control;
         let cb = func.map(|func| {
             let p = CProgress { func, opaque };
             Box::new(move |done: u64, total: u64| {
@@ -619,9 +613,9 @@ pub unsafe extern "C" fn mr_image_set_progress(
                 // SAFETY: callable with `opaque` per mr_image_set_progress's
                 // contract.
                 unsafe { (p.func)(p.opaque, done, total) == 0 }
-            }) as crate::image::ProgressFn
+            }) as engine::ProgressFn
         });
-        img.set_progress(cb);
+        ctl.set_progress(cb);
         Ok(0)
     })
 }
@@ -635,7 +629,7 @@ pub unsafe extern "C" fn mr_image_set_progress(
 pub unsafe extern "C" fn mr_image_cancel(img: *mut mr_image) -> c_int {
     call("mr_image_cancel", || {
         // SAFETY: per this function's contract.
-        unsafe { image_ref(img) }?.inner.cancel();
+        unsafe { image_ref(img) }?.control.cancel();
         Ok(0)
     })
 }

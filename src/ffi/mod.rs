@@ -23,6 +23,7 @@ mod constants;
 pub mod image;
 
 use crate::error::{Error, Result};
+use crate::silent_panic;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -62,9 +63,15 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 
 /// Run an exported function's body: `Ok(n)` returns `n`, `Err(e)` returns
 /// `-errno` and records "`func`: message"; a panic returns `-EIO` with
-/// "`func`: internal error: panic: ...". Nothing unwinds into C.
+/// "`func`: internal error (a bug in libmappedram): ..." and prints
+/// nothing. Nothing unwinds into C.
 fn call_with<T>(func: &str, fail: impl Fn(i32) -> T, body: impl FnOnce() -> Result<T>) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    // A caught panic must not print to the host's stderr.
+    silent_panic::install();
+    let quiet = silent_panic::enter();
+    let res = catch_unwind(AssertUnwindSafe(body));
+    drop(quiet);
+    match res {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             set_last_error(format!("{func}: {e}"));
@@ -72,7 +79,7 @@ fn call_with<T>(func: &str, fail: impl Fn(i32) -> T, body: impl FnOnce() -> Resu
         }
         Err(payload) => {
             set_last_error(format!(
-                "{func}: internal error: panic: {}",
+                "{func}: internal error (a bug in libmappedram): {}",
                 panic_message(payload.as_ref())
             ));
             fail(-libc::EIO)
@@ -176,7 +183,7 @@ pub extern "C" fn mr_last_error() -> *const c_char {
             None => c"".as_ptr(),
         })
     });
-    p.unwrap_or(c"internal error: panic in mr_last_error".as_ptr())
+    p.unwrap_or(c"internal error (a bug in libmappedram) in mr_last_error".as_ptr())
 }
 
 /// The library version ("MAJOR.MINOR.PATCH"), a static string.
@@ -231,10 +238,16 @@ mod tests {
             assert_eq!(last_error(), "mr_test: no ramblock `x`");
             let r = call("mr_boom", || -> Result<c_int> { panic!("kaboom {}", 42) });
             assert_eq!(r, -libc::EIO);
-            assert_eq!(last_error(), "mr_boom: internal error: panic: kaboom 42");
+            assert_eq!(
+                last_error(),
+                "mr_boom: internal error (a bug in libmappedram): kaboom 42"
+            );
             let r = call_ssize("mr_boom", || -> Result<libc::ssize_t> { panic!("static") });
             assert_eq!(r, -(libc::EIO as libc::ssize_t));
-            assert_eq!(last_error(), "mr_boom: internal error: panic: static");
+            assert_eq!(
+                last_error(),
+                "mr_boom: internal error (a bug in libmappedram): static"
+            );
             let p: *const u8 = call_ptr("mr_null", || Err(Error::Invalid("bad".into())));
             assert!(p.is_null());
         })
