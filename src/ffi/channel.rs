@@ -1,11 +1,11 @@
 //! `mr_channel`: a thread-safe seekable file channel.
 //!
-//! Ownership: SHARED. An `mr_channel *` is an `Arc<Channel>` turned into a
-//! raw pointer (`Arc::into_raw`); each `mr_channel *` the library hands out
-//! owns one reference. An image created or opened on a channel takes its own
+//! Ownership: [`OwnershipArc`]: each `mr_channel *` the library hands out
+//! owns one reference of an `Arc<Channel>`. An image created or opened on a channel takes its own
 //! reference, so the caller may `mr_channel_close` its handle at any time.
 //! The file's descriptors are closed when the last reference goes.
 
+use super::handle::{arc_from_handle, arc_into_handle, try_ref, Castable, OwnershipArc};
 use super::{arg, arg_mut, arg_str, call, call_ssize, write_out};
 use crate::channel::{Channel, OpenFlags};
 use crate::error::{Error, Result};
@@ -22,33 +22,18 @@ pub struct mr_channel {
 /// Most iovecs one call takes (Linux `IOV_MAX`).
 const IOV_MAX: c_int = 1024;
 
-/// Hand a new reference to C.
-fn into_handle(ch: Arc<Channel>) -> *mut mr_channel {
-    Arc::into_raw(ch) as *mut mr_channel
+impl Castable for mr_channel {
+    type Ownership = OwnershipArc;
+    type RustType = Channel;
 }
 
 /// Borrow the channel behind a handle.
 ///
 /// # Safety
-/// `ch` must be NULL or a live handle from this module.
+/// `ch` must be NULL or a live handle.
 pub(crate) unsafe fn channel_ref<'a>(ch: *const mr_channel) -> Result<&'a Channel> {
-    // SAFETY: a live handle points at the `Channel` inside its Arc.
-    unsafe { arg(ch.cast::<Channel>(), "ch") }
-}
-
-/// A new `Arc` reference to the channel behind a handle (the handle keeps its
-/// own).
-///
-/// # Safety
-/// `ch` must be NULL or a live handle from this module.
-pub(crate) unsafe fn channel_arc(ch: *const mr_channel) -> Result<Arc<Channel>> {
-    let p = super::arg_ptr(ch, "ch")?.cast::<Channel>();
-    // SAFETY: `p` came from `Arc::into_raw` and the handle still owns its
-    // reference, so the count is >= 1; we add one and adopt it.
-    unsafe {
-        Arc::increment_strong_count(p);
-        Ok(Arc::from_raw(p))
-    }
+    // SAFETY: forwarded contract.
+    unsafe { try_ref(ch, "ch") }
 }
 
 /// Build the iovec slice for a vectored call.
@@ -87,7 +72,7 @@ pub unsafe extern "C" fn mr_channel_open(
         let flags = OpenFlags::from_bits(flags)?;
         let ch = Channel::open(Path::new(path), flags)?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, into_handle(Arc::new(ch))) };
+        unsafe { write_out(out, arc_into_handle(Arc::new(ch))) };
         Ok(0)
     })
 }
@@ -108,7 +93,7 @@ pub unsafe extern "C" fn mr_channel_from_fd(
         let flags = OpenFlags::from_bits(flags)?;
         let ch = Channel::from_fd(fd, flags)?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, into_handle(Arc::new(ch))) };
+        unsafe { write_out(out, arc_into_handle(Arc::new(ch))) };
         Ok(0)
     })
 }
@@ -268,12 +253,10 @@ pub unsafe extern "C" fn mr_channel_dio_align(
 #[no_mangle]
 pub unsafe extern "C" fn mr_channel_close(ch: *mut mr_channel) -> c_int {
     call("mr_channel_close", || {
-        if ch.is_null() {
+        // SAFETY: NULL or a live handle, given up per the contract.
+        let Some(arc) = (unsafe { arc_from_handle(ch) }) else {
             return Ok(0);
-        }
-        // SAFETY: a live handle owns one reference from `Arc::into_raw`; we
-        // take it back exactly once.
-        let arc = unsafe { Arc::from_raw(ch.cast_const().cast::<Channel>()) };
+        };
         // Sync first when writable, so the error reaches this caller even
         // when an image still holds the channel.
         let synced = if arc.flags().contains(OpenFlags::WRITE) {

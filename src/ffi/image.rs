@@ -1,29 +1,37 @@
 //! `mr_image`: a mapped-ram image.
 //!
-//! Ownership: BOXED. An `mr_image *` is a `Box<mr_image>` owned by the
-//! caller until `mr_image_close`. The strings the query functions return are
+//! Ownership: [`OwnershipBox`]: an `mr_image *` is a boxed [`ImageHandle`]
+//! (the image and its [`Control`]) owned by the caller until
+//! `mr_image_close`. The strings the query functions return are
 //! cached in the handle when it is made, so they live as long as the image.
 //! All page calls take `const`/shared access and are safe from many threads
 //! at once on one handle.
 
-use super::channel::{channel_arc, mr_channel};
-use super::{
-    arg, arg_mut, arg_ptr, arg_str, call, call_ptr, check_flags, write_out, MR_OFFSET_DETECT,
-    MR_READ_ZERO_ABSENT,
-};
-use crate::engine::{self, Control};
+use super::channel::mr_channel;
+use super::handle::{box_from_handle, box_into_handle, clone_arc, try_ref, Castable, OwnershipBox};
+use super::{arg, arg_mut, arg_str, call, call_ptr, write_out, MR_OFFSET_DETECT};
+use crate::engine::Control;
 use crate::error::{Error, Result};
 use crate::format::ramblock::BlockSpec;
 use crate::image::{Image, ImageFlags};
-use crate::memory::{DirtyBitmap, GuestSlice, GuestSliceMut};
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::{c_char, c_int, CString};
 use std::path::Path;
 
 /// A mapped-ram image (opaque).
 pub struct mr_image {
-    inner: Image,
+    _private: [u8; 0],
+}
+
+impl Castable for mr_image {
+    type Ownership = OwnershipBox;
+    type RustType = ImageHandle;
+}
+
+/// What an `mr_image *` points to.
+pub(crate) struct ImageHandle {
+    pub(super) inner: Image,
     /// Progress callback and cancel of the operations on this handle.
-    control: Control,
+    pub(super) control: Control,
     machine_type: CString,
     capabilities: Vec<CString>,
 }
@@ -54,16 +62,6 @@ pub struct mr_ramblock_info {
     pub pages_present: u64,
 }
 
-/// Progress callback for `mr_image_save_ramblock` / `mr_image_read_ramblock`:
-/// called on the thread that started the operation with bytes done and bytes
-/// total: once with `done == 0` before any work, while the work runs, and
-/// once with `done == total` after it succeeded. A nonzero return cancels
-/// the operation (it returns `-ECANCELED`), except from that final call:
-/// the work is then done and the operation returns 0. Calls on one image
-/// are serialised; each call uses the callback installed at that moment.
-pub type mr_progress_fn =
-    Option<unsafe extern "C" fn(opaque: *mut c_void, done: u64, total: u64) -> c_int>;
-
 /// Box a new image with its cached strings and hand it to C.
 fn into_handle(img: Image) -> Result<*mut mr_image> {
     let c = |s: &str, what: &str| {
@@ -75,21 +73,21 @@ fn into_handle(img: Image) -> Result<*mut mr_image> {
         .iter()
         .map(|s| c(s, "capability"))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Box::into_raw(Box::new(mr_image {
+    Ok(box_into_handle(ImageHandle {
         inner: img,
         control: Control::new(),
         machine_type,
         capabilities,
-    })))
+    }))
 }
 
 /// Borrow the image behind a handle.
 ///
 /// # Safety
 /// `img` must be NULL or a live handle from this module.
-unsafe fn image_ref<'a>(img: *const mr_image) -> Result<&'a mr_image> {
-    // SAFETY: per this function's contract.
-    unsafe { arg(img, "img") }
+pub(super) unsafe fn image_ref<'a>(img: *const mr_image) -> Result<&'a ImageHandle> {
+    // SAFETY: forwarded contract.
+    unsafe { try_ref(img, "img") }
 }
 
 /// Read the C block descriptions.
@@ -142,7 +140,7 @@ unsafe fn query_u64(
 }
 
 /// A length from C as a memory length.
-fn mem_len(len: u64) -> Result<usize> {
+pub(super) fn mem_len(len: u64) -> Result<usize> {
     usize::try_from(len)
         .map_err(|_| Error::OutOfRange(format!("length {len} does not fit in memory")))
 }
@@ -203,7 +201,7 @@ pub unsafe extern "C" fn mr_image_create_on(
         let specs = unsafe { block_specs(blocks, nblocks) }?;
         let out = arg_mut(out, "out")?;
         // SAFETY: per this function's contract.
-        let ch = unsafe { channel_arc(ch) }?;
+        let ch = unsafe { clone_arc(ch, "ch") }?;
         let img = Image::create_on(ch, offset, machine_type, &specs, ImageFlags(flags))?;
         let h = into_handle(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
@@ -252,7 +250,7 @@ pub unsafe extern "C" fn mr_image_open_on(
     call("mr_image_open_on", || {
         let out = arg_mut(out, "out")?;
         // SAFETY: per this function's contract.
-        let ch = unsafe { channel_arc(ch) }?;
+        let ch = unsafe { clone_arc(ch, "ch") }?;
         let base = (offset != MR_OFFSET_DETECT).then_some(offset);
         let img = Image::open_on(ch, base, ImageFlags(flags))?;
         let h = into_handle(img)?;
@@ -433,207 +431,6 @@ pub unsafe extern "C" fn mr_image_allocated_bytes(img: *const mr_image, out: *mu
     unsafe { query_u64("mr_image_allocated_bytes", img, out, Image::allocated_bytes) }
 }
 
-/// Write one page at byte `offset` (page aligned) inside `block`. An
-/// all-zero page clears the page's bit and frees its slot.
-///
-/// # Safety
-/// `img` a live handle; `page` readable for the block's page size.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_write_page(
-    img: *mut mr_image,
-    block: u32,
-    offset: u64,
-    page: *const c_void,
-) -> c_int {
-    call("mr_image_write_page", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let b = block as usize;
-        let page_size = img.block_info(b)?.page_size;
-        // SAFETY: readable for the page size per the contract.
-        let mem = unsafe { GuestSlice::new(page.cast(), mem_len(page_size)?) }?;
-        img.write_guest_pages(b, offset, mem)?;
-        Ok(0)
-    })
-}
-
-/// Write `len` bytes (a multiple of the page size) of whole pages from `buf`
-/// at `offset` inside `block`.
-///
-/// # Safety
-/// `img` a live handle; `buf` readable for `len` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_write_pages(
-    img: *mut mr_image,
-    block: u32,
-    offset: u64,
-    buf: *const c_void,
-    len: u64,
-) -> c_int {
-    call("mr_image_write_pages", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        // SAFETY: readable for `len` bytes per the contract.
-        let mem = unsafe { GuestSlice::new(buf.cast(), mem_len(len)?) }?;
-        img.write_guest_pages(block as usize, offset, mem)?;
-        Ok(0)
-    })
-}
-
-/// Read one page at `offset` inside `block` into `page`. Returns 1 when the
-/// page is present, 0 when it is a zero page (`page` is then zero-filled).
-///
-/// # Safety
-/// `img` a live handle; `page` writable for the block's page size.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_read_page(
-    img: *mut mr_image,
-    block: u32,
-    offset: u64,
-    page: *mut c_void,
-) -> c_int {
-    call("mr_image_read_page", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let b = block as usize;
-        let page_size = img.block_info(b)?.page_size;
-        let page = arg_mut(page.cast::<u8>(), "page")?;
-        // SAFETY: writable for the page size per the contract; the caller
-        // does not touch it during the call, so a slice is sound here.
-        let buf = unsafe { std::slice::from_raw_parts_mut(page, mem_len(page_size)?) };
-        Ok(c_int::from(img.read_page(b, offset, buf)?))
-    })
-}
-
-/// Save `block` from host memory `host` (the block's `used_length` bytes)
-/// with `threads` threads (0 = a default). `dirty`: NULL saves every page,
-/// else one bit per page (ceil(pages / 64) `uint64_t` words, LSB first)
-/// limits the save to the set pages. `-ECANCELED` when cancelled.
-///
-/// # Safety
-/// `img` a live handle; `host` readable for `used_length` bytes; `dirty`
-/// NULL or readable for ceil(pages / 64) words.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_save_ramblock(
-    img: *mut mr_image,
-    block: u32,
-    host: *const c_void,
-    dirty: *const u64,
-    threads: u32,
-) -> c_int {
-    call("mr_image_save_ramblock", || {
-        // SAFETY: per this function's contract.
-        let h = unsafe { image_ref(img) }?;
-        let b = block as usize;
-        let info = h.inner.block_info(b)?;
-        let host = arg_ptr(host.cast::<u8>(), "host")?;
-        // SAFETY: readable for used_length bytes per the contract.
-        let mem = unsafe { GuestSlice::new(host, mem_len(info.used_length)?) }?;
-        let dirty = if dirty.is_null() {
-            None
-        } else {
-            let words = mem_len(DirtyBitmap::words_for(info.used_length / info.page_size))?;
-            // SAFETY: readable for that many words per the contract.
-            Some(unsafe { DirtyBitmap::new(dirty, words) }?)
-        };
-        engine::save_ramblock_with(&h.control, &h.inner, b, mem, dirty, threads)?;
-        Ok(0)
-    })
-}
-
-/// Restore `block` into host memory `host` (the block's `used_length`
-/// bytes) with `threads` threads (0 = a default). Present pages are read;
-/// with `MR_READ_ZERO_ABSENT` absent pages are zeroed, else left alone.
-/// `-ECANCELED` when cancelled.
-///
-/// # Safety
-/// `img` a live handle; `host` writable for `used_length` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_read_ramblock(
-    img: *mut mr_image,
-    block: u32,
-    host: *mut c_void,
-    flags: u32,
-    threads: u32,
-) -> c_int {
-    call("mr_image_read_ramblock", || {
-        // SAFETY: per this function's contract.
-        let h = unsafe { image_ref(img) }?;
-        check_flags(flags, MR_READ_ZERO_ABSENT, "mr_image_read_ramblock")?;
-        let b = block as usize;
-        let used_length = h.inner.block_info(b)?.used_length;
-        let host = arg_mut(host.cast::<u8>(), "host")?;
-        // SAFETY: writable for used_length bytes per the contract.
-        let mem = unsafe { GuestSliceMut::new(host, mem_len(used_length)?) }?;
-        let zero_absent = flags & MR_READ_ZERO_ABSENT != 0;
-        engine::read_ramblock_with(&h.control, &h.inner, b, mem, zero_absent, threads)?;
-        Ok(0)
-    })
-}
-
-/// The C callback and its opaque pointer, moved into the image.
-struct CProgress {
-    func: unsafe extern "C" fn(*mut c_void, u64, u64) -> c_int,
-    opaque: *mut c_void,
-}
-
-// SAFETY: the image calls the progress callback only on the thread that
-// started the operation (documented in the C contract); the C caller is
-// responsible for `opaque` being usable from that thread.
-unsafe impl Send for CProgress {}
-
-/// Install a progress callback (NULL `fn` removes it), also while an
-/// operation runs: its next report uses the new one. See `mr_progress_fn`.
-///
-/// After this returns, the previous callback is never called again. Called
-/// from another thread while the previous callback runs, it waits for that
-/// call to return (so do not call it while holding a lock your callback
-/// takes). Called from inside the callback, it does not wait: the current
-/// call's return value still counts, and the removed or replaced callback
-/// is not called again, not even for the operation's final report.
-///
-/// # Safety
-/// `img` a live handle; `fn` callable with `opaque` until this function
-/// replaces or removes it, or the image is closed.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_set_progress(
-    img: *mut mr_image,
-    func: mr_progress_fn,
-    opaque: *mut c_void,
-) -> c_int {
-    call("mr_image_set_progress", || {
-        // SAFETY: per this function's contract.
-        let ctl = &unsafe { image_ref(img) }?.control;
-        let cb = func.map(|func| {
-            let p = CProgress { func, opaque };
-            Box::new(move |done: u64, total: u64| {
-                // Capture the whole struct (not its fields) so the closure
-                // is Send through CProgress.
-                let p = &p;
-                // SAFETY: callable with `opaque` per mr_image_set_progress's
-                // contract.
-                unsafe { (p.func)(p.opaque, done, total) == 0 }
-            }) as engine::ProgressFn
-        });
-        ctl.set_progress(cb);
-        Ok(0)
-    })
-}
-
-/// Cancel the save/restore operations running on `img` (they return
-/// `-ECANCELED`); later operations are not affected. Any thread may call it.
-///
-/// # Safety
-/// `img` a live handle.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_cancel(img: *mut mr_image) -> c_int {
-    call("mr_image_cancel", || {
-        // SAFETY: per this function's contract.
-        unsafe { image_ref(img) }?.control.cancel();
-        Ok(0)
-    })
-}
-
 /// Write the bitmaps out and `fdatasync`.
 ///
 /// # Safety
@@ -669,11 +466,10 @@ pub unsafe extern "C" fn mr_image_finish(img: *mut mr_image) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_close(img: *mut mr_image) -> c_int {
     call("mr_image_close", || {
-        if img.is_null() {
+        // SAFETY: NULL or a live handle, given up per the contract.
+        let Some(img) = (unsafe { box_from_handle(img) }) else {
             return Ok(0);
-        }
-        // SAFETY: a live handle came from `Box::into_raw`; taken back once.
-        let img = unsafe { Box::from_raw(img) };
+        };
         img.inner.close()?;
         Ok(0)
     })

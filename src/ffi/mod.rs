@@ -20,7 +20,9 @@
 
 pub mod channel;
 mod constants;
+mod handle;
 pub mod image;
+pub mod image_io;
 
 use crate::error::{Error, Result};
 use crate::silent_panic;
