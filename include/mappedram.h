@@ -432,8 +432,9 @@ int mr_image_close(struct mr_image *img);
 int mr_image_write_page(struct mr_image *img, uint32_t block, uint64_t offset, const void *page);
 
 /**
- * Write `len` bytes (a multiple of the page size) of whole pages from `buf`
- * at `offset` inside `block`.
+ * Write `len` bytes (a non-zero multiple of the page size) of whole pages
+ * from `buf` at `offset` inside `block`. `len == 0` is refused with
+ * `-EINVAL` like any other bad range (the offset is checked first).
  *
  * # Safety
  * `img` a live handle; `buf` readable for `len` bytes.

@@ -36,15 +36,17 @@ pub unsafe extern "C" fn mr_image_write_page(
         let img = &unsafe { image_ref(img) }?.inner;
         let b = block as usize;
         let page_size = img.block_info(b)?.page_size;
+        let page = arg_ptr(page.cast::<u8>(), "page")?;
         // SAFETY: readable for the page size per the contract.
-        let mem = unsafe { GuestSlice::new(page.cast(), mem_len(page_size)?) }?;
+        let mem = unsafe { GuestSlice::new(page, mem_len(page_size)?) }?;
         img.write_guest_pages(b, offset, mem)?;
         Ok(0)
     })
 }
 
-/// Write `len` bytes (a multiple of the page size) of whole pages from `buf`
-/// at `offset` inside `block`.
+/// Write `len` bytes (a non-zero multiple of the page size) of whole pages
+/// from `buf` at `offset` inside `block`. `len == 0` is refused with
+/// `-EINVAL` like any other bad range (the offset is checked first).
 ///
 /// # Safety
 /// `img` a live handle; `buf` readable for `len` bytes.
@@ -59,8 +61,15 @@ pub unsafe extern "C" fn mr_image_write_pages(
     call("mr_image_write_pages", || {
         // SAFETY: per this function's contract.
         let img = &unsafe { image_ref(img) }?.inner;
-        // SAFETY: readable for `len` bytes per the contract.
-        let mem = unsafe { GuestSlice::new(buf.cast(), mem_len(len)?) }?;
+        // An empty buffer may be NULL (argument conversion only: the image
+        // judges offset and length, so an empty write is refused there).
+        let mem = if len == 0 {
+            GuestSlice::from_slice(&[])
+        } else {
+            let buf = arg_ptr(buf.cast::<u8>(), "buf")?;
+            // SAFETY: readable for `len` bytes per the contract.
+            unsafe { GuestSlice::new(buf, mem_len(len)?) }?
+        };
         img.write_guest_pages(block as usize, offset, mem)?;
         Ok(0)
     })
