@@ -5,8 +5,10 @@
 //! reference, so the caller may `mr_channel_close` its handle at any time.
 //! The file's descriptors are closed when the last reference goes.
 
-use super::handle::{arc_from_handle, arc_into_handle, try_ref, Castable, OwnershipArc};
-use super::{arg, arg_mut, arg_str, call, call_ssize, write_out};
+use super::handle::{
+    arc_from_handle, arc_into_handle, try_ref_from_ptr, try_str_from_ptr, Castable, OwnershipArc,
+};
+use super::{arg, arg_mut, call, call_ssize, write_out};
 use crate::channel::{Channel, OpenFlags};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int};
@@ -25,15 +27,6 @@ const IOV_MAX: c_int = 1024;
 impl Castable for mr_channel {
     type Ownership = OwnershipArc;
     type RustType = Channel;
-}
-
-/// Borrow the channel behind a handle.
-///
-/// # Safety
-/// `ch` must be NULL or a live handle.
-pub(crate) unsafe fn channel_ref<'a>(ch: *const mr_channel) -> Result<&'a Channel> {
-    // SAFETY: forwarded contract.
-    unsafe { try_ref(ch, "ch") }
 }
 
 /// Build the iovec slice for a vectored call.
@@ -66,8 +59,7 @@ pub unsafe extern "C" fn mr_channel_open(
     out: *mut *mut mr_channel,
 ) -> c_int {
     call("mr_channel_open", || {
-        // SAFETY: per this function's contract.
-        let path = unsafe { arg_str(path, "path") }?;
+        let path = try_str_from_ptr!(path)?;
         let out = arg_mut(out, "out")?;
         let flags = OpenFlags::from_bits(flags)?;
         let ch = Channel::open(Path::new(path), flags)?;
@@ -113,8 +105,7 @@ pub unsafe extern "C" fn mr_channel_pwritev(
     offset: u64,
 ) -> libc::ssize_t {
     call_ssize("mr_channel_pwritev", || {
-        // SAFETY: per this function's contract.
-        let ch = unsafe { channel_ref(ch) }?;
+        let ch = try_ref_from_ptr!(ch)?;
         // SAFETY: per this function's contract.
         let iov = unsafe { iov_slice(iov, iovcnt) }?;
         // SAFETY: the iovec buffers are readable per the contract.
@@ -137,8 +128,7 @@ pub unsafe extern "C" fn mr_channel_preadv(
     offset: u64,
 ) -> libc::ssize_t {
     call_ssize("mr_channel_preadv", || {
-        // SAFETY: per this function's contract.
-        let ch = unsafe { channel_ref(ch) }?;
+        let ch = try_ref_from_ptr!(ch)?;
         // SAFETY: per this function's contract.
         let iov = unsafe { iov_slice(iov, iovcnt) }?;
         // SAFETY: the iovec buffers are writable per the contract.
@@ -154,8 +144,7 @@ pub unsafe extern "C" fn mr_channel_preadv(
 #[no_mangle]
 pub unsafe extern "C" fn mr_channel_sync(ch: *mut mr_channel) -> c_int {
     call("mr_channel_sync", || {
-        // SAFETY: per this function's contract.
-        unsafe { channel_ref(ch) }?.sync()?;
+        try_ref_from_ptr!(ch)?.sync()?;
         Ok(0)
     })
 }
@@ -167,8 +156,7 @@ pub unsafe extern "C" fn mr_channel_sync(ch: *mut mr_channel) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn mr_channel_size(ch: *mut mr_channel, out: *mut u64) -> c_int {
     call("mr_channel_size", || {
-        // SAFETY: per this function's contract.
-        let ch = unsafe { channel_ref(ch) }?;
+        let ch = try_ref_from_ptr!(ch)?;
         let out = arg_mut(out, "out")?;
         let size = ch.size()?;
         // SAFETY: checked non-NULL; writable per the contract.
@@ -184,8 +172,7 @@ pub unsafe extern "C" fn mr_channel_size(ch: *mut mr_channel, out: *mut u64) -> 
 #[no_mangle]
 pub unsafe extern "C" fn mr_channel_truncate(ch: *mut mr_channel, len: u64) -> c_int {
     call("mr_channel_truncate", || {
-        // SAFETY: per this function's contract.
-        unsafe { channel_ref(ch) }?.set_len(len)?;
+        try_ref_from_ptr!(ch)?.set_len(len)?;
         Ok(0)
     })
 }
@@ -202,8 +189,7 @@ pub unsafe extern "C" fn mr_channel_punch_hole(
     len: u64,
 ) -> c_int {
     call("mr_channel_punch_hole", || {
-        // SAFETY: per this function's contract.
-        unsafe { channel_ref(ch) }?.punch_hole(offset, len)?;
+        try_ref_from_ptr!(ch)?.punch_hole(offset, len)?;
         Ok(0)
     })
 }
@@ -221,8 +207,7 @@ pub unsafe extern "C" fn mr_channel_dio_align(
     offset_align: *mut u32,
 ) -> c_int {
     call("mr_channel_dio_align", || {
-        // SAFETY: per this function's contract.
-        let ch = unsafe { channel_ref(ch) }?;
+        let ch = try_ref_from_ptr!(ch)?;
         let mem_align = arg_mut(mem_align, "mem_align")?;
         let offset_align = arg_mut(offset_align, "offset_align")?;
         let a = ch.dio_align().ok_or_else(|| {

@@ -107,3 +107,27 @@ pub(crate) unsafe fn arc_from_handle<C: Castable<Ownership = OwnershipArc>>(
     // gives up the handle, so it is taken back exactly once.
     Some(unsafe { Arc::from_raw(p.cast_const().cast::<C::RustType>()) })
 }
+
+/// Borrow the value behind a handle argument of an exported function, whose
+/// `# Safety` section requires NULL or a live handle (every one does); the
+/// error for NULL names the parameter.
+macro_rules! try_ref_from_ptr {
+    ($p:ident) => {
+        // SAFETY: the exported function's contract: `$p` is NULL or a live
+        // handle of its type that stays open for the call.
+        unsafe { $crate::ffi::handle::try_ref($p, stringify!($p)) }
+    };
+}
+pub(crate) use try_ref_from_ptr;
+
+/// Borrow a NUL-terminated UTF-8 string argument of an exported function,
+/// whose `# Safety` section requires NULL or a valid string (every one
+/// does); the error names the parameter.
+macro_rules! try_str_from_ptr {
+    ($p:ident) => {
+        // SAFETY: the exported function's contract: `$p` is NULL or a
+        // NUL-terminated string valid for the call.
+        unsafe { $crate::ffi::arg_str($p, stringify!($p)) }
+    };
+}
+pub(crate) use try_str_from_ptr;

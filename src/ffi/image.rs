@@ -8,7 +8,10 @@
 //! at once on one handle.
 
 use super::channel::mr_channel;
-use super::handle::{box_from_handle, box_into_handle, clone_arc, try_ref, Castable, OwnershipBox};
+use super::handle::{
+    box_from_handle, box_into_handle, clone_arc, try_ref_from_ptr, try_str_from_ptr, Castable,
+    OwnershipBox,
+};
 use super::{arg, arg_mut, arg_str, call, call_ptr, write_out, MR_OFFSET_DETECT};
 use crate::engine::Control;
 use crate::error::{Error, Result};
@@ -81,15 +84,6 @@ fn into_handle(img: Image) -> Result<*mut mr_image> {
     }))
 }
 
-/// Borrow the image behind a handle.
-///
-/// # Safety
-/// `img` must be NULL or a live handle from this module.
-pub(super) unsafe fn image_ref<'a>(img: *const mr_image) -> Result<&'a ImageHandle> {
-    // SAFETY: forwarded contract.
-    unsafe { try_ref(img, "img") }
-}
-
 /// Read the C block descriptions.
 ///
 /// # Safety
@@ -129,8 +123,7 @@ unsafe fn query_u64(
     f: impl FnOnce(&Image) -> Result<u64>,
 ) -> c_int {
     call(func, || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
+        let img = &try_ref_from_ptr!(img)?.inner;
         let out = arg_mut(out, "out")?;
         let v = f(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
@@ -161,10 +154,8 @@ pub unsafe extern "C" fn mr_image_create(
     out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_create", || {
-        // SAFETY: per this function's contract.
-        let path = unsafe { arg_str(path, "path") }?;
-        // SAFETY: per this function's contract.
-        let machine_type = unsafe { arg_str(machine_type, "machine_type") }?;
+        let path = try_str_from_ptr!(path)?;
+        let machine_type = try_str_from_ptr!(machine_type)?;
         // SAFETY: per this function's contract.
         let specs = unsafe { block_specs(blocks, nblocks) }?;
         let out = arg_mut(out, "out")?;
@@ -195,8 +186,7 @@ pub unsafe extern "C" fn mr_image_create_on(
     out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_create_on", || {
-        // SAFETY: per this function's contract.
-        let machine_type = unsafe { arg_str(machine_type, "machine_type") }?;
+        let machine_type = try_str_from_ptr!(machine_type)?;
         // SAFETY: per this function's contract.
         let specs = unsafe { block_specs(blocks, nblocks) }?;
         let out = arg_mut(out, "out")?;
@@ -223,8 +213,7 @@ pub unsafe extern "C" fn mr_image_open(
     out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_open", || {
-        // SAFETY: per this function's contract.
-        let path = unsafe { arg_str(path, "path") }?;
+        let path = try_str_from_ptr!(path)?;
         let out = arg_mut(out, "out")?;
         let img = Image::open(Path::new(path), ImageFlags(flags))?;
         let h = into_handle(img)?;
@@ -267,8 +256,7 @@ pub unsafe extern "C" fn mr_image_open_on(
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_ramblock_count(img: *const mr_image) -> c_int {
     call("mr_image_ramblock_count", || {
-        // SAFETY: per this function's contract.
-        let n = unsafe { image_ref(img) }?.inner.block_count();
+        let n = try_ref_from_ptr!(img)?.inner.block_count();
         c_int::try_from(n).map_err(|_| Error::Unsupported(format!("{n} ramblocks")))
     })
 }
@@ -284,8 +272,7 @@ pub unsafe extern "C" fn mr_image_ramblock_info(
     out: *mut mr_ramblock_info,
 ) -> c_int {
     call("mr_image_ramblock_info", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
+        let img = &try_ref_from_ptr!(img)?.inner;
         let out = arg_mut(out, "out")?;
         let info = img.block_info(block as usize)?;
         let mut idstr = [0 as c_char; 256];
@@ -327,10 +314,8 @@ pub unsafe extern "C" fn mr_image_find_ramblock(
     idstr: *const c_char,
 ) -> c_int {
     call("mr_image_find_ramblock", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        // SAFETY: per this function's contract.
-        let idstr = unsafe { arg_str(idstr, "idstr") }?;
+        let img = &try_ref_from_ptr!(img)?.inner;
+        let idstr = try_str_from_ptr!(idstr)?;
         let i = img.find_block(idstr)?;
         c_int::try_from(i).map_err(|_| Error::Unsupported(format!("ramblock index {i}")))
     })
@@ -344,8 +329,7 @@ pub unsafe extern "C" fn mr_image_find_ramblock(
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_machine_type(img: *const mr_image) -> *const c_char {
     call_ptr("mr_image_machine_type", || {
-        // SAFETY: per this function's contract.
-        Ok(unsafe { image_ref(img) }?.machine_type.as_ptr())
+        Ok(try_ref_from_ptr!(img)?.machine_type.as_ptr())
     })
 }
 
@@ -356,8 +340,7 @@ pub unsafe extern "C" fn mr_image_machine_type(img: *const mr_image) -> *const c
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_capability_count(img: *const mr_image) -> c_int {
     call("mr_image_capability_count", || {
-        // SAFETY: per this function's contract.
-        let n = unsafe { image_ref(img) }?.capabilities.len();
+        let n = try_ref_from_ptr!(img)?.capabilities.len();
         c_int::try_from(n).map_err(|_| Error::Unsupported(format!("{n} capabilities")))
     })
 }
@@ -370,8 +353,7 @@ pub unsafe extern "C" fn mr_image_capability_count(img: *const mr_image) -> c_in
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_capability(img: *const mr_image, i: u32) -> *const c_char {
     call_ptr("mr_image_capability", || {
-        // SAFETY: per this function's contract.
-        let caps = &unsafe { image_ref(img) }?.capabilities;
+        let caps = &try_ref_from_ptr!(img)?.capabilities;
         caps.get(i as usize).map(|c| c.as_ptr()).ok_or_else(|| {
             Error::NotFound(format!(
                 "no capability with index {i} (the image has {})",
@@ -389,8 +371,7 @@ pub unsafe extern "C" fn mr_image_capability(img: *const mr_image, i: u32) -> *c
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_is_complete(img: *const mr_image) -> c_int {
     call("mr_image_is_complete", || {
-        // SAFETY: per this function's contract.
-        Ok(c_int::from(unsafe { image_ref(img) }?.inner.is_complete()))
+        Ok(c_int::from(try_ref_from_ptr!(img)?.inner.is_complete()))
     })
 }
 
@@ -438,8 +419,7 @@ pub unsafe extern "C" fn mr_image_allocated_bytes(img: *const mr_image, out: *mu
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_sync(img: *mut mr_image) -> c_int {
     call("mr_image_sync", || {
-        // SAFETY: per this function's contract.
-        unsafe { image_ref(img) }?.inner.sync()?;
+        try_ref_from_ptr!(img)?.inner.sync()?;
         Ok(0)
     })
 }
@@ -451,8 +431,7 @@ pub unsafe extern "C" fn mr_image_sync(img: *mut mr_image) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_finish(img: *mut mr_image) -> c_int {
     call("mr_image_finish", || {
-        // SAFETY: per this function's contract.
-        unsafe { image_ref(img) }?.inner.finish()?;
+        try_ref_from_ptr!(img)?.inner.finish()?;
         Ok(0)
     })
 }

@@ -3,7 +3,8 @@
 //! [`GuestSliceMut`] / [`DirtyBitmap`] here (their constructors hold the
 //! contract); every rule about ranges lives in the image and the engine.
 
-use super::image::{image_ref, mem_len, mr_image};
+use super::handle::try_ref_from_ptr;
+use super::image::{mem_len, mr_image};
 use super::{arg_mut, arg_ptr, call, check_flags, MR_READ_ZERO_ABSENT};
 use crate::engine;
 use crate::memory::{DirtyBitmap, GuestSlice, GuestSliceMut};
@@ -32,8 +33,7 @@ pub unsafe extern "C" fn mr_image_write_page(
     page: *const c_void,
 ) -> c_int {
     call("mr_image_write_page", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
+        let img = &try_ref_from_ptr!(img)?.inner;
         let b = block as usize;
         let page_size = img.block_info(b)?.page_size;
         let page = arg_ptr(page.cast::<u8>(), "page")?;
@@ -59,8 +59,7 @@ pub unsafe extern "C" fn mr_image_write_pages(
     len: u64,
 ) -> c_int {
     call("mr_image_write_pages", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
+        let img = &try_ref_from_ptr!(img)?.inner;
         // An empty buffer may be NULL (argument conversion only: the image
         // judges offset and length, so an empty write is refused there).
         let mem = if len == 0 {
@@ -88,8 +87,7 @@ pub unsafe extern "C" fn mr_image_read_page(
     page: *mut c_void,
 ) -> c_int {
     call("mr_image_read_page", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
+        let img = &try_ref_from_ptr!(img)?.inner;
         let b = block as usize;
         let page_size = img.block_info(b)?.page_size;
         let page = arg_mut(page.cast::<u8>(), "page")?;
@@ -117,8 +115,7 @@ pub unsafe extern "C" fn mr_image_save_ramblock(
     threads: u32,
 ) -> c_int {
     call("mr_image_save_ramblock", || {
-        // SAFETY: per this function's contract.
-        let h = unsafe { image_ref(img) }?;
+        let h = try_ref_from_ptr!(img)?;
         let b = block as usize;
         let info = h.inner.block_info(b)?;
         let host = arg_ptr(host.cast::<u8>(), "host")?;
@@ -152,8 +149,7 @@ pub unsafe extern "C" fn mr_image_read_ramblock(
     threads: u32,
 ) -> c_int {
     call("mr_image_read_ramblock", || {
-        // SAFETY: per this function's contract.
-        let h = unsafe { image_ref(img) }?;
+        let h = try_ref_from_ptr!(img)?;
         check_flags(flags, MR_READ_ZERO_ABSENT, "mr_image_read_ramblock")?;
         let b = block as usize;
         let used_length = h.inner.block_info(b)?.used_length;
@@ -197,8 +193,7 @@ pub unsafe extern "C" fn mr_image_set_progress(
     opaque: *mut c_void,
 ) -> c_int {
     call("mr_image_set_progress", || {
-        // SAFETY: per this function's contract.
-        let ctl = &unsafe { image_ref(img) }?.control;
+        let ctl = &try_ref_from_ptr!(img)?.control;
         let cb = func.map(|func| {
             let p = CProgress { func, opaque };
             Box::new(move |done: u64, total: u64| {
@@ -223,8 +218,7 @@ pub unsafe extern "C" fn mr_image_set_progress(
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_cancel(img: *mut mr_image) -> c_int {
     call("mr_image_cancel", || {
-        // SAFETY: per this function's contract.
-        unsafe { image_ref(img) }?.control.cancel();
+        try_ref_from_ptr!(img)?.control.cancel();
         Ok(0)
     })
 }
