@@ -276,13 +276,9 @@ pub unsafe extern "C" fn mr_image_ramblock_info(
         let out = arg_mut(out, "out")?;
         let info = img.block_info(block as usize)?;
         let mut idstr = [0 as c_char; 256];
-        let bytes = info.idstr.as_bytes();
-        if bytes.len() > 255 {
-            return Err(Error::Corrupt(format!(
-                "ramblock idstr is {} bytes (at most 255)",
-                bytes.len()
-            )));
-        }
+        // An idstr is at most 255 bytes (a u8 length on disk, checked by the
+        // format layer), so the last byte stays NUL.
+        let bytes = info.idstr.as_bytes().iter().take(255);
         for (d, s) in idstr.iter_mut().zip(bytes) {
             *d = *s as c_char;
         }
