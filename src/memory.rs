@@ -182,6 +182,15 @@ impl<'a> GuestSliceMut<'a> {
         })
     }
 
+    /// The same memory as a read-only view (writable memory is readable).
+    pub fn as_read(&self) -> GuestSlice<'a> {
+        GuestSlice {
+            ptr: self.ptr.cast_const(),
+            len: self.len,
+            _life: PhantomData,
+        }
+    }
+
     /// Fill with zeros.
     pub fn zero(&self) {
         // SAFETY: writable for `len` bytes per the constructor's contract.
@@ -290,6 +299,7 @@ mod tests {
         let mut w = [7u8; 8];
         let m = GuestSliceMut::from_mut_slice(&mut w);
         m.subslice(4, 4).unwrap().zero();
+        assert!(m.as_read().subslice(4, 4).unwrap().is_zero());
         assert!(m.subslice(5, 4).is_err());
         assert_eq!(w, [7, 7, 7, 7, 0, 0, 0, 0]);
     }
