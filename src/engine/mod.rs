@@ -55,6 +55,19 @@ pub fn effective_threads(requested: u32, units: u64) -> usize {
     t.min(units.max(1) as usize).clamp(1, 256)
 }
 
+/// Run 4 units on 2 workers with `f` (tests of the panic boundary).
+#[cfg(test)]
+pub(crate) fn run_for_test(
+    ctl: &Control,
+    f: impl Fn(u64) + Sync,
+) -> crate::error::Result<std::ffi::c_int> {
+    parallel::run(ctl, "test", 4, 2, 4, |u| {
+        f(u);
+        Ok((Stats::default(), 1))
+    })?;
+    Ok(0)
+}
+
 /// Pages per unit for a page size.
 pub(crate) fn unit_pages(page_size: u64) -> u64 {
     (UNIT_BYTES / page_size).max(1)

@@ -259,6 +259,40 @@ mod tests {
         .unwrap();
     }
 
+    /// Run in a child process (see below): a panic inside the boundary,
+    /// also in an engine worker thread, must print nothing.
+    #[test]
+    fn quiet_panic_child() {
+        if std::env::var_os("MR_QUIET_PANIC_CHILD").is_none() {
+            return;
+        }
+        let r = call("mr_boom", || -> Result<c_int> { panic!("kaboom-main") });
+        assert_eq!(r, -libc::EIO);
+        let r = call("mr_boom", || -> Result<c_int> {
+            let ctl = crate::engine::Control::new();
+            crate::engine::run_for_test(&ctl, |u| assert!(u != 1, "kaboom-worker"))
+        });
+        assert_eq!(r, -libc::EIO);
+        assert!(last_error().contains("kaboom-worker") || last_error().contains("panicked"));
+    }
+
+    #[test]
+    fn a_caught_panic_prints_nothing() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "ffi::tests::quiet_panic_child", "--nocapture"])
+            .env("MR_QUIET_PANIC_CHILD", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "child failed: {stderr}");
+        assert!(
+            !stderr.contains("kaboom"),
+            "a caught panic printed: {stderr}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("1 passed"), "{stdout}");
+    }
+
     #[test]
     fn null_and_flag_checks() {
         // SAFETY: NULL is allowed by `arg`'s contract.
