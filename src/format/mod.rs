@@ -12,6 +12,7 @@
 
 mod cursor;
 pub mod libvirt;
+mod ram_parse;
 pub mod ramblock;
 pub mod stream;
 
@@ -83,6 +84,10 @@ pub mod section {
 /// RAM section flags that may appear with mapped-ram.
 pub const RAM_SAVE_FLAG_MEM_SIZE: u64 = 0x4;
 pub const RAM_SAVE_FLAG_EOS: u64 = 0x10;
+/// The EOS that ends the RAM setup payload is one be64.
+pub const RAM_EOS_LEN: u64 = 8;
+/// A section footer: the type byte and the be32 section id.
+pub const SECTION_FOOTER_LEN: u64 = 5;
 /// The RAM section's idstr and version.
 pub const RAM_IDSTR: &str = "ram";
 pub const RAM_SECTION_VERSION: u32 = 4;
