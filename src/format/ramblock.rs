@@ -313,7 +313,7 @@ pub fn encode_pieces(layout: &StreamLayout) -> Vec<(u64, Vec<u8>)> {
 mod tests {
     use super::*;
     use crate::format::stream::{completion, completion_json, encode_tail, Completion};
-    use crate::format::{ReadAt, CAP_X_IGNORE_SHARED};
+    use crate::format::CAP_X_IGNORE_SHARED;
 
     fn cfg(machine: &str) -> Configuration {
         Configuration {
