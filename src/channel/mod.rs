@@ -49,7 +49,7 @@ pub use open::OpenFlags;
 use crate::error::{Error, Result};
 use direct::{Direct, Req};
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
-use sys::IovCursor;
+use sys::{Dir, IovCursor};
 
 /// A thread-safe file channel. See the module docs.
 ///
@@ -207,22 +207,18 @@ impl Channel {
             // SAFETY: forwarded caller contract.
             Some(d) => unsafe { d.write(&req, iov, offset, total)? },
             None => {
-                let mut cur = IovCursor::new(iov);
                 let mut pos = offset;
-                while !cur.is_empty() {
-                    // SAFETY: the iovecs are readable (caller contract).
-                    let n = unsafe { sys::pwritev_once(self.file.as_fd(), &cur, pos) }
-                        .map_err(|e| req.err("pwritev", pos, e))?;
-                    if n == 0 {
-                        return Err(req.err(
-                            "pwritev",
-                            pos,
-                            std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote 0 bytes"),
-                        ));
-                    }
-                    cur.advance(n);
-                    pos += n as u64;
+                // SAFETY: the iovecs are readable (caller contract).
+                unsafe {
+                    sys::transfer(
+                        Dir::Write,
+                        self.file.as_fd(),
+                        &mut IovCursor::new(iov),
+                        &mut pos,
+                        |_, _| true,
+                    )
                 }
+                .map_err(|e| req.err("pwritev", pos, e))?;
             }
         }
         Ok(total)
@@ -252,18 +248,18 @@ impl Channel {
             // SAFETY: forwarded caller contract.
             Some(d) => unsafe { d.read(&req, self.file.as_fd(), iov, offset, total) },
             None => {
-                let mut cur = IovCursor::new(iov);
                 let mut pos = offset;
-                while !cur.is_empty() {
-                    // SAFETY: the iovecs are writable (caller contract).
-                    let n = unsafe { sys::preadv_once(self.file.as_fd(), &cur, pos) }
-                        .map_err(|e| req.err("preadv", pos, e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    cur.advance(n);
-                    pos += n as u64;
+                // SAFETY: the iovecs are writable (caller contract).
+                unsafe {
+                    sys::transfer(
+                        Dir::Read,
+                        self.file.as_fd(),
+                        &mut IovCursor::new(iov),
+                        &mut pos,
+                        |_, _| true,
+                    )
                 }
+                .map_err(|e| req.err("preadv", pos, e))?;
                 Ok(pos - offset)
             }
         }

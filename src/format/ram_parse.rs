@@ -7,7 +7,7 @@
 //! [`plan`](super::ramblock::plan) produces:
 //! - the bitmap starts right after the block's mapped-ram header;
 //! - the page region starts at the bitmap's end rounded up to
-//!   [`PAGES_ALIGN`] (1 MiB), as an absolute file offset (inside a libvirt
+//!   [`PAGES_ALIGN`](super::PAGES_ALIGN) (1 MiB), as an absolute file offset (inside a libvirt
 //!   container the rounding is of the absolute offset too);
 //! - the next block header (or the EOS) starts right after the page region.
 //!
@@ -26,9 +26,9 @@ use super::cursor::Cursor;
 use super::ramblock::{BlockLayout, StreamLayout};
 use super::stream::{parse_header, Configuration};
 use super::{
-    bitmap_len, round_up, section, ReadAt, CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED,
-    MAPPED_RAM_HEADER_VERSION, MAX_RAMBLOCKS, PAGES_ALIGN, RAM_IDSTR, RAM_SAVE_FLAG_EOS,
-    RAM_SAVE_FLAG_MEM_SIZE, RAM_SECTION_VERSION,
+    bitmap_len, pages_offset_after, section, ReadAt, CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED,
+    MAPPED_RAM_HEADER_VERSION, MAX_RAMBLOCKS, RAM_IDSTR, RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SECTION_VERSION,
 };
 use crate::error::{Error, Result};
 
@@ -280,7 +280,7 @@ fn check_region_offsets(
     }
     // Cannot overflow: header_end is inside the file and blen < 2^61.
     let bitmap_end = bitmap_offset + blen;
-    let Some(expected) = round_up(bitmap_end, PAGES_ALIGN) else {
+    let Some(expected) = pages_offset_after(bitmap_end) else {
         return Err(format!(
             "the bitmap end 0x{bitmap_end:x} cannot be rounded up to a 1 MiB boundary"
         ));

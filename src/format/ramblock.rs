@@ -3,10 +3,10 @@
 
 use super::stream::{encode_footer, encode_header, encode_section_start, Configuration};
 use super::{
-    bitmap_len, round_up, section, CAP_MAPPED_RAM, MAPPED_RAM_HEADER_LEN,
+    bitmap_len, pages_offset_after, section, CAP_MAPPED_RAM, MAPPED_RAM_HEADER_LEN,
     MAPPED_RAM_HEADER_VERSION, MAX_MACHINE_TYPE_LEN, MAX_RAMBLOCKS, MAX_TARGET_PAGE_BITS,
-    MIN_TARGET_PAGE_BITS, PAGES_ALIGN, RAM_EOS_LEN, RAM_IDSTR, RAM_SAVE_FLAG_EOS,
-    RAM_SAVE_FLAG_MEM_SIZE, RAM_SECTION_VERSION, SECTION_FOOTER_LEN,
+    MIN_TARGET_PAGE_BITS, RAM_EOS_LEN, RAM_IDSTR, RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SECTION_VERSION, SECTION_FOOTER_LEN,
 };
 use crate::error::{Error, Result};
 
@@ -149,7 +149,7 @@ fn overflow(what: &str) -> Error {
 
 /// Lay out one block whose header starts at `pos` the way QEMU's writer
 /// does: bitmap right after the header, pages at the bitmap's end rounded up
-/// to [`PAGES_ALIGN`].
+/// to [`PAGES_ALIGN`](super::PAGES_ALIGN).
 fn place_block(s: &BlockSpec, page_size: u64, pos: u64) -> Result<BlockLayout> {
     let ovf = || overflow(&format!("ramblock '{}'", s.idstr));
     let mut b = BlockLayout {
@@ -167,7 +167,7 @@ fn place_block(s: &BlockSpec, page_size: u64, pos: u64) -> Result<BlockLayout> {
         .checked_add(1 + s.idstr.len() as u64 + 8 + MAPPED_RAM_HEADER_LEN)
         .ok_or_else(ovf)?;
     let bitmap_end = b.bitmap_offset.checked_add(b.bitmap_len).ok_or_else(ovf)?;
-    b.pages_offset = round_up(bitmap_end, PAGES_ALIGN).ok_or_else(ovf)?;
+    b.pages_offset = pages_offset_after(bitmap_end).ok_or_else(ovf)?;
     b.pages_offset.checked_add(s.used_length).ok_or_else(ovf)?;
     Ok(b)
 }
@@ -313,7 +313,7 @@ pub fn encode_pieces(layout: &StreamLayout) -> Vec<(u64, Vec<u8>)> {
 mod tests {
     use super::*;
     use crate::format::stream::{completion, completion_json, encode_tail, Completion};
-    use crate::format::CAP_X_IGNORE_SHARED;
+    use crate::format::{CAP_X_IGNORE_SHARED, PAGES_ALIGN};
 
     fn cfg(machine: &str) -> Configuration {
         Configuration {
