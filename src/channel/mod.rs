@@ -45,6 +45,7 @@ mod sys;
 pub use direct::{DioAlign, DEFAULT_DIO_ALIGN};
 pub use fault::{FaultFn, FaultOp};
 pub use open::OpenFlags;
+pub use sys::IOV_MAX;
 
 use crate::error::{Error, Result};
 use direct::{Direct, Req};

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Most iovecs one `preadv`/`pwritev` accepts (`UIO_MAXIOV` on Linux).
 /// Longer arrays are split over several calls.
-pub(crate) const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
+pub const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
 
 /// The part of an iovec array that has not been transferred yet.
 pub(crate) struct IovCursor<'a> {
