@@ -124,3 +124,33 @@ fn skipped_block_refuses_writes_and_the_file_stays_intact() {
     assert!(!img.block_present_in_file(1).unwrap());
     drop(img);
 }
+
+/// Restoring a skipped block must not zero the caller's memory (it is the
+/// shared memory QEMU did not save); saving into it is refused too.
+#[test]
+fn engine_refuses_a_skipped_block_without_touching_memory() {
+    use mappedram::engine::{read_ramblock, save_ramblock};
+    let path = tmp("engine.img");
+    write_image(&path);
+    let img = Image::open(&path, ImageFlags::default()).unwrap();
+    let mut mem = vec![0x77u8; 32 * PS as usize];
+    // SAFETY: `mem` is valid for writes of the block's 32 pages.
+    let e = unsafe { read_ramblock(&img, 1, mem.as_mut_ptr(), true, 2) }.unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    assert!(e.to_string().contains("'shared'"), "{e}");
+    assert!(mem.iter().all(|&b| b == 0x77));
+    // The block before it restores as usual.
+    let mut ram = vec![0x11u8; 16 * PS as usize];
+    // SAFETY: `ram` is valid for writes of the block's 16 pages.
+    unsafe { read_ramblock(&img, 0, ram.as_mut_ptr(), true, 2) }.unwrap();
+    assert!(ram[3 * PS as usize..4 * PS as usize]
+        .iter()
+        .all(|&b| b == 0x5a));
+    assert!(ram[..3 * PS as usize].iter().all(|&b| b == 0));
+    drop(img);
+
+    let img = Image::open(&path, ImageFlags::READ_WRITE).unwrap();
+    // SAFETY: `mem` is valid for reads of the block's 32 pages.
+    let e = unsafe { save_ramblock(&img, 1, mem.as_ptr(), None, 2) }.unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+}
