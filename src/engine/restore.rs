@@ -20,6 +20,9 @@ pub unsafe fn read_ramblock(
     zero_absent: bool,
     threads: u32,
 ) -> Result<Stats> {
+    // A block skipped by x-ignore-shared has no pages here: refuse it
+    // (ENOENT) before touching the caller's memory.
+    img.block_in_file(block)?;
     let info = img.block_info(block)?;
     if host.is_null() {
         return Err(Error::Invalid(

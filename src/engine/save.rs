@@ -41,6 +41,9 @@ pub unsafe fn save_ramblock(
     dirty: Option<&[u64]>,
     threads: u32,
 ) -> Result<Stats> {
+    // A block skipped by x-ignore-shared has no pages here: refuse it
+    // (ENOENT) before touching the caller's memory.
+    img.block_in_file(block)?;
     let info = img.block_info(block)?;
     let ps = info.page_size;
     let pages = info.used_length / ps;

@@ -14,7 +14,7 @@ impl Image {
     /// Check `[offset, offset+len)` against block `block`: page aligned,
     /// non-empty, inside the block.
     pub(crate) fn check_range(&self, block: usize, offset: u64, len: u64) -> Result<&Block> {
-        let b = self.block(block)?;
+        let b = self.block_in_file(block)?;
         let l = &b.layout;
         if offset % l.page_size != 0 {
             return Err(Error::Invalid(format!(
@@ -107,7 +107,7 @@ impl Image {
         npages: u64,
         ptr: *const u8,
     ) -> Result<()> {
-        let b = self.block(block)?;
+        let b = self.block_in_file(block)?;
         let l = &b.layout;
         let _gate = self.write_gate()?;
         let len = npages * l.page_size;
@@ -155,7 +155,7 @@ impl Image {
     /// Mark pages zero: clear their bits and, when any was set, free their
     /// slots.
     pub(crate) fn discard_pages(&self, block: usize, first_page: u64, npages: u64) -> Result<()> {
-        let b = self.block(block)?;
+        let b = self.block_in_file(block)?;
         let l = &b.layout;
         // Nothing to change (the common case when saving into a new image):
         // no gate, no update mark. A read-only image still refuses.
@@ -187,7 +187,7 @@ impl Image {
     /// Read one page; returns true when present, false for a zero page
     /// (then `page` is zero-filled).
     pub fn read_page(&self, block: usize, offset: u64, page: &mut [u8]) -> Result<bool> {
-        let b = self.block(block)?;
+        let b = self.block_in_file(block)?;
         let ps = b.layout.page_size;
         if page.len() as u64 != ps {
             return Err(Error::Invalid(format!(
@@ -218,7 +218,7 @@ impl Image {
         npages: u64,
         ptr: *mut u8,
     ) -> Result<()> {
-        let b = self.block(block)?;
+        let b = self.block_in_file(block)?;
         let l = &b.layout;
         let len = npages * l.page_size;
         let off = l.pages_offset + first_page * l.page_size;
