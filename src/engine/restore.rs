@@ -21,6 +21,9 @@ pub fn read_ramblock_with(
     zero_absent: bool,
     threads: u32,
 ) -> Result<Stats> {
+    // A block skipped by x-ignore-shared has no pages here: refuse it
+    // (ENOENT) before touching the caller's memory.
+    img.block_in_file(block)?;
     let info = img.block_info(block)?;
     let mem = mem.subslice(0, host_len(info.used_length, &info.idstr)?)?;
     let ps = info.page_size;

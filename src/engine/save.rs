@@ -21,6 +21,9 @@ pub fn save_ramblock_with(
     dirty: Option<DirtyBitmap<'_>>,
     threads: u32,
 ) -> Result<Stats> {
+    // A block skipped by x-ignore-shared has no pages here: refuse it
+    // (ENOENT) before touching the caller's memory.
+    img.block_in_file(block)?;
     let info = img.block_info(block)?;
     let ps = info.page_size;
     let pages = info.used_length / ps;

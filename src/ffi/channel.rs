@@ -9,7 +9,7 @@ use super::handle::{
     arc_from_handle, arc_into_handle, try_ref_from_ptr, try_str_from_ptr, Castable, OwnershipArc,
 };
 use super::{arg, arg_mut, call, call_ssize, write_out};
-use crate::channel::{Channel, OpenFlags};
+use crate::channel::{Channel, OpenFlags, IOV_MAX};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int};
 use std::path::Path;
@@ -21,9 +21,6 @@ pub struct mr_channel {
     _private: [u8; 0],
 }
 
-/// Most iovecs one call takes (Linux `IOV_MAX`).
-const IOV_MAX: c_int = 1024;
-
 impl Castable for mr_channel {
     type Ownership = OwnershipArc;
     type RustType = Channel;
@@ -34,16 +31,15 @@ impl Castable for mr_channel {
 /// # Safety
 /// When `iovcnt > 0`, `iov` must point to `iovcnt` iovecs valid for `'a`.
 unsafe fn iov_slice<'a>(iov: *const libc::iovec, iovcnt: c_int) -> Result<&'a [libc::iovec]> {
-    if !(0..=IOV_MAX).contains(&iovcnt) {
-        return Err(Error::Invalid(format!(
-            "iovcnt {iovcnt} out of range (0..={IOV_MAX})"
-        )));
-    }
-    if iovcnt == 0 {
+    let n = usize::try_from(iovcnt)
+        .ok()
+        .filter(|&n| n <= IOV_MAX)
+        .ok_or_else(|| Error::Invalid(format!("iovcnt {iovcnt} out of range (0..={IOV_MAX})")))?;
+    if n == 0 {
         return Ok(&[]);
     }
     // SAFETY: non-NULL checked; `iovcnt` entries per the caller's contract.
-    Ok(unsafe { std::slice::from_raw_parts(arg(iov, "iov")?, iovcnt as usize) })
+    Ok(unsafe { std::slice::from_raw_parts(arg(iov, "iov")?, n) })
 }
 
 /// Open `path` with `MR_OPEN_*` flags. Files are created with mode 0600.

@@ -351,6 +351,26 @@ impl Image {
         })
     }
 
+    /// Does the file hold this block's bitmap and pages? False for a block
+    /// QEMU skipped under `x-ignore-shared` (its memory was shared with the
+    /// destination, not saved); page I/O on such a block is `NotFound`.
+    pub fn block_present_in_file(&self, block: usize) -> Result<bool> {
+        Ok(self.block(block)?.layout.present_in_file())
+    }
+
+    /// The block, for page I/O: `NotFound` (`ENOENT`) naming it when its
+    /// pages are not in this file.
+    pub(crate) fn block_in_file(&self, block: usize) -> Result<&Block> {
+        let b = self.block(block)?;
+        if !b.layout.present_in_file() {
+            return Err(Error::NotFound(format!(
+                "ramblock '{}' (index {block}) is not in this file: QEMU skipped it under x-ignore-shared (its memory is shared, not saved), so it has no pages to read or write",
+                b.layout.idstr
+            )));
+        }
+        Ok(b)
+    }
+
     /// What is known about ramblock `block` (`NotFound` past the last).
     pub fn block_info(&self, block: usize) -> Result<BlockInfo> {
         let b = self.block(block)?;

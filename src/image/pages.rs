@@ -14,7 +14,7 @@ impl Image {
     /// Check `[offset, offset+len)` against block `block`: page aligned,
     /// non-empty, inside the block.
     pub(crate) fn check_range(&self, block: usize, offset: u64, len: u64) -> Result<&Block> {
-        let b = self.block(block)?;
+        let b = self.block_in_file(block)?;
         let l = &b.layout;
         if offset % l.page_size != 0 {
             return Err(Error::Invalid(format!(
@@ -91,7 +91,7 @@ impl Image {
         first_page: u64,
         mem: GuestSlice<'_>,
     ) -> Result<()> {
-        let b = self.block(block)?;
+        let b = self.block_in_file(block)?;
         let l = &b.layout;
         let _gate = self.write_gate()?;
         let len = mem.len() as u64;
@@ -143,7 +143,7 @@ impl Image {
     /// Mark pages zero: clear their bits and, when any was set, free their
     /// slots.
     pub(crate) fn discard_pages(&self, block: usize, first_page: u64, npages: u64) -> Result<()> {
-        let b = self.block(block)?;
+        let b = self.block_in_file(block)?;
         let l = &b.layout;
         // Nothing to change (the common case when saving into a new image):
         // no gate, no update mark. A read-only image still refuses.
@@ -175,7 +175,7 @@ impl Image {
     /// Read one page; returns true when present, false for a zero page
     /// (then `page` is zero-filled).
     pub fn read_page(&self, block: usize, offset: u64, page: &mut [u8]) -> Result<bool> {
-        let b = self.block(block)?;
+        let b = self.block_in_file(block)?;
         let ps = b.layout.page_size;
         if page.len() as u64 != ps {
             return Err(Error::Invalid(format!(
@@ -202,7 +202,7 @@ impl Image {
         first_page: u64,
         mem: GuestSliceMut<'_>,
     ) -> Result<()> {
-        let b = self.block(block)?;
+        let b = self.block_in_file(block)?;
         let l = &b.layout;
         let len = mem.len() as u64;
         let npages = len / l.page_size;
