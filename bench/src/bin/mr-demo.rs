@@ -153,10 +153,10 @@ fn demo(a: &Args, path: &std::path::Path) -> Result<(), String> {
     .map_err(|e| format!("save 'mem': {e}"))?;
     let t_mem = t.elapsed();
     for (i, m) in rom_mem.iter().enumerate() {
-        // SAFETY: `m` is valid for reads of its whole length.
         engine::save_ramblock(
             &img,
             i + 1,
+            // SAFETY: `m` is valid for reads of the block's used_length.
             unsafe {
                 GuestSlice::new(
                     m.as_ptr(),
@@ -229,10 +229,10 @@ fn demo(a: &Args, path: &std::path::Path) -> Result<(), String> {
     .map_err(|e| format!("restore 'mem': {e}"))?;
     for (i, m) in rom_dst.iter_mut().enumerate() {
         let bi = img.find_block(&roms[i].0).map_err(|e| e.to_string())?;
-        // SAFETY: `m` is valid for writes of its whole length.
         engine::read_ramblock(
             &img,
             bi,
+            // SAFETY: `m` is valid for writes of the block's used_length.
             unsafe {
                 GuestSliceMut::new(
                     m.as_mut_ptr(),
