@@ -39,6 +39,25 @@ static void test_open_errors(const char *dir)
     /* Bad descriptors. */
     CHECK_ERR(mr_channel_from_fd(-1, MR_OPEN_READ, &ch), EBADF, NULL);
     CHECK(ch == SENTINEL_CH);
+
+    /* A FIFO is refused at once (it used to block in open(2) forever), with
+     * the error /dev/null gets. The alarm kills the test if it blocks. */
+    char fifo[4096];
+    snprintf(fifo, sizeof fifo, "%s/fifo-%ld", dir, (long)getpid());
+    CHECK(mkfifo(fifo, 0600) == 0);
+    alarm(30);
+    CHECK_ERR(mr_channel_open("/dev/null", MR_OPEN_READ, &ch), EINVAL,
+              "not a regular file or block device");
+    CHECK_ERR(mr_channel_open(fifo, MR_OPEN_READ, &ch), EINVAL,
+              "not a regular file or block device");
+    CHECK_ERR(mr_channel_open(fifo, MR_OPEN_WRITE, &ch), EINVAL,
+              "not a regular file or block device");
+    CHECK(ch == SENTINEL_CH);
+    struct mr_image *img = NULL;
+    CHECK_ERR(mr_image_open(fifo, 0, &img), EINVAL, fifo);
+    CHECK(img == NULL);
+    alarm(0);
+    CHECK(unlink(fifo) == 0);
 }
 
 static void test_null_handles(void)

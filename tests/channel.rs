@@ -565,6 +565,95 @@ fn open_errors_are_specific() {
     assert!(msg.contains("/dev/null"), "{msg}");
 }
 
+/// Run `f` on another thread; fail (instead of hanging the suite) when it
+/// does not return within 10 s.
+fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} blocked for 10 s"))
+}
+
+/// Issue: opening a FIFO blocked forever in open(2), before the file-type
+/// check ran. Every open mode is now refused at once with the error
+/// /dev/null gets (EINVAL, "not a regular file or block device").
+#[test]
+fn a_fifo_is_refused_without_blocking() {
+    let s = scratch("fifo");
+    let fifo = s.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (null_errno, _) = errno(Channel::open(Path::new("/dev/null"), OpenFlags::READ));
+    for flags in [
+        OpenFlags::READ,
+        OpenFlags::WRITE,
+        rw(),
+        rwc(),
+        OpenFlags::READ | OpenFlags::DIRECT,
+        direct(),
+        rw() | OpenFlags::TRUNC,
+    ] {
+        let p = fifo.clone();
+        let (e, msg) = within_10s(&format!("opening a FIFO with {flags:?}"), move || {
+            errno(Channel::open(&p, flags))
+        });
+        assert_eq!(e, null_errno, "{flags:?}: {msg}");
+        assert_eq!(e, libc::EINVAL, "{flags:?}: {msg}");
+        assert!(msg.contains("not a regular file or block device"), "{msg}");
+        assert!(msg.contains(&fifo.display().to_string()), "{msg}");
+    }
+    // The FIFO is still there (CREATE did not replace it, nothing removed it).
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    // A descriptor of a FIFO (opened non-blocking by the caller) is refused
+    // the same way.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let (e, msg) = errno(Channel::from_fd(f.as_raw_fd(), OpenFlags::READ));
+    assert_eq!(e, libc::EINVAL, "{msg}");
+}
+
+/// Regular files still work, and the channel's descriptor is blocking
+/// again after the non-blocking open.
+#[test]
+fn regular_files_open_blocking() {
+    let s = scratch("nonblock");
+    let p = s.join("f");
+    for flags in [rwc(), direct()] {
+        let ch = Channel::open(&p, flags).unwrap();
+        let mut seen = 0;
+        for e in std::fs::read_dir("/proc/self/fd").unwrap() {
+            let e = e.unwrap();
+            if std::fs::read_link(e.path()).ok().as_deref() != Some(p.as_path()) {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                e.file_name().to_str().unwrap()
+            ))
+            .unwrap_or_default();
+            let Some(fl) = info.lines().find_map(|l| l.strip_prefix("flags:")) else {
+                continue;
+            };
+            let fl = i32::from_str_radix(fl.trim(), 8).unwrap();
+            assert_eq!(fl & libc::O_NONBLOCK, 0, "{flags:?}: flags 0{fl:o}");
+            seen += 1;
+        }
+        assert!(seen >= 1, "no descriptor of {} found", p.display());
+        ch.write_all_at(b"hello", 0).unwrap();
+        let mut b = [0u8; 5];
+        assert_eq!(ch.read_at(&mut b, 0).unwrap(), 5);
+        assert_eq!(&b, b"hello");
+        ch.close().unwrap();
+    }
+}
+
 #[test]
 fn access_mode_is_enforced() {
     let s = scratch("ro");

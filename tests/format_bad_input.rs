@@ -12,7 +12,7 @@ use mappedram::format::ramblock::{
 use mappedram::format::stream::{
     completion, completion_json, encode_header, encode_tail, Completion, Configuration,
 };
-use mappedram::format::{CAP_MAPPED_RAM, MAX_RAMBLOCKS};
+use mappedram::format::{ReadAt, CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED, MAX_RAMBLOCKS};
 use mappedram::Error;
 
 const PS: u64 = 4096;
@@ -59,11 +59,10 @@ fn valid() -> (StreamLayout, Vec<u8>) {
     (l, img)
 }
 
-/// A compact valid image: 1 KiB pages (target-page-bits 10) and page
-/// regions aligned to the page only (QEMU's loader and ours accept that;
-/// only writers align to 1 MiB), so it is ~70 KiB and every prefix can be
-/// tried. Blocks: "big" (3 pages), "one" (1 page), "mid" (65 pages: a
-/// two-word bitmap).
+/// A compact valid image: 1 KiB pages (target-page-bits 10), so the page
+/// regions are small (page regions still start on 1 MiB boundaries, as
+/// QEMU's writer places them; the file is ~3 MiB, mostly zeros). Blocks:
+/// "big" (3 pages), "one" (1 page), "mid" (65 pages: a two-word bitmap).
 fn compact() -> (StreamLayout, Vec<u8>) {
     let config = Configuration {
         target_page_bits: Some(10),
@@ -75,7 +74,7 @@ fn compact() -> (StreamLayout, Vec<u8>) {
         let header_offset = pos;
         let bitmap_offset = pos + 1 + idstr.len() as u64 + 8 + 28;
         let bitmap_len = pages.div_ceil(64) * 8;
-        let pages_offset = (bitmap_offset + bitmap_len).div_ceil(1024) * 1024;
+        let pages_offset = (bitmap_offset + bitmap_len).div_ceil(1 << 20) << 20;
         pos = pages_offset + pages * 1024;
         blocks.push(BlockLayout {
             idstr: idstr.into(),
@@ -110,6 +109,36 @@ fn compact() -> (StreamLayout, Vec<u8>) {
     img.extend_from_slice(&encode_tail(2, &completion_json(1024, "pc-i440fx-10.0", 3)));
     assert_eq!(parse(&img, 0).unwrap(), l);
     (l, img)
+}
+
+/// A sparse input: metadata pieces (sorted, disjoint) over zeros.
+struct Sparse {
+    pieces: Vec<(u64, Vec<u8>)>,
+    size: u64,
+}
+
+impl ReadAt for Sparse {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> mappedram::Result<usize> {
+        let n = buf.len().min(self.size.saturating_sub(offset) as usize);
+        buf[..n].fill(0);
+        let end = offset + n as u64;
+        let first = self
+            .pieces
+            .partition_point(|(o, b)| o + b.len() as u64 <= offset);
+        for (o, b) in &self.pieces[first..] {
+            if *o >= end {
+                break;
+            }
+            let from = offset.max(*o);
+            let to = end.min(o + b.len() as u64);
+            buf[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&b[(from - o) as usize..(to - o) as usize]);
+        }
+        Ok(n)
+    }
+    fn size(&self) -> mappedram::Result<u64> {
+        Ok(self.size)
+    }
 }
 
 fn put64(img: &mut [u8], off: u64, v: u64) {
@@ -305,34 +334,90 @@ fn mapped_ram_header_errors() {
         put64(&mut m, o.page_size, ps);
         expect_corrupt(&m, &["'one'", &format!("page size {ps}"), "4096"]);
     }
-    // Bitmap inside the header.
-    let mut m = img.clone();
-    put64(&mut m, o.bitmap, o.end - 1);
-    expect_corrupt(&m, &["'one'", "overlaps the headers"]);
-    // Bitmap running into the pages.
-    let mut m = img.clone();
-    put64(&mut m, o.bitmap, l.blocks[1].pages_offset - 4);
-    expect_corrupt(&m, &["'one'", "runs into the pages"]);
-    // Pages not page aligned.
-    let mut m = img.clone();
-    put64(&mut m, o.pages, l.blocks[1].pages_offset + 512);
-    expect_corrupt(&m, &["'one'", "not aligned"]);
-    // Overflowing sums.
-    let mut m = img.clone();
-    put64(&mut m, o.bitmap, u64::MAX - 3);
-    expect_corrupt(&m, &["'one'", "overflows"]);
-    let mut m = img.clone();
-    put64(&mut m, o.pages, u64::MAX - (PS - 1));
-    expect_corrupt(&m, &["'one'", "overflows"]);
+    // Every bitmap_offset but the one right after the mapped-ram header:
+    // inside the header, into the padding, into the pages, overflowing,
+    // pointing back into an earlier block.
+    let b1 = &l.blocks[1];
+    for bad in [
+        o.end - 1,
+        o.end + 8,
+        b1.pages_offset - 4,
+        u64::MAX - 3,
+        l.blocks[0].pages_offset,
+        0,
+    ] {
+        let mut m = img.clone();
+        put64(&mut m, o.bitmap, bad);
+        expect_corrupt(
+            &m,
+            &[
+                "'one'",
+                "bitmap_offset",
+                &format!("expected 0x{:x}", o.end),
+                &format!("found 0x{bad:x}"),
+            ],
+        );
+    }
+    // Every pages_offset but the bitmap end rounded up to 1 MiB: not page
+    // aligned, page aligned only, the next 1 MiB boundary, overflowing.
+    for bad in [
+        b1.pages_offset + 512,
+        b1.pages_offset + PS,
+        b1.pages_offset + (1 << 20),
+        b1.pages_offset - PS,
+        u64::MAX - (PS - 1),
+        0,
+    ] {
+        let mut m = img.clone();
+        put64(&mut m, o.pages, bad);
+        expect_corrupt(
+            &m,
+            &[
+                "'one'",
+                "pages_offset",
+                &format!("expected 0x{:x}", b1.pages_offset),
+                &format!("found 0x{bad:x}"),
+            ],
+        );
+    }
     // Pages past the end of the file (last block).
-    let o2 = h(&l, 2);
-    let mut m = img.clone();
-    put64(&mut m, o2.pages, l.blocks[2].pages_offset + (1 << 20));
-    expect_corrupt(&m, &["'mid'", "past the end of the file"]);
-    // Pages overlapping the previous block (pointing back before the header).
-    let mut m = img.clone();
-    put64(&mut m, o.bitmap, l.blocks[0].pages_offset);
-    expect_corrupt(&m, &["'one'", "overlaps the headers"]);
+    let (l3, img3) = valid();
+    let last = l3.blocks.len() - 1;
+    let cut = (l3.blocks[last].pages_offset + 4096) as usize;
+    expect_corrupt(&img3[..cut], &["'mid'", "past the end of the file"]);
+}
+
+/// Issue: a one-byte flip of a block's `bitmap_offset` so it points into the
+/// padding used to open as complete (and restore zeros). Every single-byte
+/// change of any block's bitmap_offset or pages_offset is now `EBADMSG`.
+#[test]
+fn every_one_byte_flip_of_a_region_offset_is_corrupt() {
+    let (l, img) = valid();
+    for i in 0..l.blocks.len() {
+        let o = h(&l, i);
+        for field in [o.bitmap, o.pages] {
+            for byte in field..field + 8 {
+                for bit in 0..8 {
+                    let mut m = img.clone();
+                    m[byte as usize] ^= 1 << bit;
+                    let name = if field == o.bitmap {
+                        "bitmap_offset"
+                    } else {
+                        "pages_offset"
+                    };
+                    expect_corrupt(
+                        &m,
+                        &[
+                            &format!("'{}'", l.blocks[i].idstr),
+                            name,
+                            "expected",
+                            "found",
+                        ],
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -360,25 +445,42 @@ fn too_many_ramblocks() {
         ..config()
     };
     let n = MAX_RAMBLOCKS + 1;
-    let mut img = encode_header(&cfg);
-    img.extend_from_slice(b"\x01\0\0\0\x01\x03ram\0\0\0\0\0\0\0\x04");
-    img.extend_from_slice(&((n as u64 * 1024) | 4).to_be_bytes());
+    // Each block takes 1 MiB + 1 KiB (its pages start on a 1 MiB boundary),
+    // so the ~16 GiB file is built sparse: its metadata pieces over zeros.
+    let mut head = encode_header(&cfg);
+    head.extend_from_slice(b"\x01\0\0\0\x01\x03ram\0\0\0\0\0\0\0\x04");
+    head.extend_from_slice(&((n as u64 * 1024) | 4).to_be_bytes());
+    let mut img = Sparse {
+        pieces: Vec::new(),
+        size: 0,
+    };
+    let mut pos = 0u64;
+    let mut piece = head;
     for i in 0..n {
         let id = format!("b{i:05}");
-        img.push(id.len() as u8);
-        img.extend_from_slice(id.as_bytes());
-        img.extend_from_slice(&1024u64.to_be_bytes());
-        let bitmap = img.len() as u64 + 28;
-        let pages = (bitmap + 8).div_ceil(1024) * 1024;
-        img.extend_from_slice(&1u32.to_be_bytes());
-        img.extend_from_slice(&1024u64.to_be_bytes());
-        img.extend_from_slice(&bitmap.to_be_bytes());
-        img.extend_from_slice(&pages.to_be_bytes());
-        img.resize(pages as usize + 1024, 0);
+        piece.push(id.len() as u8);
+        piece.extend_from_slice(id.as_bytes());
+        piece.extend_from_slice(&1024u64.to_be_bytes());
+        let bitmap = pos + piece.len() as u64 + 28;
+        let pages = (bitmap + 8).div_ceil(1 << 20) << 20;
+        piece.extend_from_slice(&1u32.to_be_bytes());
+        piece.extend_from_slice(&1024u64.to_be_bytes());
+        piece.extend_from_slice(&bitmap.to_be_bytes());
+        piece.extend_from_slice(&pages.to_be_bytes());
+        img.pieces.push((pos, std::mem::take(&mut piece)));
+        pos = pages + 1024;
     }
-    img.extend_from_slice(&0x10u64.to_be_bytes());
-    img.extend_from_slice(b"\x7e\0\0\0\x01");
-    expect_corrupt(&img, &[&format!("more than {MAX_RAMBLOCKS} ramblocks")]);
+    piece.extend_from_slice(&0x10u64.to_be_bytes());
+    piece.extend_from_slice(b"\x7e\0\0\0\x01");
+    img.size = pos + piece.len() as u64;
+    img.pieces.push((pos, piece));
+    match parse(&img, 0) {
+        Err(Error::Corrupt(m)) => assert!(
+            m.contains(&format!("more than {MAX_RAMBLOCKS} ramblocks")),
+            "{m}"
+        ),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
     // One block fewer parses.
     let m = {
         let mut c = cfg.clone();
@@ -417,12 +519,20 @@ fn expect_truncated(img: &[u8], n: usize, after: u64) {
 
 /// Every prefix of the compact image through the setup footer fails to
 /// parse with a Corrupt error (never a panic); past the footer, every
-/// prefix short of the whole file parses but is not complete.
+/// prefix short of the whole file parses but is not complete. Inside the
+/// zero padding before each page region only every 509th prefix is tried
+/// (plus the 64 around each boundary): the padding is ~1 MiB per block.
 #[test]
 fn every_truncation_errors() {
     let (l, img) = compact();
     let end = l.setup_end() as usize;
-    for n in 0..end {
+    let in_padding = |n: usize| {
+        l.blocks.iter().any(|b| {
+            let pad = (b.bitmap_offset + b.bitmap_len) as usize + 64..b.pages_offset as usize - 64;
+            pad.contains(&n) && n % 509 != 0
+        })
+    };
+    for n in (0..end).filter(|&n| !in_padding(n)) {
         expect_truncated(&img, n, l.setup_end());
     }
     for n in end..img.len() {
@@ -461,6 +571,108 @@ fn truncation_around_every_boundary_of_an_aligned_image() {
 
 // ---------------------------------------------------------------------------
 // Deterministic mutation fuzzing.
+
+/// A mutated view of an image without copying it: the original's byte
+/// ranges and new bytes, in order (the compact image is ~3 MiB, mostly the
+/// padding before 1 MiB aligned page regions; copying it per mutation
+/// would dominate the run time).
+struct Edited<'a> {
+    base: &'a [u8],
+    segs: Vec<Seg>,
+}
+
+enum Seg {
+    Orig(usize, usize),
+    New(Vec<u8>),
+}
+
+impl Seg {
+    fn len(&self) -> usize {
+        match self {
+            Seg::Orig(a, b) => b - a,
+            Seg::New(v) => v.len(),
+        }
+    }
+}
+
+impl<'a> Edited<'a> {
+    fn new(base: &'a [u8]) -> Self {
+        Edited {
+            base,
+            segs: vec![Seg::Orig(0, base.len())],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.segs.iter().map(Seg::len).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn byte(&self, o: usize) -> u8 {
+        let mut b = [0u8];
+        assert_eq!(self.read_at(&mut b, o as u64).unwrap(), 1);
+        b[0]
+    }
+
+    /// Index of the segment starting at `o`, splitting one if needed.
+    fn cut(&mut self, o: usize) -> usize {
+        let mut pos = 0;
+        for i in 0..self.segs.len() {
+            let l = self.segs[i].len();
+            if o == pos {
+                return i;
+            }
+            if o < pos + l {
+                let k = o - pos;
+                let (first, second) = match &self.segs[i] {
+                    Seg::Orig(a, b) => (Seg::Orig(*a, a + k), Seg::Orig(a + k, *b)),
+                    Seg::New(v) => (Seg::New(v[..k].to_vec()), Seg::New(v[k..].to_vec())),
+                };
+                self.segs[i] = first;
+                self.segs.insert(i + 1, second);
+                return i + 1;
+            }
+            pos += l;
+        }
+        self.segs.len()
+    }
+
+    /// Replace `del` bytes at `o` with `ins`.
+    fn splice(&mut self, o: usize, del: usize, ins: &[u8]) {
+        let i = self.cut(o);
+        let j = self.cut(o + del);
+        self.segs.splice(i..j, [Seg::New(ins.to_vec())]);
+    }
+}
+
+impl ReadAt for Edited<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> mappedram::Result<usize> {
+        let mut pos = 0u64;
+        let mut done = 0usize;
+        for s in &self.segs {
+            let l = s.len() as u64;
+            let want = offset + done as u64;
+            if done < buf.len() && want < pos + l {
+                let k = (want - pos) as usize;
+                let bytes = match s {
+                    Seg::Orig(a, b) => &self.base[a + k..*b],
+                    Seg::New(v) => &v[k..],
+                };
+                let n = bytes.len().min(buf.len() - done);
+                buf[done..done + n].copy_from_slice(&bytes[..n]);
+                done += n;
+            }
+            pos += l;
+        }
+        Ok(done)
+    }
+    fn size(&self) -> mappedram::Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
 
 fn check_invariants(l: &StreamLayout, size: u64) {
     let mut prev_end = 0;
@@ -508,7 +720,7 @@ fn mutation_fuzz_never_panics_nor_accepts_broken_layouts() {
     let mut rng = Rng::raw(0x9e37_79b9_7f4a_7c15);
     let (mut accepted, mut complete) = (0, 0);
     for iter in 0..20_000u32 {
-        let mut m = img.clone();
+        let mut m = Edited::new(&img);
         for _ in 0..1 + rng.below(4) {
             if m.is_empty() {
                 break;
@@ -520,23 +732,29 @@ fn mutation_fuzz_never_panics_nor_accepts_broken_layouts() {
                 (a + rng.below((b - a) as u64) as usize).min(m.len() - 1)
             };
             match rng.below(10) {
-                0..=3 => m[o] ^= (1 + rng.below(255)) as u8,
+                0..=3 => {
+                    let b = m.byte(o) ^ (1 + rng.below(255)) as u8;
+                    m.splice(o, 1, &[b]);
+                }
                 4 => {
                     let v = [0, 1, 4, 0x10, 1024, u64::MAX, 1 << 63, m.len() as u64]
                         [rng.below(8) as usize];
                     let k = 8.min(m.len() - o);
-                    m[o..o + k].copy_from_slice(&v.to_be_bytes()[..k]);
+                    m.splice(o, k, &v.to_be_bytes()[..k]);
                 }
                 5 | 6 => {
                     let k = 1 + rng.below(8) as usize;
                     let bytes: Vec<u8> = (0..k).map(|_| rng.next() as u8).collect();
-                    m.splice(o..o, bytes);
+                    m.splice(o, 0, &bytes);
                 }
                 7 | 8 => {
                     let k = (1 + rng.below(8) as usize).min(m.len() - o);
-                    m.drain(o..o + k);
+                    m.splice(o, k, &[]);
                 }
-                _ => m.truncate(rng.below(m.len() as u64 + 1) as usize),
+                _ => {
+                    let n = rng.below(m.len() as u64 + 1) as usize;
+                    m.splice(n, m.len() - n, &[]);
+                }
             }
         }
         if let Ok(parsed) = parse(&m, 0) {
@@ -562,4 +780,114 @@ fn mutation_fuzz_never_panics_nor_accepts_broken_layouts() {
     // Mutations in page data, bitmaps or device data are harmless: some
     // images must still parse, and some of those still be complete.
     assert!(accepted > 0 && complete > 0, "{accepted} {complete}");
+}
+
+/// A stream QEMU 11 writes with `x-ignore-shared`: "shared" was skipped
+/// (its header records `bitmap_offset = pages_offset = 0`, and the next
+/// header follows its mapped-ram header directly); "ram" and "rom" are in
+/// the file. Returns the layout and the bytes through the setup footer.
+fn ignore_shared_image(skipped: &[&str]) -> (StreamLayout, Vec<u8>) {
+    let config = Configuration {
+        capabilities: vec![CAP_X_IGNORE_SHARED.into(), CAP_MAPPED_RAM.into()],
+        ..config()
+    };
+    let mut pos = encode_header(&config).len() as u64 + 17 + 8;
+    let mut blocks = Vec::new();
+    for (i, (idstr, pages)) in [("ram", 16u64), ("shared", 32), ("rom", 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut b = BlockLayout {
+            idstr: idstr.into(),
+            used_length: pages * PS,
+            page_size: PS,
+            addr: Some(0x1000_0000 * i as u64),
+            header_version: 1,
+            header_offset: pos,
+            bitmap_offset: 0,
+            bitmap_len: 0,
+            pages_offset: 0,
+        };
+        if !skipped.contains(&idstr) {
+            b.bitmap_offset = b.header_end();
+            b.bitmap_len = pages.div_ceil(64) * 8;
+            b.pages_offset = (b.bitmap_offset + b.bitmap_len).div_ceil(1 << 20) << 20;
+        }
+        pos = b.end();
+        blocks.push(b);
+    }
+    let l = StreamLayout {
+        base: 0,
+        config,
+        ram_section_id: 2,
+        blocks,
+        eos_offset: pos,
+    };
+    let mut img = vec![0u8; l.setup_end() as usize];
+    for (off, bytes) in encode_pieces(&l) {
+        img[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);
+    }
+    (l, img)
+}
+
+#[test]
+fn x_ignore_shared_skipped_blocks_parse_as_not_in_the_file() {
+    for skipped in [&["shared"][..], &["ram"], &["rom"], &["ram", "rom"], &[]] {
+        let (l, img) = ignore_shared_image(skipped);
+        let parsed = parse(&img, 0).unwrap();
+        assert_eq!(parsed, l, "skipped {skipped:?}");
+        for b in &parsed.blocks {
+            let skip = skipped.contains(&b.idstr.as_str());
+            assert_eq!(b.present_in_file(), !skip, "{}", b.idstr);
+            if skip {
+                assert_eq!((b.bitmap_offset, b.bitmap_len, b.pages_offset), (0, 0, 0));
+                assert_eq!(b.end(), b.header_end());
+            }
+        }
+        assert_eq!(parsed.total(), (16 + 32 + 2) * PS);
+    }
+    // Only one of the two offsets zero is not the skipped form: corrupt.
+    let (l, img) = ignore_shared_image(&[]);
+    let b = &l.blocks[1];
+    let at = b.header_end() - 16;
+    let mut m = img.clone();
+    put64(&mut m, at, 0);
+    expect_corrupt(&m, &["'shared'", "bitmap_offset", "found 0x0"]);
+    let mut m = img.clone();
+    put64(&mut m, at + 8, 0);
+    expect_corrupt(&m, &["'shared'", "pages_offset", "found 0x0"]);
+    // Without x-ignore-shared there is no skipped form: zero offsets are
+    // corrupt (the block has no address field then).
+    let (l, img) = valid();
+    let o = h(&l, 1);
+    let mut m = img.clone();
+    put64(&mut m, o.bitmap, 0);
+    put64(&mut m, o.pages, 0);
+    expect_corrupt(&m, &["'one'", "bitmap_offset", "found 0x0"]);
+}
+
+/// The fuzzer's edited view reads exactly like the same edits on a copy.
+#[test]
+fn edited_view_matches_a_copy() {
+    let base: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let mut rng = Rng::raw(42);
+    for _ in 0..300 {
+        let mut copy = base.clone();
+        let mut view = Edited::new(&base);
+        for _ in 0..1 + rng.below(6) {
+            let o = rng.below(copy.len() as u64 + 1) as usize;
+            let del = (rng.below(20) as usize).min(copy.len() - o);
+            let ins: Vec<u8> = (0..rng.below(12)).map(|_| rng.next() as u8).collect();
+            copy.splice(o..o + del, ins.iter().copied());
+            view.splice(o, del, &ins);
+        }
+        assert_eq!(view.len(), copy.len());
+        let mut all = vec![0u8; copy.len() + 10];
+        assert_eq!(view.read_at(&mut all, 0).unwrap(), copy.len());
+        assert_eq!(&all[..copy.len()], &copy[..]);
+        let at = rng.below(copy.len() as u64 + 1) as usize;
+        let mut part = vec![0u8; 37];
+        let n = view.read_at(&mut part, at as u64).unwrap();
+        assert_eq!(&part[..n], &copy[at..(at + 37).min(copy.len())]);
+    }
 }

@@ -24,7 +24,7 @@ use common::crash_states::{self, State};
 use common::*;
 use mappedram::channel::{Channel, OpenFlags, Trace, TraceOp};
 use mappedram::engine::save_ramblock;
-use mappedram::{Error, Image, ImageFlags};
+use mappedram::{DirtyBitmap, Error, GuestSlice, Image, ImageFlags};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -93,14 +93,14 @@ fn traced(path: &Path, flags: OpenFlags) -> (Arc<Channel>, Arc<Trace>) {
 
 fn save_all(img: &Image, mem: &[Aligned]) {
     for (b, m) in mem.iter().enumerate() {
-        // SAFETY: m is valid for the block's used_length bytes.
-        unsafe { save_ramblock(img, b, m.ptr(), None, 1) }.unwrap();
+        save_ramblock(img, b, GuestSlice::from_slice(m.as_slice()), None, 1).unwrap();
     }
 }
 
 fn save_round2(img: &Image, mem: &[Aligned]) {
-    // SAFETY: as in save_all.
-    unsafe { save_ramblock(img, 0, mem[0].ptr(), Some(&dirty_bitmap()), 1) }.unwrap();
+    let dirty = dirty_bitmap();
+    let guest = GuestSlice::from_slice(mem[0].as_slice());
+    save_ramblock(img, 0, guest, Some(DirtyBitmap::from_slice(&dirty)), 1).unwrap();
 }
 
 /// Create, save, sync, save a dirty round, finish, close.

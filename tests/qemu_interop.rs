@@ -16,7 +16,7 @@ use common::qemu::{self, MigOpts, RamBlock, Saved};
 use common::{met, Need, TmpDir};
 use common::{qmp, raw};
 use mappedram::format::ramblock::BlockSpec;
-use mappedram::{engine, Error, Image, ImageFlags};
+use mappedram::{engine, Error, GuestSlice, Image, ImageFlags};
 use std::path::Path;
 
 /// Guest RAM size: small, so the whole suite stays fast.
@@ -319,7 +319,20 @@ fn copy_blocks(src: &Image, dst: &Image) {
         let data = engine::read_ramblock_to_vec(src, i, 2).unwrap();
         if info.idstr == "mem" {
             // SAFETY: `data` is valid for the block's used_length bytes.
-            let st = unsafe { engine::save_ramblock(dst, i, data.as_ptr(), None, 2) }.unwrap();
+            let st = engine::save_ramblock(
+                dst,
+                i,
+                unsafe {
+                    GuestSlice::new(
+                        data.as_ptr(),
+                        dst.block_info(i).unwrap().used_length as usize,
+                    )
+                }
+                .unwrap(),
+                None,
+                2,
+            )
+            .unwrap();
             assert_eq!(st.pages_data, info.pages_present);
         } else {
             let ps = info.page_size as usize;
@@ -522,7 +535,20 @@ fn rewrite_case(tag: &str, seed: u64, opts: MigOpts, flags: ImageFlags) {
     let img = Image::open(&file, ImageFlags::READ_WRITE | flags).unwrap();
     let blk = img.find_block("mem").unwrap();
     // SAFETY: `new` is valid for the block's used_length bytes.
-    let st = unsafe { engine::save_ramblock(&img, blk, new.as_ptr(), None, 3) }.unwrap();
+    let st = engine::save_ramblock(
+        &img,
+        blk,
+        unsafe {
+            GuestSlice::new(
+                new.as_ptr(),
+                img.block_info(blk).unwrap().used_length as usize,
+            )
+        }
+        .unwrap(),
+        None,
+        3,
+    )
+    .unwrap();
     assert_eq!(st.pages_scanned, (MEM / PAGE) as u64);
     assert_eq!(st.pages_data, data_pages as u64);
     assert_eq!(st.pages_zero, zero_pages as u64);

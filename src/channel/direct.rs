@@ -20,7 +20,7 @@
 //!   bytes it does not own with the values they already had.
 
 use super::bounce::{AlignedBuf, BlockLocks, BOUNCE_MAX};
-use super::sys::{self, IovCursor};
+use super::sys::{self, Dir, IovCursor};
 use crate::error::{Error, Result};
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::io;
@@ -104,13 +104,13 @@ pub(crate) fn discover(fd: BorrowedFd<'_>, blk: bool) -> DioAlign {
     choose_align(statx_dioalign(fd), blksz)
 }
 
+/// `v` rounded down to a multiple of `a`.
 fn round_down(v: u64, a: u64) -> u64 {
     v - v % a
 }
 
-fn round_up(v: u64, a: u64) -> u64 {
-    v.div_ceil(a) * a
-}
+/// The page size when `sysconf` cannot tell (it always can on Linux).
+const FALLBACK_PAGE_SIZE: u64 = 4096;
 
 /// One caller request, for error messages.
 pub(crate) struct Req<'a> {
@@ -154,7 +154,11 @@ impl Direct {
         let align = discover(fd.as_fd(), blk);
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let page = if page > 0 { page as u64 } else { 4096 };
+        let page = if page > 0 {
+            page as u64
+        } else {
+            FALLBACK_PAGE_SIZE
+        };
         let gran = page.max(align.offset as u64);
         Direct {
             fd,
@@ -183,7 +187,8 @@ impl Direct {
         self.bounced.load(Ordering::Relaxed)
     }
 
-    fn a(&self) -> u64 {
+    /// The file offset and length alignment `O_DIRECT` needs.
+    fn offset_align(&self) -> u64 {
         self.align.offset as u64
     }
 
@@ -194,8 +199,8 @@ impl Direct {
     /// A bounce buffer for the bytes `[pos, end)`: as small as the request,
     /// never larger than one chunk.
     fn bounce_buf(&self, req: &Req<'_>, pos: u64, end: u64) -> Result<AlignedBuf> {
-        let a = self.a();
-        let span = round_up(end, a) - round_down(pos, a);
+        let a = self.offset_align();
+        let span = end.next_multiple_of(a) - round_down(pos, a);
         let len = span.min(BOUNCE_MAX as u64) as usize;
         AlignedBuf::new(len, self.buf_align()).ok_or_else(|| {
             req.err(
@@ -237,11 +242,11 @@ impl Direct {
         offset: u64,
         total: u64,
     ) -> Result<()> {
-        let a = self.a();
+        let a = self.offset_align();
         let end = offset + total;
         let cur = IovCursor::new(iov);
         let aligned = offset % a == 0 && cur.all_aligned(self.align.mem as usize, a as usize);
-        let end_r = round_up(end, a);
+        let end_r = end.next_multiple_of(a);
         let mut guard = SizeGuard::Shared(self.size_lock.read());
         let mut trunc_to = None;
         if !aligned && !self.blk && end_r > end && end_r > self.size(req)? {
@@ -272,6 +277,10 @@ impl Direct {
         Ok(())
     }
 
+    /// Write what the cursor holds at `pos`: through `O_DIRECT` as it is
+    /// while everything left is aligned (`all_aligned`, and again before
+    /// every further call after a short one), the rest bounced.
+    ///
     /// # Safety
     /// The iovecs must be valid for reads.
     unsafe fn write_inner(
@@ -280,32 +289,29 @@ impl Direct {
         mut cur: IovCursor<'_>,
         mut pos: u64,
         end: u64,
-        mut rest_aligned: bool,
+        all_aligned: bool,
     ) -> Result<()> {
-        let a = self.a();
-        while !cur.is_empty() {
-            if !rest_aligned {
-                // SAFETY: forwarded caller contract.
-                return unsafe { self.bounce_write(req, cur, pos, end) };
+        if all_aligned {
+            let _g = self.locks.lock_edges(pos, end);
+            // SAFETY: forwarded caller contract (iovecs readable).
+            unsafe {
+                sys::transfer(Dir::Write, self.fd.as_fd(), &mut cur, &mut pos, |c, p| {
+                    self.aligned_at(c, p)
+                })
             }
-            let n = {
-                let _g = self.locks.lock_edges(pos, end);
-                // SAFETY: forwarded caller contract (iovecs readable).
-                unsafe { sys::pwritev_once(self.fd.as_fd(), &cur, pos) }
-                    .map_err(|e| req.err("O_DIRECT pwritev", pos, e))?
-            };
-            if n == 0 {
-                return Err(req.err(
-                    "O_DIRECT pwritev",
-                    pos,
-                    io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes"),
-                ));
-            }
-            cur.advance(n);
-            pos += n as u64;
-            rest_aligned = pos % a == 0 && cur.head_aligned(self.align.mem as usize, a as usize);
+            .map_err(|e| req.err("O_DIRECT pwritev", pos, e))?;
         }
-        Ok(())
+        if cur.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: forwarded caller contract.
+        unsafe { self.bounce_write(req, cur, pos, end) }
+    }
+
+    /// Can the next direct call start at `pos` with what `cur` has left?
+    fn aligned_at(&self, cur: &IovCursor<'_>, pos: u64) -> bool {
+        let a = self.offset_align();
+        pos % a == 0 && cur.head_aligned(self.align.mem as usize, a as usize)
     }
 
     /// Read-modify-write helper: fill `p[..a]` with the block at `off`,
@@ -314,7 +320,7 @@ impl Direct {
     /// # Safety
     /// `p` must be valid for writes of `a` bytes.
     unsafe fn read_block(&self, req: &Req<'_>, p: *mut u8, off: u64) -> Result<()> {
-        let a = self.a() as usize;
+        let a = self.offset_align() as usize;
         if !self.can_read {
             return Err(req.err(
                 "read-modify-write of the unaligned edge block (the file is open write-only; \
@@ -340,14 +346,14 @@ impl Direct {
         mut pos: u64,
         end: u64,
     ) -> Result<()> {
-        let a = self.a();
+        let a = self.offset_align();
         let mut buf = self.bounce_buf(req, pos, end)?;
         self.bounced.fetch_add(end - pos, Ordering::Relaxed);
         let chunk = BOUNCE_MAX as u64;
         while pos < end {
             let cend = end.min((pos / chunk + 1) * chunk);
             let bstart = round_down(pos, a);
-            let bend = round_up(cend, a);
+            let bend = cend.next_multiple_of(a);
             let n = (bend - bstart) as usize;
             debug_assert!(n <= buf.len());
             let p = buf.as_mut_ptr();
@@ -384,36 +390,36 @@ impl Direct {
         offset: u64,
         total: u64,
     ) -> Result<u64> {
-        let a = self.a();
+        let a = self.offset_align();
         let mem = self.align.mem as usize;
         let _g = self.size_lock.read();
         let mut cur = IovCursor::new(iov);
         let mut pos = offset;
         let end = offset + total;
-        let mut rest_aligned = offset % a == 0 && cur.all_aligned(mem, a as usize);
+        let mut all_aligned = offset % a == 0 && cur.all_aligned(mem, a as usize);
         // O_DIRECT reads the whole last block into the caller's memory and
         // only then clamps the count to the file size; a request that
         // crosses end of file is bounced so that the caller's bytes past
         // the returned count stay untouched. (The size cannot shrink while
         // the size lock is held shared.)
-        if rest_aligned && end > self.size(req)? {
-            rest_aligned = false;
+        if all_aligned && end > self.size(req)? {
+            all_aligned = false;
         }
-        while !cur.is_empty() {
-            if !rest_aligned {
-                // SAFETY: forwarded caller contract.
-                pos = unsafe { self.bounce_read(req, buffered, cur, pos, end)? };
-                break;
-            }
+        if all_aligned {
             // SAFETY: the iovecs are writable (caller contract).
-            let n = unsafe { sys::preadv_once(self.fd.as_fd(), &cur, pos) }
-                .map_err(|e| req.err("O_DIRECT preadv", pos, e))?;
-            if n == 0 {
-                break;
+            let eof = unsafe {
+                sys::transfer(Dir::Read, self.fd.as_fd(), &mut cur, &mut pos, |c, p| {
+                    self.aligned_at(c, p)
+                })
             }
-            cur.advance(n);
-            pos += n as u64;
-            rest_aligned = pos % a == 0 && cur.head_aligned(mem, a as usize);
+            .map_err(|e| req.err("O_DIRECT preadv", pos, e))?;
+            if eof {
+                return Ok(pos - offset);
+            }
+        }
+        if !cur.is_empty() {
+            // SAFETY: forwarded caller contract.
+            pos = unsafe { self.bounce_read(req, buffered, cur, pos, end)? };
         }
         Ok(pos - offset)
     }
@@ -430,14 +436,14 @@ impl Direct {
         mut pos: u64,
         end: u64,
     ) -> Result<u64> {
-        let a = self.a();
+        let a = self.offset_align();
         let mut buf = self.bounce_buf(req, pos, end)?;
         self.bounced.fetch_add(end - pos, Ordering::Relaxed);
         let chunk = BOUNCE_MAX as u64;
         while pos < end {
             let cend = end.min((pos / chunk + 1) * chunk);
             let bstart = round_down(pos, a);
-            let n = (round_up(cend, a) - bstart) as usize;
+            let n = (cend.next_multiple_of(a) - bstart) as usize;
             let p = buf.as_mut_ptr();
             // SAFETY: the buffer holds at least `n` bytes.
             let mut k = unsafe { sys::pread_full(self.fd.as_fd(), p, n, bstart, Some(a as usize)) }
@@ -519,9 +525,8 @@ mod tests {
 
     #[test]
     fn rounding() {
-        assert_eq!(round_up(0, 512), 0);
-        assert_eq!(round_up(1, 512), 512);
-        assert_eq!(round_up(512, 512), 512);
         assert_eq!(round_down(1023, 512), 512);
+        assert_eq!(round_down(1024, 512), 1024);
+        assert_eq!(round_down(0, 512), 0);
     }
 }

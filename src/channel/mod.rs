@@ -39,71 +39,18 @@
 mod bounce;
 mod direct;
 mod fault;
+mod open;
 mod sys;
 
 pub use direct::{DioAlign, DEFAULT_DIO_ALIGN};
 pub use fault::{FaultFn, FaultOp, Trace, TraceOp};
+pub use open::OpenFlags;
+pub use sys::IOV_MAX;
 
 use crate::error::{Error, Result};
 use direct::{Direct, Req};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use sys::IovCursor;
-
-/// Flags for [`Channel::open`]; the values are the C `MR_OPEN_*` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenFlags(u32);
-
-impl OpenFlags {
-    pub const READ: OpenFlags = OpenFlags(0x1);
-    pub const WRITE: OpenFlags = OpenFlags(0x2);
-    /// Create the file with mode 0600 if it does not exist.
-    pub const CREATE: OpenFlags = OpenFlags(0x4);
-    pub const TRUNC: OpenFlags = OpenFlags(0x8);
-    /// Use `O_DIRECT` for aligned bulk I/O; unaligned I/O still works.
-    pub const DIRECT: OpenFlags = OpenFlags(0x10);
-    const ALL: u32 = 0x1f;
-
-    /// Validate raw bits from C: unknown bits, neither READ nor WRITE, or
-    /// CREATE/TRUNC without WRITE are `Error::Invalid`.
-    pub fn from_bits(bits: u32) -> Result<Self> {
-        if bits & !Self::ALL != 0 {
-            return Err(Error::Invalid(format!(
-                "unknown channel flags 0x{:x} (known: 0x{:x})",
-                bits & !Self::ALL,
-                Self::ALL
-            )));
-        }
-        let f = OpenFlags(bits);
-        if !f.contains(Self::READ) && !f.contains(Self::WRITE) {
-            return Err(Error::Invalid(
-                "channel flags need MR_OPEN_READ and/or MR_OPEN_WRITE".into(),
-            ));
-        }
-        if (f.contains(Self::CREATE) || f.contains(Self::TRUNC)) && !f.contains(Self::WRITE) {
-            return Err(Error::Invalid(
-                "MR_OPEN_CREATE and MR_OPEN_TRUNC need MR_OPEN_WRITE".into(),
-            ));
-        }
-        Ok(f)
-    }
-
-    pub fn bits(self) -> u32 {
-        self.0
-    }
-
-    pub fn contains(self, other: OpenFlags) -> bool {
-        self.0 & other.0 == other.0
-    }
-}
-
-impl std::ops::BitOr for OpenFlags {
-    type Output = OpenFlags;
-    fn bitor(self, rhs: OpenFlags) -> OpenFlags {
-        OpenFlags(self.0 | rhs.0)
-    }
-}
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use sys::{Dir, IovCursor};
 
 /// A thread-safe file channel. See the module docs.
 ///
@@ -152,227 +99,7 @@ impl std::fmt::Debug for Channel {
     }
 }
 
-fn check_type(st: &libc::stat, name: &str) -> Result<()> {
-    match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG | libc::S_IFBLK => Ok(()),
-        libc::S_IFDIR => Err(Error::from_errno(
-            format!("{name} is a directory, not a file"),
-            libc::EISDIR,
-        )),
-        _ => Err(Error::Invalid(format!(
-            "{name} is not a regular file or block device (mode 0o{:o})",
-            st.st_mode
-        ))),
-    }
-}
-
-/// Open the `O_DIRECT` descriptor. Writable channels ask for read access too
-/// (read-modify-write of unaligned edges), falling back to write-only when
-/// that is refused. Returns the descriptor and whether it can be read.
-fn open_direct(path: &Path, flags: OpenFlags, name: &str) -> Result<(OwnedFd, bool)> {
-    let try_open = |mode: libc::c_int| -> std::io::Result<OwnedFd> {
-        let mut o = std::fs::OpenOptions::new();
-        o.read(mode != libc::O_WRONLY)
-            .write(mode != libc::O_RDONLY)
-            .custom_flags(libc::O_DIRECT | libc::O_NOCTTY);
-        o.open(path).map(OwnedFd::from)
-    };
-    let first = if flags.contains(OpenFlags::WRITE) {
-        libc::O_RDWR
-    } else {
-        libc::O_RDONLY
-    };
-    let res = match try_open(first) {
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) && !flags.contains(OpenFlags::READ) => {
-            try_open(libc::O_WRONLY).map(|fd| (fd, false))
-        }
-        r => r.map(|fd| (fd, true)),
-    };
-    res.map_err(|e| {
-        if e.raw_os_error() == Some(libc::EINVAL) {
-            Error::io(
-                format!(
-                    "opening {name} with O_DIRECT: O_DIRECT not supported by the file system of {name}"
-                ),
-                e,
-            )
-        } else {
-            Error::io(format!("opening {name} with O_DIRECT"), e)
-        }
-    })
-}
-
 impl Channel {
-    /// Open `path`. Files are created with mode 0600. With `DIRECT`, a file
-    /// system that refuses `O_DIRECT` is an error naming the path and reason.
-    ///
-    /// All descriptors are `O_CLOEXEC`. `TRUNC` is applied only once every
-    /// descriptor is open, and a file this call created is removed again
-    /// when opening the `O_DIRECT` descriptor fails.
-    pub fn open(path: &Path, flags: OpenFlags) -> Result<Channel> {
-        let flags = OpenFlags::from_bits(flags.bits())?;
-        let name = path.display().to_string();
-        let mut o = std::fs::OpenOptions::new();
-        o.read(flags.contains(OpenFlags::READ))
-            .write(flags.contains(OpenFlags::WRITE))
-            .mode(0o600)
-            .custom_flags(libc::O_NOCTTY);
-        let mut created = false;
-        let file = if flags.contains(OpenFlags::CREATE) {
-            match o.clone().create_new(true).open(path) {
-                Ok(f) => {
-                    created = true;
-                    Ok(f)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    o.create(true).open(path)
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            o.open(path)
-        }
-        .map_err(|e| Error::io(format!("opening {name} (flags 0x{:x})", flags.bits()), e))?;
-        let file = OwnedFd::from(file);
-        let cleanup = |err: Error| {
-            if created {
-                let _ = std::fs::remove_file(path);
-            }
-            err
-        };
-        let st = sys::fstat(file.as_fd())
-            .map_err(|e| cleanup(Error::io(format!("fstat of {name}"), e)))?;
-        check_type(&st, &name).map_err(cleanup)?;
-        let blk = sys::is_blk(&st);
-        let direct = if flags.contains(OpenFlags::DIRECT) {
-            let (dfd, can_read) = open_direct(path, flags, &name).map_err(cleanup)?;
-            let dst = sys::fstat(dfd.as_fd())
-                .map_err(|e| cleanup(Error::io(format!("fstat of {name}"), e)))?;
-            if dst.st_dev != st.st_dev || dst.st_ino != st.st_ino {
-                return Err(cleanup(Error::Invalid(format!(
-                    "{name} was replaced while it was being opened"
-                ))));
-            }
-            Some(Direct::new(dfd, can_read, blk))
-        } else {
-            None
-        };
-        if flags.contains(OpenFlags::TRUNC) && !blk {
-            sys::ftruncate(file.as_fd(), 0)
-                .map_err(|e| Error::io(format!("truncating {name} to 0 bytes"), e))?;
-        }
-        Ok(Channel {
-            name,
-            flags,
-            file,
-            direct,
-            faults: Default::default(),
-            // Conservative: whatever happened to the file before this
-            // channel existed is synced once by the first sync.
-            unsynced: std::sync::atomic::AtomicBool::new(flags.contains(OpenFlags::WRITE)),
-        })
-    }
-
-    /// Use a caller's descriptor; it is duplicated (the caller keeps its own).
-    /// `CREATE`/`TRUNC` are invalid here; `TRUNC` could be honoured, but a
-    /// descriptor's creator owns that decision.
-    ///
-    /// The duplicate shares the caller's open file description. With
-    /// `DIRECT`, the `O_DIRECT` descriptor is a new open of
-    /// `/proc/self/fd/N` (works for unlinked files too). A descriptor that
-    /// already has `O_DIRECT` gets a separate buffered open the same way.
-    /// The descriptor's access mode must allow what `flags` ask for, and a
-    /// writable one must not be `O_APPEND` (Linux `pwrite` would append).
-    pub fn from_fd(fd: std::os::fd::RawFd, flags: OpenFlags) -> Result<Channel> {
-        let flags = OpenFlags::from_bits(flags.bits())?;
-        let name = format!("fd {fd}");
-        if flags.contains(OpenFlags::CREATE) || flags.contains(OpenFlags::TRUNC) {
-            return Err(Error::Invalid(format!(
-                "MR_OPEN_CREATE and MR_OPEN_TRUNC are not valid with a descriptor ({name})"
-            )));
-        }
-        if fd < 0 {
-            return Err(Error::from_errno(
-                format!("{name} is not a descriptor"),
-                libc::EBADF,
-            ));
-        }
-        // SAFETY: F_GETFL only inspects the descriptor table; a closed fd
-        // gives EBADF.
-        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if fl < 0 {
-            return Err(Error::last_os(format!("{name} is not an open descriptor")));
-        }
-        if fl & libc::O_PATH != 0 {
-            return Err(Error::from_errno(
-                format!("{name} is an O_PATH descriptor"),
-                libc::EBADF,
-            ));
-        }
-        let acc = fl & libc::O_ACCMODE;
-        if flags.contains(OpenFlags::READ) && acc == libc::O_WRONLY {
-            return Err(Error::from_errno(
-                format!("{name} is open write-only but MR_OPEN_READ was asked for"),
-                libc::EBADF,
-            ));
-        }
-        if flags.contains(OpenFlags::WRITE) && acc == libc::O_RDONLY {
-            return Err(Error::from_errno(
-                format!("{name} is open read-only but MR_OPEN_WRITE was asked for"),
-                libc::EBADF,
-            ));
-        }
-        if flags.contains(OpenFlags::WRITE) && fl & libc::O_APPEND != 0 {
-            return Err(Error::Invalid(format!(
-                "{name} has O_APPEND, which makes positional writes append"
-            )));
-        }
-        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we own.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return Err(Error::last_os(format!("duplicating {name}")));
-        }
-        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
-        let dup = unsafe { OwnedFd::from_raw_fd(dup) };
-        let st = sys::fstat(dup.as_fd()).map_err(|e| Error::io(format!("fstat of {name}"), e))?;
-        check_type(&st, &name)?;
-        let blk = sys::is_blk(&st);
-        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", dup.as_raw_fd()));
-        let file = if fl & libc::O_DIRECT != 0 {
-            let mut o = std::fs::OpenOptions::new();
-            o.read(flags.contains(OpenFlags::READ))
-                .write(flags.contains(OpenFlags::WRITE))
-                .custom_flags(libc::O_NOCTTY);
-            OwnedFd::from(o.open(&proc_path).map_err(|e| {
-                Error::io(
-                    format!(
-                        "{name} has O_DIRECT; reopening it without through {}",
-                        proc_path.display()
-                    ),
-                    e,
-                )
-            })?)
-        } else {
-            dup
-        };
-        let direct = if flags.contains(OpenFlags::DIRECT) {
-            let (dfd, can_read) = open_direct(&proc_path, flags, &name)?;
-            Some(Direct::new(dfd, can_read, blk))
-        } else {
-            None
-        };
-        Ok(Channel {
-            name,
-            flags,
-            file,
-            direct,
-            faults: Default::default(),
-            // Conservative: whatever happened to the file before this
-            // channel existed is synced once by the first sync.
-            unsynced: std::sync::atomic::AtomicBool::new(flags.contains(OpenFlags::WRITE)),
-        })
-    }
-
     /// Testing facility: install (or remove with `None`) a fault injector,
     /// consulted before every write, read, sync (including `close`'s),
     /// truncate and hole punch; `Some(errno)` fails that operation without
@@ -484,22 +211,18 @@ impl Channel {
             // SAFETY: forwarded caller contract.
             Some(d) => unsafe { d.write(&req, iov, offset, total)? },
             None => {
-                let mut cur = IovCursor::new(iov);
                 let mut pos = offset;
-                while !cur.is_empty() {
-                    // SAFETY: the iovecs are readable (caller contract).
-                    let n = unsafe { sys::pwritev_once(self.file.as_fd(), &cur, pos) }
-                        .map_err(|e| req.err("pwritev", pos, e))?;
-                    if n == 0 {
-                        return Err(req.err(
-                            "pwritev",
-                            pos,
-                            std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote 0 bytes"),
-                        ));
-                    }
-                    cur.advance(n);
-                    pos += n as u64;
+                // SAFETY: the iovecs are readable (caller contract).
+                unsafe {
+                    sys::transfer(
+                        Dir::Write,
+                        self.file.as_fd(),
+                        &mut IovCursor::new(iov),
+                        &mut pos,
+                        |_, _| true,
+                    )
                 }
+                .map_err(|e| req.err("pwritev", pos, e))?;
             }
         }
         Ok(total)
@@ -529,18 +252,18 @@ impl Channel {
             // SAFETY: forwarded caller contract.
             Some(d) => unsafe { d.read(&req, self.file.as_fd(), iov, offset, total) },
             None => {
-                let mut cur = IovCursor::new(iov);
                 let mut pos = offset;
-                while !cur.is_empty() {
-                    // SAFETY: the iovecs are writable (caller contract).
-                    let n = unsafe { sys::preadv_once(self.file.as_fd(), &cur, pos) }
-                        .map_err(|e| req.err("preadv", pos, e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    cur.advance(n);
-                    pos += n as u64;
+                // SAFETY: the iovecs are writable (caller contract).
+                unsafe {
+                    sys::transfer(
+                        Dir::Read,
+                        self.file.as_fd(),
+                        &mut IovCursor::new(iov),
+                        &mut pos,
+                        |_, _| true,
+                    )
                 }
+                .map_err(|e| req.err("preadv", pos, e))?;
                 Ok(pos - offset)
             }
         }

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Most iovecs one `preadv`/`pwritev` accepts (`UIO_MAXIOV` on Linux).
 /// Longer arrays are split over several calls.
-pub(crate) const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
+pub const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
 
 /// The part of an iovec array that has not been transferred yet.
 pub(crate) struct IovCursor<'a> {
@@ -188,30 +188,63 @@ unsafe fn vectored_once(
     })
 }
 
-/// One `pwritev` of (a prefix of) what the cursor has left. Does not advance.
-///
-/// # Safety
-/// The cursor's iovecs must be valid for reads.
-pub(crate) unsafe fn pwritev_once(
-    fd: BorrowedFd<'_>,
-    cur: &IovCursor<'_>,
-    off: u64,
-) -> io::Result<usize> {
-    // SAFETY: forwarded caller contract; pwritev only reads the buffers.
-    unsafe { vectored_once(libc::pwritev, fd, cur, off) }
+/// Which way a [`transfer`] moves bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// Memory to file (`pwritev`).
+    Write,
+    /// File to memory (`preadv`).
+    Read,
 }
 
-/// One `preadv` into (a prefix of) what the cursor has left. Does not advance.
+/// The one loop over positional vectored calls: move bytes between what the
+/// cursor has left and the file at `*pos`, advancing both, while
+/// `go(cursor, *pos)` allows (asked before every call) and until the cursor
+/// is empty. Every call is retried on `EINTR`; arrays longer than
+/// [`IOV_MAX`] take several calls. Returns `true` when a read stopped at
+/// end of file (a call transferred 0 bytes); a write that transfers 0 bytes
+/// is a `WriteZero` error. On error, `*pos` is where the failing call
+/// started.
 ///
 /// # Safety
-/// The cursor's iovecs must be valid for writes.
-pub(crate) unsafe fn preadv_once(
+/// The cursor's iovecs must be valid for reads (`Dir::Write`) or writes
+/// (`Dir::Read`) for the duration of the call.
+pub(crate) unsafe fn transfer(
+    dir: Dir,
     fd: BorrowedFd<'_>,
-    cur: &IovCursor<'_>,
-    off: u64,
-) -> io::Result<usize> {
-    // SAFETY: forwarded caller contract; preadv writes the buffers.
-    unsafe { vectored_once(libc::preadv, fd, cur, off) }
+    cur: &mut IovCursor<'_>,
+    pos: &mut u64,
+    mut go: impl FnMut(&IovCursor<'_>, u64) -> bool,
+) -> io::Result<bool> {
+    let call: VectoredFn = match dir {
+        Dir::Write => libc::pwritev,
+        Dir::Read => libc::preadv,
+    };
+    while !cur.is_empty() && go(cur, *pos) {
+        // SAFETY: forwarded caller contract; pwritev only reads the
+        // buffers, preadv writes them.
+        let n = unsafe { vectored_once(call, fd, cur, *pos) }?;
+        if n == 0 {
+            return match dir {
+                Dir::Read => Ok(true),
+                Dir::Write => Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the write transferred 0 bytes",
+                )),
+            };
+        }
+        cur.advance(n);
+        *pos += n as u64;
+    }
+    Ok(false)
+}
+
+/// One iovec over `len` bytes at `buf`.
+fn single(buf: *const u8, len: usize) -> [libc::iovec; 1] {
+    [libc::iovec {
+        iov_base: buf as *mut libc::c_void,
+        iov_len: len,
+    }]
 }
 
 /// Write all `len` bytes at `buf` to `off`. A write of 0 bytes is
@@ -225,27 +258,18 @@ pub(crate) unsafe fn pwrite_all(
     len: usize,
     off: u64,
 ) -> io::Result<()> {
-    let mut done = 0usize;
-    while done < len {
-        let n = retry(|| {
-            // SAFETY: `buf + done .. buf + len` is readable (caller contract).
-            unsafe {
-                libc::pwrite(
-                    fd.as_raw_fd(),
-                    buf.add(done) as *const libc::c_void,
-                    len - done,
-                    (off + done as u64) as libc::off_t,
-                )
-            }
-        })?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "the write transferred 0 bytes",
-            ));
-        }
-        done += n;
-    }
+    let iov = single(buf, len);
+    let mut pos = off;
+    // SAFETY: the one iovec is readable (caller contract).
+    unsafe {
+        transfer(
+            Dir::Write,
+            fd,
+            &mut IovCursor::new(&iov),
+            &mut pos,
+            |_, _| true,
+        )
+    }?;
     Ok(())
 }
 
@@ -263,30 +287,13 @@ pub(crate) unsafe fn pread_full(
     off: u64,
     stop_unaligned: Option<usize>,
 ) -> io::Result<usize> {
-    let mut done = 0usize;
-    while done < len {
-        let n = retry(|| {
-            // SAFETY: `buf + done .. buf + len` is writable (caller contract).
-            unsafe {
-                libc::pread(
-                    fd.as_raw_fd(),
-                    buf.add(done) as *mut libc::c_void,
-                    len - done,
-                    (off + done as u64) as libc::off_t,
-                )
-            }
-        })?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-        if let Some(a) = stop_unaligned {
-            if done % a != 0 {
-                break;
-            }
-        }
-    }
-    Ok(done)
+    let iov = single(buf, len);
+    let mut pos = off;
+    let aligned =
+        |_: &IovCursor<'_>, pos: u64| stop_unaligned.is_none_or(|a| (pos - off) % a as u64 == 0);
+    // SAFETY: the one iovec is writable (caller contract).
+    unsafe { transfer(Dir::Read, fd, &mut IovCursor::new(&iov), &mut pos, aligned) }?;
+    Ok((pos - off) as usize)
 }
 
 /// `fstat`.
@@ -299,6 +306,21 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     }
     // SAFETY: fstat succeeded and filled the struct.
     Ok(unsafe { st.assume_init() })
+}
+
+/// Clear `O_NONBLOCK` from the open file description of `fd`.
+pub(crate) fn clear_nonblock(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL only read and set the status flags of an
+    // open descriptor; no memory is involved.
+    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if fl < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub(crate) fn is_blk(st: &libc::stat) -> bool {

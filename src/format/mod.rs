@@ -12,6 +12,7 @@
 
 mod cursor;
 pub mod libvirt;
+mod ram_parse;
 pub mod ramblock;
 pub mod stream;
 
@@ -83,6 +84,10 @@ pub mod section {
 /// RAM section flags that may appear with mapped-ram.
 pub const RAM_SAVE_FLAG_MEM_SIZE: u64 = 0x4;
 pub const RAM_SAVE_FLAG_EOS: u64 = 0x10;
+/// The EOS that ends the RAM setup payload is one be64.
+pub const RAM_EOS_LEN: u64 = 8;
+/// A section footer: the type byte and the be32 section id.
+pub const SECTION_FOOTER_LEN: u64 = 5;
 /// The RAM section's idstr and version.
 pub const RAM_IDSTR: &str = "ram";
 pub const RAM_SECTION_VERSION: u32 = 4;
@@ -109,10 +114,11 @@ pub const MAX_RAMBLOCKS: usize = 16384;
 /// be64 bitmap_offset, be64 pages_offset.
 pub const MAPPED_RAM_HEADER_LEN: u64 = 28;
 
-/// Round `v` up to a multiple of the power of two `align`; `None` on overflow.
-pub fn round_up(v: u64, align: u64) -> Option<u64> {
-    debug_assert!(align.is_power_of_two());
-    Some(v.checked_add(align - 1)? & !(align - 1))
+/// Where a block's page region starts when its bitmap ends at `bitmap_end`
+/// (an absolute file offset): the next multiple of [`PAGES_ALIGN`], as
+/// QEMU's writer places it. `None` on overflow.
+pub fn pages_offset_after(bitmap_end: u64) -> Option<u64> {
+    bitmap_end.checked_next_multiple_of(PAGES_ALIGN)
 }
 
 /// Bitmap bytes for `pages` pages: ceil(pages / 64) 64-bit words.

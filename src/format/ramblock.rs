@@ -1,17 +1,16 @@
 //! The RAM section: setup payload, per-ramblock headers, the mapped-ram
 //! header, the bitmap, and the layout math (1 MiB aligned page regions).
 
-use super::cursor::Cursor;
-use super::stream::{
-    encode_footer, encode_header, encode_section_start, parse_header, Configuration,
-};
+use super::stream::{encode_footer, encode_header, encode_section_start, Configuration};
 use super::{
-    bitmap_len, round_up, section, ReadAt, CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED,
-    MAPPED_RAM_HEADER_LEN, MAPPED_RAM_HEADER_VERSION, MAX_MACHINE_TYPE_LEN, MAX_RAMBLOCKS,
-    MAX_TARGET_PAGE_BITS, MIN_TARGET_PAGE_BITS, PAGES_ALIGN, RAM_IDSTR, RAM_SAVE_FLAG_EOS,
-    RAM_SAVE_FLAG_MEM_SIZE, RAM_SECTION_VERSION,
+    bitmap_len, pages_offset_after, section, CAP_MAPPED_RAM, MAPPED_RAM_HEADER_LEN,
+    MAPPED_RAM_HEADER_VERSION, MAX_MACHINE_TYPE_LEN, MAX_RAMBLOCKS, MAX_TARGET_PAGE_BITS,
+    MIN_TARGET_PAGE_BITS, RAM_EOS_LEN, RAM_IDSTR, RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SECTION_VERSION, SECTION_FOOTER_LEN,
 };
 use crate::error::{Error, Result};
+
+pub use super::ram_parse::parse;
 
 /// A ramblock a caller wants in a new image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,9 +32,11 @@ pub struct BlockLayout {
     pub header_version: u32,
     /// Offset of the idstr length byte.
     pub header_offset: u64,
+    /// 0 for a block not in the file (see [`present_in_file`](Self::present_in_file)).
     pub bitmap_offset: u64,
-    /// ceil(pages / 64) * 8.
+    /// ceil(pages / 64) * 8; 0 for a block not in the file.
     pub bitmap_len: u64,
+    /// 0 for a block not in the file.
     pub pages_offset: u64,
 }
 
@@ -43,9 +44,29 @@ impl BlockLayout {
     pub fn pages(&self) -> u64 {
         self.used_length / self.page_size
     }
-    /// End of the page region: the next block header (or the EOS) starts here.
+
+    /// Does this file hold the block's bitmap and pages? False for a block
+    /// QEMU skipped under `x-ignore-shared` (its memory is shared with the
+    /// destination and was not saved): such a block's header records
+    /// `bitmap_offset = pages_offset = 0`, and its pages cannot be read.
+    pub fn present_in_file(&self) -> bool {
+        !(self.addr.is_some() && self.bitmap_offset == 0 && self.pages_offset == 0)
+    }
+
+    /// End of the block's header (idstr, length, address, mapped-ram header).
+    pub fn header_end(&self) -> u64 {
+        let addr_len = if self.addr.is_some() { 8 } else { 0 };
+        self.header_offset + 1 + self.idstr.len() as u64 + 8 + addr_len + MAPPED_RAM_HEADER_LEN
+    }
+
+    /// Where the next block header (or the EOS) starts: the end of the page
+    /// region, or the end of the header for a block not in the file.
     pub fn end(&self) -> u64 {
-        self.pages_offset + self.used_length
+        if self.present_in_file() {
+            self.pages_offset + self.used_length
+        } else {
+            self.header_end()
+        }
     }
 }
 
@@ -65,13 +86,13 @@ impl StreamLayout {
     /// Offset just past the setup section's footer (where the rest of the
     /// stream continues).
     pub fn setup_end(&self) -> u64 {
-        self.eos_offset + 8 + 5
+        self.tail_offset() + SECTION_FOOTER_LEN
     }
 
     /// Where [`encode_tail`](super::stream::encode_tail) goes: right after
     /// the EOS (the tail starts with the setup footer).
     pub fn tail_offset(&self) -> u64 {
-        self.eos_offset + 8
+        self.eos_offset + RAM_EOS_LEN
     }
 
     /// Sum of the blocks' `used_length`.
@@ -79,12 +100,6 @@ impl StreamLayout {
         self.blocks.iter().map(|b| b.used_length).sum()
     }
 }
-
-/// Stream commands tolerated between the configuration and the RAM section:
-/// OPEN_RETURN_PATH (1, no payload), PING (2, be32), SWITCHOVER_START (11).
-const HARMLESS_COMMANDS: [(u16, u16); 3] = [(1, 0), (2, 4), (11, 0)];
-/// Most records (commands) skipped before the RAM section.
-const MAX_RECORDS_BEFORE_RAM: usize = 64;
 
 /// Lay out a new image at `base`. Validates the specs (idstr 1..=255 bytes,
 /// page size a power of two, lengths non-zero multiples of the page size,
@@ -102,7 +117,65 @@ pub fn plan(
     specs: &[BlockSpec],
 ) -> Result<StreamLayout> {
     validate_config(config)?;
-    let page_size = config.page_size();
+    validate_specs(specs, config.page_size())?;
+    let header_len = encode_header(config).len() as u64;
+    // RAM START record: type, be32 id, idstr, be32 instance, be32 version.
+    let start_len = 1 + 4 + 1 + RAM_IDSTR.len() as u64 + 4 + 4;
+    // The be64 RAM total follows it.
+    let mut pos = base
+        .checked_add(header_len + start_len + 8)
+        .ok_or_else(|| overflow("the stream header"))?;
+    let mut blocks = Vec::with_capacity(specs.len());
+    for s in specs {
+        let b = place_block(s, config.page_size(), pos)?;
+        pos = b.end();
+        blocks.push(b);
+    }
+    // EOS + footer must fit too.
+    pos.checked_add(RAM_EOS_LEN + SECTION_FOOTER_LEN)
+        .ok_or_else(|| overflow("the end of the setup section"))?;
+    Ok(StreamLayout {
+        base,
+        config: config.clone(),
+        ram_section_id,
+        blocks,
+        eos_offset: pos,
+    })
+}
+
+fn overflow(what: &str) -> Error {
+    Error::Invalid(format!("image layout overflows 64 bits at {what}"))
+}
+
+/// Lay out one block whose header starts at `pos` the way QEMU's writer
+/// does: bitmap right after the header, pages at the bitmap's end rounded up
+/// to [`PAGES_ALIGN`](super::PAGES_ALIGN).
+fn place_block(s: &BlockSpec, page_size: u64, pos: u64) -> Result<BlockLayout> {
+    let ovf = || overflow(&format!("ramblock '{}'", s.idstr));
+    let mut b = BlockLayout {
+        idstr: s.idstr.clone(),
+        used_length: s.used_length,
+        page_size,
+        addr: None,
+        header_version: MAPPED_RAM_HEADER_VERSION,
+        header_offset: pos,
+        bitmap_offset: 0,
+        bitmap_len: bitmap_len(s.used_length / page_size),
+        pages_offset: 0,
+    };
+    b.bitmap_offset = pos
+        .checked_add(1 + s.idstr.len() as u64 + 8 + MAPPED_RAM_HEADER_LEN)
+        .ok_or_else(ovf)?;
+    let bitmap_end = b.bitmap_offset.checked_add(b.bitmap_len).ok_or_else(ovf)?;
+    b.pages_offset = pages_offset_after(bitmap_end).ok_or_else(ovf)?;
+    b.pages_offset.checked_add(s.used_length).ok_or_else(ovf)?;
+    Ok(b)
+}
+
+/// The caller's block list: 1..=[`MAX_RAMBLOCKS`] blocks, each with a
+/// distinct 1..=255-byte idstr without NUL, the target page size, and a
+/// non-zero length that is a multiple of it; the total fits 64 bits.
+fn validate_specs(specs: &[BlockSpec], page_size: u64) -> Result<()> {
     if specs.is_empty() {
         return Err(Error::Invalid(
             "an image needs at least one ramblock".into(),
@@ -114,7 +187,6 @@ pub fn plan(
             specs.len()
         )));
     }
-    let overflow = |what: &str| Error::Invalid(format!("image layout overflows 64 bits at {what}"));
     let mut total: u64 = 0;
     for (i, s) in specs.iter().enumerate() {
         if s.idstr.is_empty() || s.idstr.len() > 255 {
@@ -151,45 +223,7 @@ pub fn plan(
             .checked_add(s.used_length)
             .ok_or_else(|| overflow(&format!("the total length with block '{}'", s.idstr)))?;
     }
-
-    let header_len = encode_header(config).len() as u64;
-    let start_len = 1 + 4 + 1 + RAM_IDSTR.len() as u64 + 4 + 4;
-    let mut pos = base
-        .checked_add(header_len + start_len + 8)
-        .ok_or_else(|| overflow("the stream header"))?;
-    let mut blocks = Vec::with_capacity(specs.len());
-    for s in specs {
-        let ovf = || overflow(&format!("ramblock '{}'", s.idstr));
-        let header_offset = pos;
-        let bitmap_offset = pos
-            .checked_add(1 + s.idstr.len() as u64 + 8 + MAPPED_RAM_HEADER_LEN)
-            .ok_or_else(ovf)?;
-        let blen = bitmap_len(s.used_length / page_size);
-        let bitmap_end = bitmap_offset.checked_add(blen).ok_or_else(ovf)?;
-        let pages_offset = round_up(bitmap_end, PAGES_ALIGN).ok_or_else(ovf)?;
-        pos = pages_offset.checked_add(s.used_length).ok_or_else(ovf)?;
-        blocks.push(BlockLayout {
-            idstr: s.idstr.clone(),
-            used_length: s.used_length,
-            page_size,
-            addr: None,
-            header_version: MAPPED_RAM_HEADER_VERSION,
-            header_offset,
-            bitmap_offset,
-            bitmap_len: blen,
-            pages_offset,
-        });
-    }
-    // EOS + footer must fit too.
-    pos.checked_add(8 + 5)
-        .ok_or_else(|| overflow("the end of the setup section"))?;
-    Ok(StreamLayout {
-        base,
-        config: config.clone(),
-        ram_section_id,
-        blocks,
-        eos_offset: pos,
-    })
+    Ok(())
 }
 
 fn validate_config(config: &Configuration) -> Result<()> {
@@ -275,249 +309,11 @@ pub fn encode_pieces(layout: &StreamLayout) -> Vec<(u64, Vec<u8>)> {
     pieces
 }
 
-/// Parse an existing stream at `base` through the RAM setup payload's EOS and
-/// the footer after it, validating every field against `src.size()`.
-///
-/// Error choices: a stream without the `mapped-ram` capability, a RAM
-/// section version other than 4, a mapped-ram header version above 1, a
-/// "skipped" block (bitmap and pages offsets 0, newer QEMU with
-/// `x-ignore-shared`), or device sections / commands before the RAM section
-/// are `Unsupported`. A mapped-ram header version 0 is `Corrupt`: QEMU
-/// loads it, but no QEMU ever wrote it. Everything malformed, inconsistent,
-/// overlapping or truncated is `Corrupt`; messages name the block, the
-/// offset and expected vs. found.
-pub fn parse(src: &dyn ReadAt, base: u64) -> Result<StreamLayout> {
-    let (config, after_config) = parse_header(src, base)?;
-    if !config.has_capability(CAP_MAPPED_RAM) {
-        return Err(Error::Unsupported(format!(
-            "not a mapped-ram file: the stream's configuration (machine '{}') does not record the '{CAP_MAPPED_RAM}' capability (recorded: [{}])",
-            config.machine_type,
-            config.capabilities.join(", ")
-        )));
-    }
-    let ignore_shared = config.has_capability(CAP_X_IGNORE_SHARED);
-    let page_size = config.page_size();
-    let mut c = Cursor::new(src, after_config)?;
-    let size = c.size();
-
-    // Records before the RAM section's START.
-    let mut records = 0usize;
-    let ram_section_id = loop {
-        let at = c.pos();
-        let kind = c.u8("the RAM section header")?;
-        match kind {
-            section::START | section::FULL => {
-                let id = c.be32("a section id")?;
-                let idstr = c.short_str("a section idstr")?;
-                let instance = c.be32(&format!("the instance id of section '{idstr}'"))?;
-                let version = c.be32(&format!("the version of section '{idstr}'"))?;
-                if kind == section::START && idstr == RAM_IDSTR {
-                    if instance != 0 {
-                        return Err(Error::Corrupt(format!(
-                            "RAM section at offset {at} has instance id {instance}, expected 0"
-                        )));
-                    }
-                    if version != RAM_SECTION_VERSION {
-                        return Err(Error::Unsupported(format!(
-                            "RAM section at offset {at} has version {version}, expected {RAM_SECTION_VERSION}"
-                        )));
-                    }
-                    break id;
-                }
-                return Err(Error::Unsupported(format!(
-                    "section '{idstr}' ({} id {id}, version {version}) at offset {at} comes before the RAM section; only the RAM section may come first",
-                    if kind == section::START { "START" } else { "FULL" }
-                )));
-            }
-            section::COMMAND => {
-                let cmd = c.be16("a command number")?;
-                let len = c.be16("a command length")?;
-                if !HARMLESS_COMMANDS.contains(&(cmd, len)) {
-                    return Err(Error::Unsupported(format!(
-                        "command {cmd} (length {len}) at offset {at} before the RAM section is not supported"
-                    )));
-                }
-                c.skip(len as u64, "a command payload")?;
-                records += 1;
-                if records > MAX_RECORDS_BEFORE_RAM {
-                    return Err(Error::Corrupt(format!(
-                        "more than {MAX_RECORDS_BEFORE_RAM} commands before the RAM section (at offset {at})"
-                    )));
-                }
-            }
-            other => {
-                return Err(Error::Corrupt(format!(
-                    "expected the RAM section start (0x01 'ram') at offset {at}, found section type 0x{other:02x}"
-                )));
-            }
-        }
-    };
-
-    let at = c.pos();
-    let raw_total = c.be64("the RAM total")?;
-    let flags = raw_total & (page_size - 1);
-    let total = raw_total & !(page_size - 1);
-    if flags != RAM_SAVE_FLAG_MEM_SIZE {
-        return Err(Error::Corrupt(format!(
-            "RAM setup at offset {at}: expected flags 0x{RAM_SAVE_FLAG_MEM_SIZE:x} (MEM_SIZE), found 0x{flags:x} (raw value 0x{raw_total:x})"
-        )));
-    }
-    if total == 0 {
-        return Err(Error::Corrupt(format!(
-            "RAM setup at offset {at}: total RAM is 0"
-        )));
-    }
-    if total > size {
-        return Err(Error::Corrupt(format!(
-            "RAM setup at offset {at}: total RAM 0x{total:x} is larger than the file ({size} bytes)"
-        )));
-    }
-
-    let mut blocks: Vec<BlockLayout> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut sum: u64 = 0;
-    while sum < total {
-        let header_offset = c.pos();
-        if blocks.len() >= MAX_RAMBLOCKS {
-            return Err(Error::Corrupt(format!(
-                "more than {MAX_RAMBLOCKS} ramblocks (next at offset {header_offset})"
-            )));
-        }
-        let len = c.u8("a ramblock idstr length")?;
-        if len == 0 {
-            return Err(Error::Corrupt(format!(
-                "ramblock header at offset {header_offset} has an empty idstr"
-            )));
-        }
-        c.seek(header_offset);
-        let idstr = c.short_str("a ramblock idstr")?;
-        let corrupt = |msg: String| {
-            Error::Corrupt(format!(
-                "ramblock '{idstr}' (header at offset {header_offset}): {msg}"
-            ))
-        };
-        if !seen.insert(idstr.clone()) {
-            return Err(corrupt("the idstr appears twice".into()));
-        }
-        let used_length = c.be64(&format!("the length of ramblock '{idstr}'"))?;
-        if used_length == 0 || used_length % page_size != 0 {
-            return Err(corrupt(format!(
-                "length 0x{used_length:x} is not a non-zero multiple of the page size {page_size}"
-            )));
-        }
-        sum = match sum.checked_add(used_length) {
-            Some(s) if s <= total => s,
-            _ => {
-                return Err(corrupt(format!(
-                    "length 0x{used_length:x} brings the ramblock total past the announced 0x{total:x} (0x{sum:x} before it)"
-                )))
-            }
-        };
-        let addr = if ignore_shared {
-            Some(c.be64(&format!("the address of ramblock '{idstr}'"))?)
-        } else {
-            None
-        };
-        let hdr_at = c.pos();
-        let header_version = c.be32(&format!("the mapped-ram header of '{idstr}'"))?;
-        let block_page_size = c.be64(&format!("the mapped-ram header of '{idstr}'"))?;
-        let bitmap_offset = c.be64(&format!("the mapped-ram header of '{idstr}'"))?;
-        let pages_offset = c.be64(&format!("the mapped-ram header of '{idstr}'"))?;
-        let header_end = c.pos();
-        if header_version == 0 {
-            return Err(corrupt(format!(
-                "mapped-ram header at offset {hdr_at} has version 0, expected {MAPPED_RAM_HEADER_VERSION}"
-            )));
-        }
-        if header_version > MAPPED_RAM_HEADER_VERSION {
-            return Err(Error::Unsupported(format!(
-                "ramblock '{idstr}' (header at offset {header_offset}): mapped-ram header version {header_version} is not supported (expected <= {MAPPED_RAM_HEADER_VERSION})"
-            )));
-        }
-        if block_page_size != page_size {
-            return Err(corrupt(format!(
-                "page size {block_page_size} in the mapped-ram header at offset {hdr_at}, expected the target page size {page_size}"
-            )));
-        }
-        if ignore_shared && bitmap_offset == 0 && pages_offset == 0 {
-            return Err(Error::Unsupported(format!(
-                "ramblock '{idstr}' (header at offset {header_offset}) is marked as skipped (x-ignore-shared, no pages in the file); such files are not supported"
-            )));
-        }
-        let blen = bitmap_len(used_length / page_size);
-        if bitmap_offset < header_end {
-            return Err(corrupt(format!(
-                "bitmap offset 0x{bitmap_offset:x} overlaps the headers (expected >= 0x{header_end:x})"
-            )));
-        }
-        let bitmap_end = bitmap_offset.checked_add(blen).ok_or_else(|| {
-            corrupt(format!(
-                "bitmap offset 0x{bitmap_offset:x} + length 0x{blen:x} overflows"
-            ))
-        })?;
-        if bitmap_end > pages_offset {
-            return Err(corrupt(format!(
-                "bitmap 0x{bitmap_offset:x}..0x{bitmap_end:x} runs into the pages at 0x{pages_offset:x}"
-            )));
-        }
-        if pages_offset % page_size != 0 {
-            return Err(corrupt(format!(
-                "pages offset 0x{pages_offset:x} is not aligned to the page size {page_size}"
-            )));
-        }
-        let pages_end = pages_offset.checked_add(used_length).ok_or_else(|| {
-            corrupt(format!(
-                "pages offset 0x{pages_offset:x} + length 0x{used_length:x} overflows"
-            ))
-        })?;
-        if pages_end > size {
-            return Err(corrupt(format!(
-                "pages 0x{pages_offset:x}..0x{pages_end:x} extend past the end of the file (size 0x{size:x})"
-            )));
-        }
-        blocks.push(BlockLayout {
-            idstr,
-            used_length,
-            page_size,
-            addr,
-            header_version,
-            header_offset,
-            bitmap_offset,
-            bitmap_len: blen,
-            pages_offset,
-        });
-        // QEMU continues right after the block's page region.
-        c.seek(pages_end);
-    }
-
-    let eos_offset = c.pos();
-    let eos = c.be64("the EOS after the last ramblock")?;
-    if eos != RAM_SAVE_FLAG_EOS {
-        return Err(Error::Corrupt(format!(
-            "expected EOS (0x{RAM_SAVE_FLAG_EOS:x}) at offset {eos_offset} after the last ramblock, found 0x{eos:x}"
-        )));
-    }
-    let at = c.pos();
-    let footer = c.u8("the RAM setup section footer")?;
-    let id = c.be32("the RAM setup section footer")?;
-    if footer != section::FOOTER || id != ram_section_id {
-        return Err(Error::Corrupt(format!(
-            "expected the RAM section footer (0x7e, id {ram_section_id}) at offset {at}, found type 0x{footer:02x} id {id}"
-        )));
-    }
-    Ok(StreamLayout {
-        base,
-        config,
-        ram_section_id,
-        blocks,
-        eos_offset,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::format::stream::{completion, completion_json, encode_tail, Completion};
+    use crate::format::{CAP_X_IGNORE_SHARED, PAGES_ALIGN};
 
     fn cfg(machine: &str) -> Configuration {
         Configuration {
@@ -535,7 +331,8 @@ mod tests {
         }
     }
 
-    /// The blocks of QEMU 10.0.2 `-M pc -m 512M` (DESIGN.md §3).
+    /// The blocks of QEMU 10.0.2 `-M pc -m 512M` (as `tests/qemu_interop.rs`
+    /// finds them in a real save).
     fn pc_512m() -> Vec<BlockSpec> {
         vec![
             spec("mem", 0x2000_0000),

@@ -41,6 +41,10 @@ impl Configuration {
 pub const SUBSECTION_TARGET_PAGE_BITS: &str = "configuration/target-page-bits";
 pub const SUBSECTION_CAPABILITIES: &str = "configuration/capabilities";
 pub const SUBSECTION_UUID: &str = "configuration/uuid";
+/// The uuid subsection's payload: 16 bytes.
+const UUID_LEN: u64 = 16;
+/// Most capabilities a configuration may record (QEMU records at most 2).
+const MAX_CAPABILITIES: u32 = 64;
 /// Key of this library's completion record in the VMDESCRIPTION JSON.
 pub const COMPLETION_KEY: &str = "libmappedram";
 /// Version of this library's completion record.
@@ -140,7 +144,7 @@ pub fn encode_footer(section_id: u32) -> Vec<u8> {
 /// VMDESCRIPTION with `json`.
 ///
 /// Write it at [`StreamLayout::tail_offset`](super::ramblock::StreamLayout::tail_offset)
-/// (= `eos_offset + 8`): it starts with the setup footer, which
+/// (right after the EOS): it starts with the setup footer, which
 /// [`encode_pieces`](super::ramblock::encode_pieces) also writes, so both
 /// write the same 5 bytes there.
 pub fn encode_tail(ram_section_id: u32, json: &str) -> Vec<u8> {
@@ -217,6 +221,17 @@ pub fn parse_header(src: &dyn ReadAt, base: u64) -> Result<(Configuration, u64)>
             section::CONFIGURATION
         )));
     }
+    let mut config = Configuration {
+        machine_type: machine_type(&mut c)?,
+        capabilities: Vec::new(),
+        target_page_bits: None,
+    };
+    configuration_subsections(&mut c, &mut config)?;
+    Ok((config, c.pos()))
+}
+
+/// The configuration's be32-length-prefixed machine type.
+fn machine_type(c: &mut Cursor<'_>) -> Result<String> {
     let at = c.pos();
     let len = c.be32("the machine type length")? as u64;
     if len == 0 {
@@ -225,17 +240,18 @@ pub fn parse_header(src: &dyn ReadAt, base: u64) -> Result<(Configuration, u64)>
         )));
     }
     let name = c.vec(len, MAX_MACHINE_TYPE_LEN, "the machine type")?;
-    let machine_type = String::from_utf8(name).map_err(|_| {
+    String::from_utf8(name).map_err(|_| {
         Error::Corrupt(format!(
             "machine type at offset {} is not valid UTF-8",
             at + 4
         ))
-    })?;
-    let mut config = Configuration {
-        machine_type,
-        capabilities: Vec::new(),
-        target_page_bits: None,
-    };
+    })
+}
+
+/// The configuration's subsections (target-page-bits, capabilities, uuid),
+/// each at most once, into `config`; stops before the first record that is
+/// not a subsection.
+fn configuration_subsections(c: &mut Cursor<'_>, config: &mut Configuration) -> Result<()> {
     let mut seen: Vec<String> = Vec::new();
     loop {
         // A stream never ends right after its configuration: a missing
@@ -243,7 +259,7 @@ pub fn parse_header(src: &dyn ReadAt, base: u64) -> Result<(Configuration, u64)>
         let at = c.pos();
         if c.u8("the section after the configuration")? != section::SUBSECTION {
             c.seek(at);
-            break;
+            return Ok(());
         }
         let name = c.short_str("a configuration subsection name")?;
         if seen.contains(&name) {
@@ -266,57 +282,62 @@ pub fn parse_header(src: &dyn ReadAt, base: u64) -> Result<(Configuration, u64)>
             )));
         }
         match name.as_str() {
-            SUBSECTION_TARGET_PAGE_BITS => {
-                let fat = c.pos();
-                let bits = c.be32("target-page-bits")?;
-                if !(MIN_TARGET_PAGE_BITS..=MAX_TARGET_PAGE_BITS).contains(&bits) {
-                    return Err(Error::Unsupported(format!(
-                        "target-page-bits {bits} at offset {fat} is not supported (expected {MIN_TARGET_PAGE_BITS}..={MAX_TARGET_PAGE_BITS})"
-                    )));
-                }
-                config.target_page_bits = Some(bits);
-            }
-            SUBSECTION_CAPABILITIES => {
-                let fat = c.pos();
-                let count = c.be32("the capability count")?;
-                // QEMU records at most 2; each takes at least 2 bytes.
-                if count > 64 {
-                    return Err(Error::Corrupt(format!(
-                        "capability count {count} at offset {fat} is not plausible (at most 64)"
-                    )));
-                }
-                if count as u64 * 2 > c.remaining() {
-                    return Err(Error::Corrupt(format!(
-                        "truncated at offset {} while reading {count} capability names (at least {} bytes needed, input ends at {})",
-                        c.pos(),
-                        count * 2,
-                        c.size()
-                    )));
-                }
-                for _ in 0..count {
-                    let cat = c.pos();
-                    let cap = c.short_str("a capability name")?;
-                    if cap != CAP_X_IGNORE_SHARED && cap != CAP_MAPPED_RAM {
-                        return Err(Error::Unsupported(format!(
-                            "capability '{cap}' recorded at offset {cat} is not supported (known: {CAP_X_IGNORE_SHARED}, {CAP_MAPPED_RAM})"
-                        )));
-                    }
-                    if config.has_capability(&cap) {
-                        return Err(Error::Corrupt(format!(
-                            "capability '{cap}' at offset {cat} is recorded twice"
-                        )));
-                    }
-                    config.capabilities.push(cap);
-                }
-            }
-            _ => {
-                // configuration/uuid (x-validate-uuid): 16 bytes.
-                c.skip(16, "the configuration uuid")?;
-            }
+            SUBSECTION_TARGET_PAGE_BITS => config.target_page_bits = Some(target_page_bits(c)?),
+            SUBSECTION_CAPABILITIES => capabilities(c, config)?,
+            // configuration/uuid (x-validate-uuid).
+            _ => c.skip(UUID_LEN, "the configuration uuid")?,
         }
         seen.push(name);
     }
-    Ok((config, c.pos()))
+}
+
+/// The target-page-bits subsection's be32 value.
+fn target_page_bits(c: &mut Cursor<'_>) -> Result<u32> {
+    let field_at = c.pos();
+    let bits = c.be32("target-page-bits")?;
+    if !(MIN_TARGET_PAGE_BITS..=MAX_TARGET_PAGE_BITS).contains(&bits) {
+        return Err(Error::Unsupported(format!(
+            "target-page-bits {bits} at offset {field_at} is not supported (expected {MIN_TARGET_PAGE_BITS}..={MAX_TARGET_PAGE_BITS})"
+        )));
+    }
+    Ok(bits)
+}
+
+/// The capabilities subsection: a be32 count and that many names, each
+/// known and recorded once, appended to `config.capabilities`.
+fn capabilities(c: &mut Cursor<'_>, config: &mut Configuration) -> Result<()> {
+    let count_at = c.pos();
+    let count = c.be32("the capability count")?;
+    // QEMU records at most 2; each takes at least 2 bytes.
+    if count > MAX_CAPABILITIES {
+        return Err(Error::Corrupt(format!(
+            "capability count {count} at offset {count_at} is not plausible (at most {MAX_CAPABILITIES})"
+        )));
+    }
+    if count as u64 * 2 > c.remaining() {
+        return Err(Error::Corrupt(format!(
+            "truncated at offset {} while reading {count} capability names (at least {} bytes needed, input ends at {})",
+            c.pos(),
+            count * 2,
+            c.size()
+        )));
+    }
+    for _ in 0..count {
+        let cap_at = c.pos();
+        let cap = c.short_str("a capability name")?;
+        if cap != CAP_X_IGNORE_SHARED && cap != CAP_MAPPED_RAM {
+            return Err(Error::Unsupported(format!(
+                "capability '{cap}' recorded at offset {cap_at} is not supported (known: {CAP_X_IGNORE_SHARED}, {CAP_MAPPED_RAM})"
+            )));
+        }
+        if config.has_capability(&cap) {
+            return Err(Error::Corrupt(format!(
+                "capability '{cap}' at offset {cap_at} is recorded twice"
+            )));
+        }
+        config.capabilities.push(cap);
+    }
+    Ok(())
 }
 
 /// Examine the bytes after `after` (the end of the RAM setup section) for a
