@@ -4,7 +4,8 @@
 #   scripts/test-all.sh
 #
 # Steps: dependencies; rustfmt; clippy; all Rust tests (release, incl. the
-# QEMU interop tests); meson build + C tests; the same under ASan/UBSan;
+# QEMU interop, power-loss and loom tests); meson build + C tests (plus the
+# multi-threaded ones under valgrind helgrind); the same under ASan/UBSan;
 # the pkg-config consumer test; a bounded fuzz run; the main job (smaller). The last line of output
 # is "N passed, N failed", counting steps.
 set -uo pipefail
