@@ -12,6 +12,7 @@
 
 mod cursor;
 pub mod libvirt;
+pub mod blobs;
 mod ram_parse;
 pub mod ramblock;
 pub mod stream;
