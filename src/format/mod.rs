@@ -10,9 +10,9 @@
 //!   [`stream::completion`] tells whether the stream visibly ended;
 //!   [`libvirt::parse`] recognises libvirt's save-image header.
 
+pub mod blobs;
 mod cursor;
 pub mod libvirt;
-pub mod blobs;
 mod ram_parse;
 pub mod ramblock;
 pub mod stream;
