@@ -142,7 +142,9 @@ fn a_corrupt_blob_is_an_error_naming_it() {
     let len_at = at - 16;
     bytes[len_at..len_at + 8].copy_from_slice(&u64::MAX.to_be_bytes());
     fs::write(&p, &bytes).unwrap();
-    let err = Image::open(&p, ImageFlags::default()).err().unwrap();
+    let Err(err) = Image::open(&p, ImageFlags::default()) else {
+        panic!("a blob length past the end of the file must fail the open");
+    };
     assert_eq!(err.errno(), libc::EBADMSG, "{err}");
     assert!(err.to_string().contains("vcpu0"), "{err}");
 }
@@ -217,8 +219,8 @@ fn qemu_files_take_no_blobs_and_qemu_refuses_files_with_blobs() {
     img.put_blob("vmm/state", b"not a QEMU device").unwrap();
     img.finish().unwrap();
     img.close().unwrap();
-    let err = qemu::try_restore(&dir, &ours, 0, MEM, &MigOpts::plain())
-        .err()
-        .expect("QEMU must refuse a file with blobs");
+    let Err(err) = qemu::try_restore(&dir, &ours, 0, MEM, &MigOpts::plain()) else {
+        panic!("QEMU must refuse a file with blobs");
+    };
     assert!(err.contains("libmappedram/blobs"), "{err}");
 }
