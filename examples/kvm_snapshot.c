@@ -436,8 +436,8 @@ static void save_vcpu_state(struct vm *vm, mr_image *img)
 static void load_vcpu_state(struct vm *vm, mr_image *img)
 {
     struct vcpu_state st;
-    uint64_t len = sizeof(st);
-    check_mr(mr_image_get_blob(img, STATE_BLOB, &st, &len), "mr_image_get_blob");
+    uint64_t len = 0;
+    check_mr(mr_image_get_blob(img, STATE_BLOB, &st, sizeof(st), &len), "mr_image_get_blob");
     if (len != sizeof(st) || st.magic != STATE_MAGIC || st.version != 1) {
         die("vCPU state blob: %llu bytes, magic %#x (want %zu bytes, %#x)",
             (unsigned long long)len, st.magic, sizeof(st), STATE_MAGIC);
