@@ -41,6 +41,8 @@ struct Version {
     first_op: Option<usize>,
     end_op: usize,
     mem: Vec<Aligned>,
+    /// The named blobs, sorted by name.
+    blobs: Vec<(String, Vec<u8>)>,
 }
 
 /// A recorded run: the file before it, its operations, and the memory
@@ -113,6 +115,7 @@ fn record_save(dir: &TmpDir) -> Recording {
     img.sync().unwrap();
     let m2 = memory(2);
     save_round2(&img, &m2);
+    img.put_blob("vmm", &blob(1, 3000)).unwrap();
     let first = trace.len();
     img.finish().unwrap();
     let end = trace.len();
@@ -124,6 +127,7 @@ fn record_save(dir: &TmpDir) -> Recording {
             first_op: Some(first),
             end_op: end,
             mem: m2,
+            blobs: vec![("vmm".into(), blob(1, 3000))],
         }],
     }
 }
@@ -156,6 +160,7 @@ fn record_finish(dir: &TmpDir) -> Recording {
             first_op: Some(first),
             end_op: end,
             mem,
+            blobs: Vec::new(),
         }],
     }
 }
@@ -220,16 +225,91 @@ fn record_update(dir: &TmpDir) -> Recording {
                 first_op: None,
                 end_op: 0,
                 mem: v0,
+                blobs: Vec::new(),
             },
             Version {
                 first_op: Some(first1),
                 end_op: end1,
                 mem: v1,
+                blobs: Vec::new(),
             },
             Version {
                 first_op: Some(first2),
                 end_op: end2,
                 mem: v2,
+                blobs: Vec::new(),
+            },
+        ],
+    }
+}
+
+/// Deterministic blob contents.
+fn blob(version: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    Rng::new(version ^ 0xb10b).fill(&mut b);
+    b
+}
+
+fn compare_blobs(img: &Image, want: &[(String, Vec<u8>)]) -> Result<(), String> {
+    let mut names = img.blob_names();
+    names.sort();
+    let want_names: Vec<&String> = want.iter().map(|(n, _)| n).collect();
+    if names.iter().collect::<Vec<_>>() != want_names {
+        return Err(format!("blobs {names:?}, expected {want_names:?}"));
+    }
+    for (n, data) in want {
+        let got = img.get_blob(n).map_err(|e| format!("blob {n}: {e}"))?;
+        if &got != data {
+            return Err(format!(
+                "blob {n}: {} bytes differ from the expected {}",
+                got.len(),
+                data.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A complete image with two blobs; in place: one replaced by a longer one,
+/// the other removed, close.
+fn record_blob_update(dir: &TmpDir) -> Recording {
+    let path = dir.join("blobs.img");
+    let img = Image::create(&path, MACHINE, &specs(MEM), ImageFlags::default()).unwrap();
+    let mem = memory(1);
+    save_all(&img, &mem);
+    img.put_blob("cpu", &blob(2, 700)).unwrap();
+    img.put_blob("vmm", &blob(1, 3000)).unwrap();
+    img.finish().unwrap();
+    img.close().unwrap();
+    let start = std::fs::read(&path).unwrap();
+
+    let (ch, trace) = traced(&path, OpenFlags::READ | OpenFlags::WRITE);
+    let img = Image::open_on(ch, None, ImageFlags::READ_WRITE).unwrap();
+    let first = trace.len();
+    img.put_blob("vmm", &blob(3, 9000)).unwrap();
+    img.remove_blob("cpu").unwrap();
+    img.close().unwrap();
+    let end = trace.len();
+    let again = |m: &[Aligned]| {
+        m.iter()
+            .map(|a| Aligned::from_slice(a.as_slice()))
+            .collect()
+    };
+    Recording {
+        start,
+        ops: trace.ops(),
+        versions: vec![
+            Version {
+                first_op: None,
+                end_op: 0,
+                mem: again(&mem),
+                blobs: vec![("cpu".into(), blob(2, 700)), ("vmm".into(), blob(1, 3000))],
+            },
+            Version {
+                first_op: Some(first),
+                end_op: end,
+                mem,
+                blobs: vec![("vmm".into(), blob(3, 9000))],
             },
         ],
     }
@@ -282,7 +362,7 @@ fn check(rec: &Recording, st: &State, path: &Path, t: &mut Tally) -> Result<(), 
     let mut why = Vec::new();
     for (i, v) in &ok {
         let want: Vec<&[u8]> = v.mem.iter().map(Aligned::as_slice).collect();
-        match compare_image(&img, &want) {
+        match compare_image(&img, &want).and_then(|()| compare_blobs(&img, &v.blobs)) {
             Ok(()) => {
                 t.complete += 1;
                 return Ok(());
@@ -354,6 +434,12 @@ fn power_loss_during_finish_after_recover() {
 fn power_loss_during_in_place_update() {
     let dir = TmpDir::in_memory("power-rec-update");
     explore("in-place update", record_update(&dir));
+}
+
+#[test]
+fn power_loss_during_in_place_blob_update() {
+    let dir = TmpDir::in_memory("power-rec-blobs");
+    explore("in-place blob replace + remove", record_blob_update(&dir));
 }
 
 /// The check can fail: the same save trace with its `fdatasync`s removed

@@ -280,7 +280,6 @@ impl Image {
             } => Some((vmdesc_offset, ours)),
             Completion::Incomplete(_) => None,
         };
-        let blob_store = blobs::BlobStore::open(&src, &layout, blob_end)?;
         let state = match completion {
             Completion::Complete { vmdesc_offset, .. } => match &libvirt {
                 Some(h) if !h.complete => {
@@ -311,6 +310,10 @@ impl Image {
                 DiskState::Incomplete
             }
         };
+        // After the completion verdict: an interrupted in-place update may
+        // have torn the blob section it was rewriting (power loss); that
+        // image is incomplete, not corrupt (tests/power_loss.rs).
+        let blob_store = blobs::BlobStore::open(&src, &layout, blob_end)?;
         let mut blocks = Vec::with_capacity(layout.blocks.len());
         for l in &layout.blocks {
             // The format layer checked that the bitmap lies inside the file,
