@@ -13,16 +13,17 @@
 
 pub mod bitmap;
 mod blobs;
+mod create;
 mod pages;
 mod state;
 pub mod zero;
 
-use crate::channel::{Channel, OpenFlags};
+use crate::channel::{Channel, LockKind, OpenFlags};
 use crate::error::{Error, Result};
 use crate::format::libvirt::{self, LibvirtHeader};
 use crate::format::ramblock::{self, BlockLayout, BlockSpec, StreamLayout};
-use crate::format::stream::{self, Completion, Configuration};
-use crate::format::{ReadAt, CAP_MAPPED_RAM};
+use crate::format::stream::{self, Completion};
+use crate::format::ReadAt;
 use bitmap::AtomicBitmap;
 use parking_lot::{Mutex, RwLock};
 use state::DiskState;
@@ -40,7 +41,10 @@ impl ImageFlags {
     pub const DIRECT: ImageFlags = ImageFlags(0x2);
     /// Open: accept an image that is not complete (recover what is there).
     pub const RECOVER: ImageFlags = ImageFlags(0x4);
-    const ALL: u32 = 0x7;
+    /// Open/create: take no lock (for callers that coordinate access
+    /// themselves, like QEMU's `locking=off`).
+    pub const NO_LOCK: ImageFlags = ImageFlags(0x8);
+    const ALL: u32 = 0xf;
 
     /// Whether every flag of `o` is set.
     pub fn contains(self, o: ImageFlags) -> bool {
@@ -69,6 +73,27 @@ impl std::ops::BitOr for ImageFlags {
     fn bitor(self, rhs: ImageFlags) -> ImageFlags {
         ImageFlags(self.0 | rhs.0)
     }
+}
+
+/// Flags valid for creating an image.
+const CREATE_FLAGS: u32 = ImageFlags::DIRECT.0 | ImageFlags::READ_WRITE.0 | ImageFlags::NO_LOCK.0;
+
+/// Images on block devices are refused, on create and open: the end of a
+/// stream (and with it the completion record) is found at the end of the
+/// file, which a device does not have — a device's size is not the image's,
+/// and QEMU's own mapped-ram writer truncates its file, which a device
+/// cannot be. Use a file on a file system on the device.
+pub fn refuse_block_device(ch: &Channel) -> Result<()> {
+    if ch.is_block_device()? {
+        return Err(block_device_error(ch.name()));
+    }
+    Ok(())
+}
+
+pub(crate) fn block_device_error(name: &str) -> Error {
+    Error::Unsupported(format!(
+        "{name} is a block device: images must be regular files (an image's end and completion record are found at the end of its file, which a device does not have); put the image in a file on a file system"
+    ))
 }
 
 /// What a caller may know about one ramblock.
@@ -141,26 +166,33 @@ impl ReadAt for Src<'_> {
 }
 
 impl Image {
-    /// Create a new image file (mode 0600, truncated) for `machine_type` with
-    /// these ramblocks. Flags: [`ImageFlags::DIRECT`].
+    /// Create a new image file (mode 0600) for `machine_type` with these
+    /// ramblocks. Flags: [`ImageFlags::DIRECT`], [`ImageFlags::NO_LOCK`];
+    /// [`ImageFlags::READ_WRITE`] is accepted and changes nothing (a new
+    /// image is always writable).
+    ///
+    /// Everything is validated before the path is touched; the image is
+    /// written under no name (or a temporary one) in the path's directory
+    /// and renamed over the path only once its headers are written, so a
+    /// failed create leaves an existing file as it was and no file where
+    /// there was none. See `create.rs` for the details (symbolic links,
+    /// ownership, what a crash leaves).
     pub fn create(
         path: &Path,
         machine_type: &str,
         blocks: &[BlockSpec],
         flags: ImageFlags,
     ) -> Result<Image> {
-        flags.check(ImageFlags::DIRECT.0 | ImageFlags::READ_WRITE.0, "create")?;
-        let mut of = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNC;
-        if flags.contains(ImageFlags::DIRECT) {
-            of = of | OpenFlags::DIRECT;
-        }
-        let ch = Channel::open(path, of)?;
-        Image::create_on(Arc::new(ch), 0, machine_type, blocks, ImageFlags::default())
+        create::create_file(path, machine_type, blocks, flags)
     }
 
     /// Open an existing image. A libvirt save-image header is recognised.
     /// Flags: [`ImageFlags::READ_WRITE`], [`ImageFlags::DIRECT`],
-    /// [`ImageFlags::RECOVER`].
+    /// [`ImageFlags::RECOVER`], [`ImageFlags::NO_LOCK`].
+    ///
+    /// Unless `NO_LOCK`, the file is locked (see `channel::lock`): shared
+    /// for reading, exclusive with `READ_WRITE`; a conflict is `EBUSY`.
+    /// Block devices are refused (`ENOTSUP`): see [`refuse_block_device`].
     pub fn open(path: &Path, flags: ImageFlags) -> Result<Image> {
         flags.check(ImageFlags::ALL, "open")?;
         let mut of = OpenFlags::READ;
@@ -171,12 +203,26 @@ impl Image {
             of = of | OpenFlags::DIRECT;
         }
         let ch = Channel::open(path, of)?;
-        Image::open_on(Arc::new(ch), None, flags & !ImageFlags::DIRECT.0)
+        refuse_block_device(&ch)?;
+        if !flags.contains(ImageFlags::NO_LOCK) {
+            ch.lock(if flags.contains(ImageFlags::READ_WRITE) {
+                LockKind::Exclusive
+            } else {
+                LockKind::Shared
+            })?;
+        }
+        Image::open_on(
+            Arc::new(ch),
+            None,
+            flags & !(ImageFlags::DIRECT.0 | ImageFlags::NO_LOCK.0),
+        )
     }
 
     /// Create on an open, writable channel with the stream starting at
     /// `base` (bytes before `base`, e.g. a container header, are kept;
-    /// everything after it is discarded).
+    /// everything after it is discarded). Nothing is written when the
+    /// arguments are invalid. The channel is not locked (its owner decides;
+    /// `NO_LOCK` is accepted and changes nothing).
     pub fn create_on(
         ch: Arc<Channel>,
         base: u64,
@@ -184,7 +230,7 @@ impl Image {
         blocks: &[BlockSpec],
         flags: ImageFlags,
     ) -> Result<Image> {
-        flags.check(ImageFlags::DIRECT.0 | ImageFlags::READ_WRITE.0, "create")?;
+        flags.check(CREATE_FLAGS, "create")?;
         if !ch.flags().contains(OpenFlags::WRITE) {
             return Err(Error::Invalid(format!(
                 "creating an image on {} needs a channel opened with MR_OPEN_WRITE",
@@ -197,30 +243,14 @@ impl Image {
                 ch.name()
             )));
         }
-        if machine_type.is_empty() || machine_type.contains('\0') {
-            return Err(Error::Invalid(
-                "machine type must be a non-empty string without NUL".into(),
-            ));
-        }
-        let page_size = blocks.first().map(|b| b.page_size).unwrap_or(4096);
-        if let Some(b) = blocks.iter().find(|b| b.page_size != page_size) {
-            return Err(Error::Invalid(format!(
-                "ramblock '{}': page size {} differs from the first block's {} (one target page size per image)",
-                b.idstr, b.page_size, page_size
-            )));
-        }
-        let target_page_bits = if page_size == 4096 || !page_size.is_power_of_two() {
-            None
-        } else {
-            Some(page_size.trailing_zeros())
-        };
-        let config = Configuration {
-            machine_type: machine_type.to_string(),
-            capabilities: vec![CAP_MAPPED_RAM.to_string()],
-            target_page_bits,
-        };
-        let layout = ramblock::plan(base, &config, 1, blocks)?;
-        ch.set_len(base)?;
+        refuse_block_device(&ch)?;
+        let layout = create::plan_new(base, machine_type, blocks)?;
+        Image::write_new(ch, layout)
+    }
+
+    /// Write the headers of a planned new image onto `ch`.
+    fn write_new(ch: Arc<Channel>, layout: StreamLayout) -> Result<Image> {
+        ch.set_len(layout.base)?;
         for (off, bytes) in ramblock::encode_pieces(&layout) {
             ch.write_all_at(&bytes, off)?;
         }
@@ -244,9 +274,10 @@ impl Image {
     /// [`ImageFlags::RECOVER`].
     pub fn open_on(ch: Arc<Channel>, base: Option<u64>, flags: ImageFlags) -> Result<Image> {
         flags.check(
-            ImageFlags::READ_WRITE.0 | ImageFlags::RECOVER.0,
+            ImageFlags::READ_WRITE.0 | ImageFlags::RECOVER.0 | ImageFlags::NO_LOCK.0,
             "open on a channel",
         )?;
+        refuse_block_device(&ch)?;
         let writable = flags.contains(ImageFlags::READ_WRITE);
         if writable && !ch.flags().contains(OpenFlags::WRITE) {
             return Err(Error::Invalid(format!(
@@ -300,7 +331,7 @@ impl Image {
                         vmdesc_offset + 1
                     )));
                 }
-                DiskState::Updating { vmdesc_offset }
+                DiskState::Torn { vmdesc_offset }
             }
             Completion::Incomplete(why) => {
                 if !recover {
