@@ -417,7 +417,7 @@ fn dirty_rounds_track_data_and_allocation() {
     let back = read_ramblock_to_vec(&img, 0, 3).unwrap();
     assert_eq!(&back[..last], &mem.as_slice()[..last]);
     assert_eq!(&back[last..], &before_last[..]);
-    drop(img);
+    img.close().unwrap();
     // A too-short dirty bitmap is an error.
     let img_rw = Image::open(&path, ImageFlags::READ_WRITE).unwrap();
     // SAFETY: as above.

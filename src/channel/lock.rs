@@ -166,6 +166,26 @@ impl Channel {
         lock_fd(self.file.as_fd(), kind, &self.name)
     }
 
+    /// Release the image lock (before closing: a descriptor that a
+    /// concurrent `fork` copied into a child until its `exec` would
+    /// otherwise keep the open file description, and the lock, a moment
+    /// longer). Only for a channel whose lock this library took: the
+    /// description of a `from_fd` channel is the caller's.
+    pub fn unlock(&self) -> Result<()> {
+        let fl = flock(libc::F_UNLCK as libc::c_short);
+        loop {
+            // SAFETY: as in `lock_fd`.
+            let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+            if r == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(Error::io(format!("unlocking {}", self.name), e));
+            }
+        }
+    }
+
     /// Whether the channel's file is a block device.
     pub fn is_block_device(&self) -> Result<bool> {
         sys::fstat(self.file.as_fd())

@@ -131,7 +131,8 @@ pub(super) fn create_file(
     if lock {
         ch.lock(LockKind::Exclusive)?;
     }
-    let img = Image::write_new(Arc::new(ch), layout)?;
+    let mut img = Image::write_new(Arc::new(ch), layout)?;
+    img.locked = lock;
     // The headers are durable before the name is: after a crash the path
     // holds the old file or a new image that opens as incomplete.
     img.channel()

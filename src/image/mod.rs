@@ -151,6 +151,9 @@ pub struct Image {
     sync_lock: Mutex<()>,
     /// Named blobs (a VMM's own state) carried in the stream's tail.
     blobs: blobs::BlobStore,
+    /// The channel's image lock was taken by `open`/`create` (released by
+    /// `close` before the channel is closed).
+    locked: bool,
 }
 
 /// Reads of the image's channel for the format layer.
@@ -204,18 +207,21 @@ impl Image {
         }
         let ch = Channel::open(path, of)?;
         refuse_block_device(&ch)?;
-        if !flags.contains(ImageFlags::NO_LOCK) {
+        let lock = !flags.contains(ImageFlags::NO_LOCK);
+        if lock {
             ch.lock(if flags.contains(ImageFlags::READ_WRITE) {
                 LockKind::Exclusive
             } else {
                 LockKind::Shared
             })?;
         }
-        Image::open_on(
+        let mut img = Image::open_on(
             Arc::new(ch),
             None,
             flags & !(ImageFlags::DIRECT.0 | ImageFlags::NO_LOCK.0),
-        )
+        )?;
+        img.locked = lock;
+        Ok(img)
     }
 
     /// Create on an open, writable channel with the stream starting at
@@ -384,6 +390,7 @@ impl Image {
             state: Mutex::new(state),
             sync_lock: Mutex::new(()),
             blobs: blobs::BlobStore::default(),
+            locked: false,
         }
     }
 

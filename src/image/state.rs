@@ -342,6 +342,11 @@ impl Image {
         }
         // `into_inner` gives the channel to exactly one of its last holders.
         if let Some(ch) = Arc::into_inner(self.ch) {
+            if self.locked {
+                if let Err(e) = ch.unlock() {
+                    first_err.get_or_insert(e);
+                }
+            }
             if let Err(e) = ch.close() {
                 first_err.get_or_insert(e);
             }
