@@ -17,12 +17,15 @@
 //!    exclusively (unless `NO_LOCK`).
 //! 4. Only a complete set of headers gets the name: linked into place (new
 //!    path; `EEXIST` if something appeared there meanwhile) or renamed over
-//!    the old file (atomic), then the directory is synced.
+//!    the old file (atomic); then the file and the directory are synced.
 //!
 //! So a failed create leaves an existing file unchanged and no file where
 //! there was none. A crash before step 4 leaves the path as it was (and at
 //! most the hidden temporary on file systems without `O_TMPFILE`); after
-//! it, the path holds the new, unfinished image, which opens as incomplete.
+//! it, the path holds the new, unfinished image, which opens as incomplete
+//! (a file system that may persist the rename before the headers it was
+//! given after could, in the moment before the sync, leave a new name
+//! without headers: corrupt, never valid).
 //!
 //! Replacing means a new inode: the old file's owner, group, mode, ACLs and
 //! other extended attributes are not carried over (the new file is the
@@ -133,12 +136,7 @@ pub(super) fn create_file(
     }
     let mut img = Image::write_new(Arc::new(ch), layout)?;
     img.locked = lock;
-    // The headers are durable before the name is: after a crash the path
-    // holds the old file or a new image that opens as incomplete.
-    img.channel()
-        .sync()
-        .map_err(|e| super::pages::context(e, "syncing the new image's headers"))?;
-    temp.commit(&dest, &dir, &name)?;
+    temp.commit(&dest, &dir, &name, img.channel())?;
     Ok(img)
 }
 
@@ -290,8 +288,11 @@ impl TempFile {
         ))
     }
 
-    /// Give the file its name (link or rename) and sync the directory.
-    fn commit(mut self, dest: &Dest, dir: &Path, name: &str) -> Result<()> {
+    /// Give the file its name (link or rename), then make the headers and
+    /// the name durable: `fdatasync` of the file, `fsync` of the directory.
+    /// (In this order ext4 commits both in one journal transaction, data
+    /// first; the name is given only after the headers were written.)
+    fn commit(mut self, dest: &Dest, dir: &Path, name: &str, ch: &Channel) -> Result<()> {
         let cdest = cpath(&dest.path)?;
         match self.named.take() {
             Some(tmp) => {
@@ -316,6 +317,8 @@ impl TempFile {
                 }
             }
         }
+        ch.sync()
+            .map_err(|e| super::pages::context(e, "syncing the new image's headers"))?;
         sync_dir(dir)
     }
 
