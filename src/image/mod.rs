@@ -1,7 +1,9 @@
 //! Image: a mapped-ram image on a channel.
 //!
-//! Create (write headers, reserve regions), open (parse and validate, find
-//! ramblocks), page writes and reads at ramblock offsets (`pages.rs`), the
+//! Create (validate, write headers, reserve regions; a new file is written
+//! unnamed and renamed into place: `create.rs`), open (file type, lock,
+//! parse and validate, find ramblocks: `open.rs`), page writes and reads at
+//! ramblock offsets (`pages.rs`), the
 //! in-memory atomic bitmap (`bitmap.rs`), sync and finish with their
 //! durability order and the in-place-update mark (`state.rs`).
 //!
@@ -14,17 +16,18 @@
 pub mod bitmap;
 mod blobs;
 mod create;
+mod open;
 mod pages;
 mod state;
 pub mod zero;
 
-use crate::channel::{Channel, LockKind, OpenFlags};
+use crate::channel::{Channel, OpenFlags};
 use crate::error::{Error, Result};
-use crate::format::libvirt::{self, LibvirtHeader};
+use crate::format::libvirt::LibvirtHeader;
 use crate::format::ramblock::{self, BlockLayout, BlockSpec, StreamLayout};
-use crate::format::stream::{self, Completion};
-use crate::format::ReadAt;
 use bitmap::AtomicBitmap;
+pub(crate) use open::block_device_error;
+pub use open::refuse_block_device;
 use parking_lot::{Mutex, RwLock};
 use state::DiskState;
 use std::path::Path;
@@ -77,24 +80,6 @@ impl std::ops::BitOr for ImageFlags {
 
 /// Flags valid for creating an image.
 const CREATE_FLAGS: u32 = ImageFlags::DIRECT.0 | ImageFlags::READ_WRITE.0 | ImageFlags::NO_LOCK.0;
-
-/// Images on block devices are refused, on create and open: the end of a
-/// stream (and with it the completion record) is found at the end of the
-/// file, which a device does not have — a device's size is not the image's,
-/// and QEMU's own mapped-ram writer truncates its file, which a device
-/// cannot be. Use a file on a file system on the device.
-pub fn refuse_block_device(ch: &Channel) -> Result<()> {
-    if ch.is_block_device()? {
-        return Err(block_device_error(ch.name()));
-    }
-    Ok(())
-}
-
-pub(crate) fn block_device_error(name: &str) -> Error {
-    Error::Unsupported(format!(
-        "{name} is a block device: images must be regular files (an image's end and completion record are found at the end of its file, which a device does not have); put the image in a file on a file system"
-    ))
-}
 
 /// What a caller may know about one ramblock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,18 +141,6 @@ pub struct Image {
     locked: bool,
 }
 
-/// Reads of the image's channel for the format layer.
-struct Src<'a>(&'a Channel);
-
-impl ReadAt for Src<'_> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        self.0.read_at(buf, offset)
-    }
-    fn size(&self) -> Result<u64> {
-        self.0.size()
-    }
-}
-
 impl Image {
     /// Create a new image file (mode 0600) for `machine_type` with these
     /// ramblocks. Flags: [`ImageFlags::DIRECT`], [`ImageFlags::NO_LOCK`];
@@ -187,41 +160,6 @@ impl Image {
         flags: ImageFlags,
     ) -> Result<Image> {
         create::create_file(path, machine_type, blocks, flags)
-    }
-
-    /// Open an existing image. A libvirt save-image header is recognised.
-    /// Flags: [`ImageFlags::READ_WRITE`], [`ImageFlags::DIRECT`],
-    /// [`ImageFlags::RECOVER`], [`ImageFlags::NO_LOCK`].
-    ///
-    /// Unless `NO_LOCK`, the file is locked (see `channel::lock`): shared
-    /// for reading, exclusive with `READ_WRITE`; a conflict is `EBUSY`.
-    /// Block devices are refused (`ENOTSUP`): see [`refuse_block_device`].
-    pub fn open(path: &Path, flags: ImageFlags) -> Result<Image> {
-        flags.check(ImageFlags::ALL, "open")?;
-        let mut of = OpenFlags::READ;
-        if flags.contains(ImageFlags::READ_WRITE) {
-            of = of | OpenFlags::WRITE;
-        }
-        if flags.contains(ImageFlags::DIRECT) {
-            of = of | OpenFlags::DIRECT;
-        }
-        let ch = Channel::open(path, of)?;
-        refuse_block_device(&ch)?;
-        let lock = !flags.contains(ImageFlags::NO_LOCK);
-        if lock {
-            ch.lock(if flags.contains(ImageFlags::READ_WRITE) {
-                LockKind::Exclusive
-            } else {
-                LockKind::Shared
-            })?;
-        }
-        let mut img = Image::open_on(
-            Arc::new(ch),
-            None,
-            flags & !(ImageFlags::DIRECT.0 | ImageFlags::NO_LOCK.0),
-        )?;
-        img.locked = lock;
-        Ok(img)
     }
 
     /// Create on an open, writable channel with the stream starting at
@@ -275,104 +213,7 @@ impl Image {
         ))
     }
 
-    /// Open on a channel; `base` None = detect (libvirt header or 0).
-    /// Flags: [`ImageFlags::READ_WRITE`] (the channel must be writable),
-    /// [`ImageFlags::RECOVER`].
-    pub fn open_on(ch: Arc<Channel>, base: Option<u64>, flags: ImageFlags) -> Result<Image> {
-        flags.check(
-            ImageFlags::READ_WRITE.0 | ImageFlags::RECOVER.0 | ImageFlags::NO_LOCK.0,
-            "open on a channel",
-        )?;
-        refuse_block_device(&ch)?;
-        let writable = flags.contains(ImageFlags::READ_WRITE);
-        if writable && !ch.flags().contains(OpenFlags::WRITE) {
-            return Err(Error::Invalid(format!(
-                "MR_IMAGE_READ_WRITE needs a channel opened with MR_OPEN_WRITE ({})",
-                ch.name()
-            )));
-        }
-        let recover = flags.contains(ImageFlags::RECOVER);
-        let src = Src(&ch);
-        let (base, libvirt) = match base {
-            Some(b) => (b, None),
-            None => match libvirt::parse(&src)? {
-                Some(h) => (h.stream_offset(), Some(h)),
-                None => (0, None),
-            },
-        };
-        let layout = ramblock::parse(&src, base)?;
-        let completion = stream::completion(&src, layout.setup_end())?;
-        let name = ch.name().to_string();
-        // Blobs live only in a stream end this library wrote.
-        let blob_end = match completion {
-            Completion::Complete {
-                vmdesc_offset,
-                ours,
-                ..
-            }
-            | Completion::Updating {
-                vmdesc_offset,
-                ours,
-                ..
-            } => Some((vmdesc_offset, ours)),
-            Completion::Incomplete(_) => None,
-        };
-        let blob_store = blobs::BlobStore::open(&src, &layout, blob_end)?;
-        let state = match completion {
-            Completion::Complete { vmdesc_offset, .. } => match &libvirt {
-                Some(h) if !h.complete => {
-                    if !recover {
-                        return Err(Error::Incomplete(format!(
-                            "{name}: libvirt header magic is LibvirtQemudPart: the save never finished (open with MR_IMAGE_RECOVER to read what is there)"
-                        )));
-                    }
-                    DiskState::Complete { vmdesc_offset }
-                }
-                _ => DiskState::Complete { vmdesc_offset },
-            },
-            Completion::Updating { vmdesc_offset, .. } => {
-                if !recover {
-                    return Err(Error::Incomplete(format!(
-                        "{name}: an in-place update was interrupted (update mark at offset 0x{:x}); pages may be torn (open with MR_IMAGE_RECOVER to read what is there)",
-                        vmdesc_offset + 1
-                    )));
-                }
-                DiskState::Torn { vmdesc_offset }
-            }
-            Completion::Incomplete(why) => {
-                if !recover {
-                    return Err(Error::Incomplete(format!(
-                        "{name}: image is incomplete: {why} (open with MR_IMAGE_RECOVER to read what is there)"
-                    )));
-                }
-                DiskState::Incomplete
-            }
-        };
-        let mut blocks = Vec::with_capacity(layout.blocks.len());
-        for l in &layout.blocks {
-            // The format layer checked that the bitmap lies inside the file,
-            // so this allocation is bounded by the file's size.
-            let len = usize::try_from(l.bitmap_len)
-                .map_err(|_| Error::Corrupt(format!("ramblock '{}': bitmap too large", l.idstr)))?;
-            let mut bytes = vec![0u8; len];
-            let n = ch.read_at(&mut bytes, l.bitmap_offset)?;
-            if n != len {
-                return Err(Error::Corrupt(format!(
-                    "ramblock '{}': bitmap at offset 0x{:x} truncated: expected {} bytes, found {}",
-                    l.idstr, l.bitmap_offset, len, n
-                )));
-            }
-            blocks.push(Block::new(
-                l.clone(),
-                AtomicBitmap::from_le_bytes(l.pages(), &bytes),
-            ));
-        }
-        let mut img = Image::assemble(ch, libvirt, layout, blocks, writable, state);
-        img.blobs = blob_store;
-        Ok(img)
-    }
-
-    fn assemble(
+    pub(crate) fn assemble(
         ch: Arc<Channel>,
         libvirt: Option<LibvirtHeader>,
         layout: StreamLayout,
