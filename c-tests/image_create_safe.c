@@ -2,12 +2,14 @@
  * (and a size past what the file system can hold) leaves an existing
  * finished image byte for byte as it was and leaves no file where there was
  * none, in a directory of its own so any leftover temporary shows. A
- * successful create over a 0644 file gives a 0600 file. Flags: READ_WRITE
+ * successful create over a 0644 file (another owner, an access ACL granting
+ * a second user) gives a 0600 file of the caller without ACL. Flags: READ_WRITE
  * is accepted (and changes nothing), RECOVER is not. A symbolic link is
  * followed: the link stays, its target is replaced. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 
 #include "mrtest.h"
 
@@ -155,6 +157,26 @@ static void bad_creates_leave_everything_alone(void)
     printf("%zu bad creates (x2 targets) left the image and the directory alone\n", n);
 }
 
+/* Give `path` an access ACL granting user 65534 read-write (the binary
+ * form of system.posix_acl_access: version 2, then tag/perm/id entries). */
+static void set_acl(const char *path)
+{
+    struct {
+        uint32_t version;
+        struct {
+            uint16_t tag, perm;
+            uint32_t id;
+        } e[5];
+    } acl = { 2, { { 0x01, 6, 0xffffffffu },    /* user:: rw */
+                   { 0x02, 6, 65534 },          /* user:65534: rw */
+                   { 0x04, 4, 0xffffffffu },    /* group:: r */
+                   { 0x10, 6, 0xffffffffu },    /* mask:: rw */
+                   { 0x20, 4, 0xffffffffu } } }; /* other:: r */
+    if (setxattr(path, "system.posix_acl_access", &acl, sizeof acl, 0) != 0)
+        FAIL("setting an access ACL on %s: %s (the test directory's file system needs "
+             "ACL support)", path, strerror(errno));
+}
+
 static void create_over_0644_gives_0600(void)
 {
     char path[4200];
@@ -164,9 +186,13 @@ static void create_over_0644_gives_0600(void)
     CHECK(fchmod(fd, 0644) == 0);
     CHECK(write(fd, "old", 3) == 3);
     close(fd);
+    set_acl(path);
+    /* Another owner (when we may give it one): ownership is not inherited. */
+    if (geteuid() == 0)
+        CHECK(chown(path, 65534, 65534) == 0);
     struct stat st;
     CHECK(stat(path, &st) == 0);
-    CHECK_EQ(st.st_mode & 07777, 0644);
+    CHECK_EQ(st.st_mode & 0707, 0604);
     mr_ramblock_desc b = { "mem", MEM_LEN, PAGE };
     mr_image *img = NULL;
     /* READ_WRITE is accepted on create and changes nothing. */
@@ -175,6 +201,10 @@ static void create_over_0644_gives_0600(void)
     if ((st.st_mode & 07777) != 0600)
         FAIL("mode after create over a 0644 file: 0%o, want 0600", st.st_mode & 07777);
     CHECK(st.st_uid == geteuid());
+    CHECK(st.st_gid == getegid());
+    char buf[256];
+    if (getxattr(path, "system.posix_acl_access", buf, sizeof buf) >= 0 || errno != ENODATA)
+        FAIL("the new image still has an access ACL (or getxattr failed: %s)", strerror(errno));
     OK(mr_image_finish(img));
     OK(mr_image_close(img));
     CHECK(unlink(path) == 0);
