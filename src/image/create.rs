@@ -382,3 +382,75 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("syncing the directory {}", dir.display()), e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("mr-create-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The fallback for file systems without `O_TMPFILE`: a named
+    /// temporary, removed when dropped, renamed over the path on commit.
+    #[test]
+    fn named_temporary_is_removed_or_renamed() {
+        let d = scratch("named");
+        let dest = d.join("x.img");
+        std::fs::write(&dest, b"old").unwrap();
+        let t = TempFile::named(&d, &dest).unwrap();
+        assert_eq!(names(&d).len(), 2, "{:?}", names(&d));
+        drop(t);
+        assert_eq!(names(&d), ["x.img"]);
+        let t = TempFile::named(&d, &dest).unwrap();
+        let ch = Channel::from_fd(t.fd.as_raw_fd(), OpenFlags::READ | OpenFlags::WRITE).unwrap();
+        ch.write_all_at(b"new", 0).unwrap();
+        let target = Dest {
+            path: dest.clone(),
+            existing: true,
+        };
+        t.commit(&target, &d, "x.img", &ch).unwrap();
+        assert_eq!(names(&d), ["x.img"]);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn temporary_names_fit_name_max() {
+        let long = "n".repeat(255);
+        let p = temp_name(Path::new("/d"), &Path::new("/d").join(&long), 15);
+        assert!(p.file_name().unwrap().len() <= 255, "{}", p.display());
+        assert!(p.file_name().unwrap().to_string_lossy().starts_with('.'));
+    }
+
+    #[test]
+    fn sizes_past_the_largest_offset_are_efbig() {
+        let b = |len: u64| BlockSpec {
+            idstr: "mem".into(),
+            used_length: len,
+            page_size: 4096,
+        };
+        let e = plan_new(0, "pc", &[b(1 << 63)]).unwrap_err();
+        assert_eq!(e.errno(), libc::EFBIG, "{e}");
+        let e = plan_new(0, "pc", &[b(1 << 62), b(1 << 62)]).unwrap_err();
+        assert_eq!(e.errno(), libc::EFBIG, "{e}");
+        let e = plan_new(u64::MAX - 4096, "pc", &[b(4096)]).unwrap_err();
+        assert_eq!(e.errno(), libc::EFBIG, "{e}");
+        plan_new(0, "pc", &[b(1 << 62)]).unwrap();
+    }
+}
