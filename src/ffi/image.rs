@@ -245,7 +245,10 @@ pub unsafe extern "C" fn mr_image_open(
 
 /// Open an image on a channel with the stream at `offset`, or
 /// `MR_OFFSET_DETECT` (a libvirt header, else 0). The image takes its own
-/// reference to the channel.
+/// reference to the channel. Flags: `MR_IMAGE_READ_WRITE` (the channel must
+/// be writable), `MR_IMAGE_RECOVER`; the channel is not locked (its owner
+/// decides; `MR_IMAGE_NO_LOCK` changes nothing). A channel on a block
+/// device is `-ENOTSUP`.
 ///
 /// # Safety
 /// `ch` a live channel handle; `out` writable.
