@@ -20,9 +20,12 @@
 //!    the old file (atomic); then the file and the directory are synced.
 //!
 //! So a failed create leaves an existing file unchanged and no file where
-//! there was none. A crash before step 4 leaves the path as it was (and at
-//! most the hidden temporary on file systems without `O_TMPFILE`); after
-//! it, the path holds the new, unfinished image, which opens as incomplete
+//! there was none. A crash before step 4 leaves the path as it was (and,
+//! without `O_TMPFILE`, the hidden temporary). Replacing takes two steps
+//! (`linkat` to a hidden temporary name, then `rename`): a crash between
+//! them leaves that temporary too. A later create of the same path removes
+//! temporaries whose process no longer exists. After step 4 the path
+//! holds the new, unfinished image, which opens as incomplete
 //! (a file system that may persist the rename before the headers it was
 //! given after could, in the moment before the sync, leave a new name
 //! without headers: corrupt, never valid).
@@ -123,6 +126,7 @@ pub(super) fn create_file(
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    remove_stale_temps(&dir, &dest.path);
     let temp = TempFile::new(&dir, &dest.path)?;
     let mut of = OpenFlags::READ | OpenFlags::WRITE;
     if flags.contains(ImageFlags::DIRECT) {
@@ -370,11 +374,54 @@ impl Drop for TempFile {
     }
 }
 
-/// `.NAME.PID-N.mr-new` next to `dest`, NAME cut to keep within NAME_MAX.
-fn temp_name(dir: &Path, dest: &Path, n: u32) -> PathBuf {
+/// `.NAME.` of the temporary names for `dest`, NAME cut to keep within
+/// NAME_MAX.
+fn temp_prefix(dest: &Path) -> String {
     let base = dest.file_name().map(|s| s.as_bytes()).unwrap_or(b"image");
-    let base = String::from_utf8_lossy(&base[..base.len().min(160)]);
-    dir.join(format!(".{base}.{}-{n}.mr-new", std::process::id()))
+    format!(
+        ".{}.",
+        String::from_utf8_lossy(&base[..base.len().min(160)])
+    )
+}
+
+/// `.NAME.PID-N.mr-new` next to `dest`.
+fn temp_name(dir: &Path, dest: &Path, n: u32) -> PathBuf {
+    dir.join(format!(
+        "{}{}-{n}.mr-new",
+        temp_prefix(dest),
+        std::process::id()
+    ))
+}
+
+/// Remove temporaries for `dest` that a process which no longer exists
+/// left behind (killed between naming the new image and renaming it, or
+/// at any point where there is no `O_TMPFILE`). A temporary whose process
+/// id is in use again is left alone.
+fn remove_stale_temps(dir: &Path, dest: &Path) {
+    let prefix = temp_prefix(dest);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".mr-new"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
