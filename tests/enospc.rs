@@ -290,3 +290,65 @@ fn enospc_through_the_c_api() {
     );
     assert!(img2.is_null(), "out-parameter written only on success");
 }
+
+/// A create that runs out of space leaves no file on a new path and an
+/// existing image unchanged (the image is written unnamed and renamed over
+/// the path only once its headers are on disk).
+#[test]
+fn enospc_in_create_leaves_no_file_and_the_old_image() {
+    if !met(Need::Root) {
+        return;
+    }
+    let fs = TmpfsMount::new("enospc-create", FS_SIZE);
+    let old = fs.join("old.img");
+    let img = Image::create(
+        &old,
+        "pc-i440fx-10.0",
+        &common::specs(1 << 20),
+        ImageFlags::default(),
+    )
+    .unwrap();
+    img.write_page(0, 0, &vec![0x5au8; PS as usize]).unwrap();
+    img.finish().unwrap();
+    img.close().unwrap();
+    let before = std::fs::read(&old).unwrap();
+    fill_up(fs.path());
+    let entries = || {
+        let mut v: Vec<String> = std::fs::read_dir(fs.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let listed = entries();
+    // Many blocks: the headers alone need more than the last free bytes.
+    let specs: Vec<BlockSpec> = (0..64)
+        .map(|i| BlockSpec {
+            idstr: format!("block-{i}-{}", "x".repeat(200)),
+            used_length: 64 << 20,
+            page_size: PS,
+        })
+        .collect();
+    for target in [fs.join("new.img"), old.clone()] {
+        let r = Image::create(&target, "pc-i440fx-10.0", &specs, ImageFlags::default());
+        match r {
+            Err(e) => assert_eq!(e.errno(), libc::ENOSPC, "{}: {e}", target.display()),
+            Ok(_) => panic!("create on a full file system succeeded"),
+        }
+        assert_eq!(
+            entries(),
+            listed,
+            "create on {} left files",
+            target.display()
+        );
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            before,
+            "the old image changed"
+        );
+    }
+    assert!(Image::open(&old, ImageFlags::default())
+        .unwrap()
+        .is_complete());
+}

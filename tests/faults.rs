@@ -68,8 +68,10 @@ enum Outcome {
 /// The state of the file after a fault. Complete: every block must equal
 /// `want`. Incomplete: recovered, every page whose bit is set must equal
 /// `want` (a bit is never published for a page whose write failed).
+/// The writer may still hold the image: look without locking, as a crash
+/// (or another host after power loss) would find the file.
 fn file_state(path: &Path, want: &[&[u8]]) -> Result<Outcome, String> {
-    match Image::open(path, ImageFlags::default()) {
+    match Image::open(path, ImageFlags::NO_LOCK) {
         Ok(img) => {
             if !img.is_complete() {
                 return Err("opened without RECOVER but not complete".into());
@@ -78,7 +80,7 @@ fn file_state(path: &Path, want: &[&[u8]]) -> Result<Outcome, String> {
             Ok(Outcome::CompleteCorrect)
         }
         Err(Error::Incomplete(_)) => {
-            let img = Image::open(path, ImageFlags::RECOVER)
+            let img = Image::open(path, ImageFlags::RECOVER | ImageFlags::NO_LOCK)
                 .map_err(|e| format!("incomplete, and RECOVER fails: {e}"))?;
             for (b, w) in want.iter().enumerate() {
                 let got = read_ramblock_to_vec(&img, b, 2)
@@ -270,7 +272,7 @@ fn eio_on_the_bitmap_write_and_on_fdatasync_in_sync_then_retry() {
         t.add(what, injected.load(Ordering::SeqCst), &path, &want);
         // The failed bitmaps are retried by the next sync; then finish.
         img.sync().unwrap();
-        let r = Image::open(&path, ImageFlags::RECOVER).unwrap();
+        let r = Image::open(&path, ImageFlags::RECOVER | ImageFlags::NO_LOCK).unwrap();
         let nonzero = want[0]
             .chunks(PS as usize)
             .filter(|p| p.iter().any(|&b| b != 0))
@@ -672,8 +674,9 @@ fn failed_in_place_write_blocks_completion_until_rewritten() {
             "sync after a failed write",
         );
         assert!(!img.is_complete());
+        // What the disk says while the writer still holds the image.
         assert!(matches!(
-            Image::open(&path, ImageFlags::default()),
+            Image::open(&path, ImageFlags::NO_LOCK),
             Err(Error::Incomplete(_))
         ));
         if rewrite {
@@ -690,11 +693,18 @@ fn failed_in_place_write_blocks_completion_until_rewritten() {
                 Image::open(&path, ImageFlags::default()),
                 Err(Error::Incomplete(_))
             ));
-            // Recover explicitly and restore the page, then the image is whole.
+            // Recover explicitly and restore the page; the caller's finish
+            // (not a sync or close) declares the image whole again.
             let img = Image::open(&path, ImageFlags::READ_WRITE | ImageFlags::RECOVER).unwrap();
             img.write_page(0, 3 * PS, &old).unwrap();
             img.sync().unwrap();
+            assert!(!img.is_complete(), "sync cleared a mark found on open");
+            img.finish().unwrap();
+            assert!(img.is_complete());
             img.close().unwrap();
+            assert!(Image::open(&path, ImageFlags::default())
+                .unwrap()
+                .is_complete());
         }
     }
 }

@@ -322,6 +322,7 @@ fn dirty_rounds_track_data_and_allocation() {
     let back = read_ramblock_to_vec(&img, 0, 3).unwrap();
     assert_eq!(&back[..last], &mem.as_slice()[..last]);
     assert_eq!(&back[last..], &before_last[..]);
+    img.close().unwrap();
     // A too-short dirty bitmap is an error.
     let img_rw = Image::open(&path, ImageFlags::READ_WRITE).unwrap();
     // SAFETY: as above.
@@ -430,12 +431,15 @@ fn in_place_update_marks_incomplete_until_sync() {
     assert!(img.is_complete());
     img.write_page(0, PS, &vec![2u8; PS as usize]).unwrap();
     assert!(!img.is_complete());
-    // Another reader sees an interrupted update.
+    // A reader is locked out while the writer holds the image; one that
+    // does not lock (or a crash now) sees an interrupted update.
     let e = Image::open(&path, ImageFlags::default()).unwrap_err();
+    assert_eq!(e.errno(), libc::EBUSY, "{e}");
+    let e = Image::open(&path, ImageFlags::NO_LOCK).unwrap_err();
     assert!(matches!(e, Error::Incomplete(_)), "{e}");
     img.sync().unwrap();
     assert!(img.is_complete());
-    let other = Image::open(&path, ImageFlags::default()).unwrap();
+    let other = Image::open(&path, ImageFlags::NO_LOCK).unwrap();
     let mut p = vec![0u8; PS as usize];
     assert!(other.read_page(0, PS, &mut p).unwrap());
     assert_eq!(p, vec![2u8; PS as usize]);

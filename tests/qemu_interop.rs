@@ -522,6 +522,36 @@ fn library_patches_qemu_file_and_qemu_restores_it() {
     assert_same("QEMU restore of the patched file", &back, &expected);
 }
 
+/// The torn-update guard protects readers that use this library only: the
+/// update mark lies after the EOF byte where QEMU stops, so QEMU loads an
+/// image whose in-place update was interrupted (the README says so).
+#[test]
+fn qemu_ignores_the_update_mark() {
+    if !met(Need::Qemu) {
+        return;
+    }
+    let dir = TmpDir::new("p-mark");
+    let mem = fill::pattern(41, MEM);
+    let file = dir.join("img");
+    qemu::save(&dir, &mem, &MigOpts::plain(), &file, 0);
+    let mut expected = mem.clone();
+    // A writer that "dies" mid-update: the mark is on disk, never cleared
+    // (the handle is leaked, not closed; no lock, so this process can
+    // still open the file below).
+    let img = Image::open(&file, ImageFlags::READ_WRITE | ImageFlags::NO_LOCK).unwrap();
+    let blk = img.find_block("mem").unwrap();
+    let page = fill::pattern(42, PAGE);
+    img.write_page(blk, 7 * PAGE as u64, &page).unwrap();
+    expected[7 * PAGE..8 * PAGE].copy_from_slice(&page);
+    std::mem::forget(img);
+    match Image::open(&file, ImageFlags::default()) {
+        Err(Error::Incomplete(m)) => assert!(m.contains("update"), "{m}"),
+        other => panic!("the library must refuse the interrupted update: {other:?}"),
+    }
+    let back = qemu::restore(&dir, &file, 0, MEM, &MigOpts::plain());
+    assert_same("QEMU restore despite the update mark", &back, &expected);
+}
+
 /// Rewrite all of `mem` in a QEMU-saved file through the engine (new
 /// pattern: stale data pages must lose their bits), restore in QEMU.
 fn rewrite_case(tag: &str, seed: u64, opts: MigOpts, flags: ImageFlags) {

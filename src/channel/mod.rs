@@ -39,11 +39,13 @@
 mod bounce;
 mod direct;
 mod fault;
+mod lock;
 mod open;
 mod sys;
 
 pub use direct::{DioAlign, DEFAULT_DIO_ALIGN};
 pub use fault::{FaultFn, FaultOp, Trace, TraceOp};
+pub use lock::{lock_fd, LockKind, IMAGE_LOCK_OFFSET};
 pub use open::OpenFlags;
 pub use sys::IOV_MAX;
 
