@@ -13,9 +13,9 @@
 //! naming the unnamed file and renaming it over the old one leaves a hidden
 //! temporary, which the next create removes: at most one at a time.
 
-mod common_faults;
+mod common;
 
-use common_faults::*;
+use common::*;
 use mappedram::{BlockSpec, Error, Image, ImageFlags};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -103,8 +103,8 @@ fn strays(dir: &Path) -> Vec<String> {
 
 #[test]
 fn create_killed_at_random_leaves_old_or_new() {
-    let dir = TmpDir(tmp_dir("create-crash"));
-    let path = dir.0.join("img");
+    let dir = TmpDir::new("create-crash");
+    let path = dir.join("img");
     one_round(&path, 0);
     let mut rng = Rng::new(0x5eed_c0de);
     let (mut complete, mut incomplete, mut temporaries) = (0, 0, 0);
@@ -152,7 +152,7 @@ fn create_killed_at_random_leaves_old_or_new() {
         }
         // A kill between naming the new image and renaming it over the
         // old one leaves one hidden temporary; the next create removes it.
-        let stray = strays(&dir.0);
+        let stray = strays(dir.path());
         assert!(
             stray.len() <= 1,
             "kill {kill}: files left beside the image: {stray:?}"
@@ -161,7 +161,7 @@ fn create_killed_at_random_leaves_old_or_new() {
     }
     one_round(&path, 1);
     assert_eq!(
-        strays(&dir.0),
+        strays(dir.path()),
         Vec::<String>::new(),
         "a stale temporary survived a create"
     );

@@ -5,9 +5,9 @@
 //! no page whose write failed), or it is complete with exactly the right
 //! contents (old contents for an in-place update that never started).
 
-mod common_faults;
+mod common;
 
-use common_faults::*;
+use common::*;
 use mappedram::channel::{FaultFn, FaultOp};
 use mappedram::engine::{read_ramblock_to_vec, save_ramblock};
 use mappedram::{Error, GuestSlice, Image, ImageFlags};
@@ -534,8 +534,8 @@ mod parking_lot_free {
 /// `flush_bitmaps` in `src/image/state.rs`), checked over every
 /// interleaving of two page writers (different bits of one bitmap word) and
 /// a syncer that syncs twice. Sequentially consistent interleavings only:
-/// weak-memory reorderings are not modelled (that would need loom on the
-/// real code; see the report). Invariants:
+/// weak-memory outcomes are checked with loom in tests/loom_bitmap.rs.
+/// Invariants:
 /// - safety: a bit in the durable bitmap always has durable page data;
 /// - no lost bit: when everything is done, each written page's bit is in
 ///   the bitmap on disk, or the dirty flag is set for the next sync.
@@ -646,7 +646,7 @@ mod protocol_model {
 #[test]
 fn failed_in_place_write_blocks_completion_until_rewritten() {
     let dir = TmpDir::new("latch");
-    let path = dir.0.join("img");
+    let path = dir.join("img");
     let img = create(&path, false);
     let old = vec![0x11u8; PS as usize];
     for p in 0..8 {

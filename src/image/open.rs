@@ -122,13 +122,16 @@ impl Image {
             } => Some((vmdesc_offset, ours)),
             Completion::Incomplete(_) => None,
         };
-        let blob_store = BlobStore::open(&src, &layout, blob_end)?;
         let state = disk_state(
             completion,
             libvirt.as_ref(),
             flags.contains(ImageFlags::RECOVER),
             ch.name(),
         )?;
+        // After the completion verdict: an interrupted in-place update may
+        // have torn the blob section it was rewriting (power loss); that
+        // image is incomplete, not corrupt (tests/power_loss.rs).
+        let blob_store = BlobStore::open(&src, &layout, blob_end)?;
         let blocks = load_blocks(&ch, &layout)?;
         let mut img = Image::assemble(ch, libvirt, layout, blocks, writable, state);
         img.blobs = blob_store;
