@@ -1,18 +1,29 @@
 #!/usr/bin/env python3
 """Build libmappedram with cargo for meson (librsvg style).
 
-Runs `cargo build --release --lib` with its target dir inside the meson build
-dir, then copies libmappedram.so and libmappedram.a into the output dir only
-when their contents changed (so C targets do not relink on every build), and
-makes the libmappedram.so.0 symlink (the SONAME, set by build.rs) next to
-them so programs linked against it run from the build dir.
+Runs `cargo rustc --release --lib -- --print=native-static-libs` with its
+target dir inside the meson build dir, then copies libmappedram.so and
+libmappedram.a into the output dir only when their contents changed (so C
+targets do not relink on every build), and makes the libmappedram.so.0
+symlink (the SONAME, set by build.rs) next to them so programs linked against
+it run from the build dir.
+
+What a static link of libmappedram.a needs besides the archive comes from
+rustc itself (its "native-static-libs" note, replayed by cargo when nothing
+was rebuilt) and is written to native-static-libs.txt in the output dir.
+Meson reads it at configure time (--native-static-libs builds once and prints
+it); the build step fails if the list changed since, asking to reconfigure.
 
   cargo-build.py --manifest-dir DIR --target-dir DIR --out-dir DIR
+  cargo-build.py --native-static-libs --manifest-dir DIR --target-dir DIR --out-dir DIR
   cargo-build.py --print-version --manifest-dir DIR
+
+MAPPEDRAM_CARGO_TARGET_DIR, when set, replaces --target-dir.
 """
 import argparse
 import filecmp
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,12 +44,45 @@ def copy_if_changed(src, dst):
     return True
 
 
+NOTE = re.compile(r"note: native-static-libs: (.*)")
+
+
+def cargo_build(manifest_dir, target_dir):
+    """Build the library; return rustc's native-static-libs (None on failure)."""
+    cargo = os.environ.get("CARGO", "cargo")
+    cmd = [
+        cargo, "rustc", "--release", "--lib", "--locked",
+        "--manifest-path", os.path.join(manifest_dir, "Cargo.toml"),
+        "--target-dir", target_dir,
+        "--", "--print=native-static-libs",
+    ]
+    env = dict(os.environ)
+    # Meson's sanitizer/coverage flags are for the C code, not for rustc.
+    for var in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"):
+        env.pop(var, None)
+    libs = None
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as p:
+        for line in p.stderr:
+            m = NOTE.match(line.strip())
+            if m:
+                libs = m.group(1).strip()
+            sys.stderr.write(line)
+    if p.returncode != 0:
+        print(f"cargo-build.py: {' '.join(cmd)} failed ({p.returncode})", file=sys.stderr)
+        return None
+    if libs is None:
+        print("cargo-build.py: rustc printed no native-static-libs note", file=sys.stderr)
+    return libs
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--manifest-dir", required=True)
     ap.add_argument("--target-dir")
     ap.add_argument("--out-dir")
     ap.add_argument("--print-version", action="store_true")
+    ap.add_argument("--native-static-libs", action="store_true",
+                    help="build, write native-static-libs.txt and print it")
     args = ap.parse_args()
 
     version = crate_version(args.manifest_dir)
@@ -48,22 +92,26 @@ def main():
     if not args.target_dir or not args.out_dir:
         ap.error("--target-dir and --out-dir are required to build")
 
-    cargo = os.environ.get("CARGO", "cargo")
-    cmd = [
-        cargo, "build", "--release", "--lib", "--locked",
-        "--manifest-path", os.path.join(args.manifest_dir, "Cargo.toml"),
-        "--target-dir", args.target_dir,
-    ]
-    env = dict(os.environ)
-    # Meson's sanitizer/coverage flags are for the C code, not for rustc.
-    for var in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"):
-        env.pop(var, None)
-    r = subprocess.run(cmd, env=env)
-    if r.returncode != 0:
-        print(f"cargo-build.py: {' '.join(cmd)} failed ({r.returncode})", file=sys.stderr)
-        return r.returncode
+    # A test harness may share one cargo target dir between meson builds of
+    # the same checkout (cargo locks it); the result is the same library.
+    target_dir = os.environ.get("MAPPEDRAM_CARGO_TARGET_DIR") or args.target_dir
+    libs = cargo_build(args.manifest_dir, target_dir)
+    if libs is None:
+        return 1
+    os.makedirs(args.out_dir, exist_ok=True)
+    libs_file = os.path.join(args.out_dir, "native-static-libs.txt")
+    if args.native_static_libs:
+        with open(libs_file, "w") as f:
+            f.write(libs + "\n")
+        print(libs)
+        return 0
+    configured = open(libs_file).read().strip() if os.path.exists(libs_file) else None
+    if configured != libs:
+        print(f"cargo-build.py: rustc's native-static-libs changed ({configured!r} -> "
+              f"{libs!r}): run `meson setup --reconfigure` on this build dir", file=sys.stderr)
+        return 1
 
-    built = os.path.join(args.target_dir, "release")
+    built = os.path.join(target_dir, "release")
     os.makedirs(args.out_dir, exist_ok=True)
     for name in ("libmappedram.so", "libmappedram.a"):
         copy_if_changed(os.path.join(built, name), os.path.join(args.out_dir, name))

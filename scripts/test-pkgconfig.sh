@@ -2,7 +2,10 @@
 # The pkg-config consumer test: install a meson build into a scratch DESTDIR,
 # build examples/hello.c with nothing but `pkg-config ... mappedram`, run it
 # against the installed shared library, then link it statically against
-# libmappedram.a with `pkg-config --static` and run that too.
+# libmappedram.a with `pkg-config --static` and run that too. Then the
+# README's two consumers against the installed library: the C example
+# (examples/consumer/save_restore.c) with pkg-config, and the meson project
+# (examples/consumer/meson.build) finding the installed dependency.
 #
 #   scripts/test-pkgconfig.sh [BUILD_DIR]     (default: build)
 set -euo pipefail
@@ -58,4 +61,24 @@ if readelf -d "$WORK/hello-static" | grep -q 'libmappedram'; then
     fail "hello-static still needs the shared libmappedram"
 fi
 env -u LD_LIBRARY_PATH "$WORK/hello-static" "$WORK" || fail "hello (static) failed"
-echo "test-pkgconfig: ok (shared and static, version $VERSION)"
+
+# The README's C consumer: save, restore, compare; header and library agree.
+# shellcheck disable=SC2046
+"$CC" "${CFLAGS[@]}" -o "$WORK/save_restore" "$ROOT/examples/consumer/save_restore.c" \
+    $(pkg-config --cflags --libs mappedram)
+OUT="$(LD_LIBRARY_PATH="$LIBDIR" "$WORK/save_restore" "$WORK/consumer.img")" \
+    || fail "save_restore (pkg-config build) failed"
+echo "$OUT"
+grep -qx "libmappedram $VERSION (header $VERSION): restored RAM equals saved RAM" <<<"$OUT" \
+    || fail "save_restore: library, header and pkg-config versions differ"
+
+# The README's meson consumer, finding the installed library (no fallback).
+cp "$ROOT/examples/consumer/meson.build" "$ROOT/examples/consumer/save_restore.c" "$WORK/"
+meson setup "$WORK/mbuild" "$WORK" --wrap-mode=nofallback >"$WORK/msetup.log" 2>&1 \
+    || { cat "$WORK/msetup.log"; fail "meson setup of the consumer (installed dependency) failed"; }
+grep -q "Run-time dependency mappedram found: YES $VERSION" "$WORK/msetup.log" \
+    || { cat "$WORK/msetup.log"; fail "the meson consumer did not find the installed mappedram"; }
+meson compile -C "$WORK/mbuild" >/dev/null || fail "meson compile of the consumer failed"
+LD_LIBRARY_PATH="$LIBDIR" "$WORK/mbuild/save_restore" "$WORK/mconsumer.img" \
+    || fail "save_restore (installed meson dependency) failed"
+echo "test-pkgconfig: ok (shared and static, README consumers via pkg-config and meson, version $VERSION)"
