@@ -60,6 +60,10 @@ def cargo_build(manifest_dir, target_dir):
     # Meson's sanitizer/coverage flags are for the C code, not for rustc.
     for var in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"):
         env.pop(var, None)
+    # Full debug info in the library meson builds and installs: the types of
+    # every exported function's parameters are what scripts/check-abi.sh
+    # (abidw/abidiff) compares; distributions split it into -dbgsym.
+    env.setdefault("CARGO_PROFILE_RELEASE_DEBUG", "full")
     libs = None
     with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as p:
         for line in p.stderr:

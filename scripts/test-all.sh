@@ -60,13 +60,20 @@ step "dependencies (scripts/setup-deps.sh)" 900 bash scripts/setup-deps.sh
 step "cargo fmt --check" 120 cargo fmt --all --check
 step "cargo clippy" 600 cargo clippy --workspace --all-targets -- "${CLIPPY_ARGS[@]}"
 step "cargo test --release" 900 cargo test --release
-step "meson setup" 120 meson setup $(reconf "$BUILD") "$BUILD"
+# meson setup builds the Rust library (rustc's native-static-libs are read at
+# configure time); the ASan/UBSan build reuses that cargo target dir (same
+# cargo command: the Rust code is not instrumented).
+step "meson setup" 600 meson setup $(reconf "$BUILD") "$BUILD"
 step "meson compile" 600 meson compile -C "$BUILD"
 step "meson test" 600 meson test -C "$BUILD" --print-errorlogs
-step "meson setup (ASan/UBSan)" 120 meson setup $(reconf "$BUILD_SAN") "$BUILD_SAN" -Db_sanitize=address,undefined -Db_lundef=false
+export MAPPEDRAM_CARGO_TARGET_DIR="$BUILD/cargo-target"
+step "meson setup (ASan/UBSan)" 600 meson setup $(reconf "$BUILD_SAN") "$BUILD_SAN" -Db_sanitize=address,undefined -Db_lundef=false
 step "meson compile (ASan/UBSan)" 600 meson compile -C "$BUILD_SAN"
 step "meson test (ASan/UBSan)" 600 meson test -C "$BUILD_SAN" --print-errorlogs
+unset MAPPEDRAM_CARGO_TARGET_DIR
 step "pkg-config consumer" 300 bash scripts/test-pkgconfig.sh "$BUILD"
+step "ABI check (abidiff against abi/)" 120 bash scripts/check-abi.sh "$BUILD"
+step "meson subproject consumer" 300 bash scripts/test-subproject.sh "$BUILD"
 
 # A bounded cargo-fuzz run of the image parser (fuzz/fuzz_targets/open_image.rs);
 # the suite's tests/fuzz_open.rs runs a deterministic mutation fuzz as well.
