@@ -119,6 +119,9 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     for name in ("libmappedram.so", "libmappedram.a"):
         copy_if_changed(os.path.join(built, name), os.path.join(args.out_dir, name))
+    # The file meson installs (libmappedram.so.VERSION).
+    copy_if_changed(os.path.join(built, "libmappedram.so"),
+                    os.path.join(args.out_dir, f"libmappedram.so.{version}"))
     major = version.split(".")[0]
     link = os.path.join(args.out_dir, f"libmappedram.so.{major}")
     if not (os.path.islink(link) and os.readlink(link) == "libmappedram.so"):

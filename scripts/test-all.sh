@@ -74,6 +74,7 @@ unset MAPPEDRAM_CARGO_TARGET_DIR
 step "pkg-config consumer" 300 bash scripts/test-pkgconfig.sh "$BUILD"
 step "ABI check (abidiff against abi/)" 120 bash scripts/check-abi.sh "$BUILD"
 step "meson subproject consumer" 300 bash scripts/test-subproject.sh "$BUILD"
+step "Debian packages (build offline, install, consume)" 900 bash scripts/test-deb.sh "$BUILD"
 
 # A bounded cargo-fuzz run of the image parser (fuzz/fuzz_targets/open_image.rs);
 # the suite's tests/fuzz_open.rs runs a deterministic mutation fuzz as well.

@@ -31,9 +31,16 @@ export PKG_CONFIG_SYSROOT_DIR="$DEST"
 export PKG_CONFIG_LIBDIR="$PKG_CONFIG_PATH"   # nothing from the system
 
 LIBDIR="$(dirname "$(dirname "$PC")")"
-[ -f "$LIBDIR/libmappedram.so" ] || fail "no libmappedram.so in $LIBDIR"
 [ -f "$LIBDIR/libmappedram.a" ] || fail "no libmappedram.a in $LIBDIR"
-[ -L "$LIBDIR/libmappedram.so.0" ] || fail "no libmappedram.so.0 symlink in $LIBDIR"
+# The distribution layout: the file is .so.VERSION, .so.MAJOR (the SONAME,
+# runtime) and .so (link time) are symlinks.
+LIBVERSION="$(python3 "$ROOT/scripts/cargo-build.py" --print-version --manifest-dir "$ROOT")"
+[ -f "$LIBDIR/libmappedram.so.$LIBVERSION" ] && [ ! -L "$LIBDIR/libmappedram.so.$LIBVERSION" ] \
+    || fail "no libmappedram.so.$LIBVERSION file in $LIBDIR"
+[ "$(readlink "$LIBDIR/libmappedram.so.0")" = "libmappedram.so.$LIBVERSION" ] \
+    || fail "libmappedram.so.0 is not a symlink to libmappedram.so.$LIBVERSION"
+[ "$(readlink "$LIBDIR/libmappedram.so")" = "libmappedram.so.0" ] \
+    || fail "libmappedram.so is not a symlink to libmappedram.so.0"
 readelf -d "$LIBDIR/libmappedram.so" | grep -q 'SONAME.*\[libmappedram.so.0\]' \
     || fail "installed libmappedram.so has no SONAME libmappedram.so.0"
 INCDIR="$(pkg-config --variable=includedir mappedram)"
