@@ -60,6 +60,9 @@ step "dependencies (scripts/setup-deps.sh)" 900 bash scripts/setup-deps.sh
 step "cargo fmt --check" 120 cargo fmt --all --check
 step "cargo clippy" 600 cargo clippy --workspace --all-targets -- "${CLIPPY_ARGS[@]}"
 step "cargo test --release" 900 cargo test --release
+step "cargo doc (-D warnings)" 300 env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+step "Rust VMM example (vm-memory GuestMemoryMmap round trip)" 300 cargo run --release --locked --example vm_memory_roundtrip
+step "MSRV (dependencies and std APIs vs rust-version)" 300 bash scripts/check-msrv.sh
 # meson setup builds the Rust library (rustc's native-static-libs are read at
 # configure time); the ASan/UBSan build reuses that cargo target dir (same
 # cargo command: the Rust code is not instrumented).

@@ -8,7 +8,7 @@
 //!
 //! Layers, bottom up (dependencies point down only):
 //! - [`channel`]: thread-safe positional file I/O, `O_DIRECT` aware;
-//! - [`format`]: pure encode/decode of the stream pieces (untrusted input);
+//! - [`format`](mod@format): pure encode/decode of the stream pieces (untrusted input);
 //! - [`image`]: a mapped-ram image on a channel (create/open/pages/sync/finish);
 //! - [`engine`]: parallel save/restore of whole ramblocks from/to guest memory,
 //!   with progress and cancel through an [`engine::Control`];
