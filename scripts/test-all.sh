@@ -3,9 +3,12 @@
 #
 #   scripts/test-all.sh
 #
-# Steps: dependencies; rustfmt; clippy; all Rust tests (release, incl. the
-# QEMU interop tests); meson build + C tests; the same under ASan/UBSan;
-# the pkg-config consumer test; a bounded fuzz run; the main job (smaller). The last line of output
+# Steps: dependencies; rustfmt; README quotes; clippy; all Rust tests
+# (release, incl. the QEMU interop tests and doc tests); cargo doc; the Rust
+# examples (README's, vm-memory); MSRV; meson build + C tests; the same under
+# ASan/UBSan; the consumers (pkg-config, installed meson dependency, meson
+# subproject); the ABI check; the Debian packages (build, install, consume);
+# a bounded fuzz run; the main job (smaller). The last line of output
 # is "N passed, N failed", counting steps.
 set -uo pipefail
 
@@ -58,9 +61,11 @@ reconf() {
 
 step "dependencies (scripts/setup-deps.sh)" 900 bash scripts/setup-deps.sh
 step "cargo fmt --check" 120 cargo fmt --all --check
+step "README quotes equal their example files" 30 python3 scripts/check-readme-quotes.py
 step "cargo clippy" 600 cargo clippy --workspace --all-targets -- "${CLIPPY_ARGS[@]}"
 step "cargo test --release" 900 cargo test --release
 step "cargo doc (-D warnings)" 300 env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+step "Rust example (README: save_restore)" 300 cargo run --release --locked --example save_restore
 step "Rust VMM example (vm-memory GuestMemoryMmap round trip)" 300 cargo run --release --locked --example vm_memory_roundtrip
 step "MSRV (dependencies and std APIs vs rust-version)" 300 bash scripts/check-msrv.sh
 # meson setup builds the Rust library (rustc's native-static-libs are read at
