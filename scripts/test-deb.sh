@@ -74,6 +74,11 @@ contents() { dpkg-deb -c "$1" | awk '{print $6}' | grep -v '/$' | sed 's|^\./||'
 [ "$(contents "$DEV")" = "$(printf '%s\n' usr/include/mappedram.h "usr/lib/$MA/libmappedram.a" "usr/lib/$MA/libmappedram.so" "usr/lib/$MA/pkgconfig/mappedram.pc" | sort)" ] \
     || fail "libmappedram-dev holds: $(contents "$DEV" | tr '\n' ' ')"
 contents "$TOOLS" | grep -qx 'usr/bin/mrinspect' || fail "mappedram-tools has no usr/bin/mrinspect"
+# Every tool has its manual page.
+for tool in $(contents "$TOOLS" | sed -n 's|^usr/bin/||p'); do
+    contents "$TOOLS" | grep -qx "usr/share/man/man1/$tool.1.gz" || fail "mappedram-tools: $tool has no manual page"
+done
+echo "test-deb: mappedram-tools: $(contents "$TOOLS" | grep -v '^usr/share/doc' | tr '\n' ' ')"
 dpkg-deb -f "$DEV" Depends | grep -q "libmappedram0 (= $VERSION)" || fail "libmappedram-dev does not depend on libmappedram0 (= $VERSION)"
 dpkg-deb -f "$TOOLS" Depends | grep -q "libmappedram0" || fail "mappedram-tools does not depend on libmappedram0"
 
