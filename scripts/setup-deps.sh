@@ -104,6 +104,7 @@ command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v abidiff >/dev/null 2>&1 || need+=(abigail-tools)     # scripts/check-abi.sh
 command -v dpkg-buildpackage >/dev/null 2>&1 || need+=(dpkg-dev) # scripts/test-deb.sh
 command -v dh >/dev/null 2>&1 || need+=(debhelper)
+command -v groff >/dev/null 2>&1 || need+=(groff-base)         # man page lint (test-deb.sh)
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing ${need[*]}"
     apt_update_once
