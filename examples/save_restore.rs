@@ -4,7 +4,7 @@
 //!     cargo run --release --example save_restore
 
 use mappedram::engine::{read_ramblock_to_vec, save_ramblock};
-use mappedram::{BlockSpec, Image, ImageFlags};
+use mappedram::{BlockSpec, GuestSlice, Image, ImageFlags};
 
 fn main() -> mappedram::Result<()> {
     // 16 MiB of guest RAM: one page in three holds data, the rest is zero.
@@ -20,8 +20,8 @@ fn main() -> mappedram::Result<()> {
         page_size: 4096,
     }];
     let img = Image::create(&path, "pc-i440fx-10.0", &blocks, ImageFlags::DIRECT)?;
-    // SAFETY: `ram` is valid for reads of used_length bytes during the call.
-    let saved = unsafe { save_ramblock(&img, 0, ram.as_ptr(), None, 2)? };
+    // All pages (no dirty bitmap), 2 threads; zero pages stay holes.
+    let saved = save_ramblock(&img, 0, GuestSlice::from_slice(&ram), None, 2)?;
     img.finish()?; // end of stream + completion record, durable
     img.close()?;
 

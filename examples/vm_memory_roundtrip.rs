@@ -3,9 +3,11 @@
 //! The guest memory is rust-vmm's `vm-memory` `GuestMemoryMmap`, as
 //! Firecracker, Cloud Hypervisor and crosvm hold it: here two regions, one
 //! below and one above a 4 GiB PCI hole. Each region becomes one ramblock;
-//! `save_ramblock` reads straight from the region's mapping (zero pages are
-//! skipped and stay holes), `read_ramblock` writes straight into a fresh
-//! guest's mapping, with any number of threads on either side.
+//! its mapping is handed to the library as a `GuestSlice` (raw pointer and
+//! length: the guest may write it, so it is never a Rust slice).
+//! `save_ramblock` reads straight from the mapping (zero pages are skipped
+//! and stay holes), `read_ramblock` writes straight into a fresh guest's
+//! mapping, with any number of threads on either side.
 //!
 //!     cargo run --release --example vm_memory_roundtrip [-- IMAGE]
 //!
@@ -13,10 +15,10 @@
 //! guest differs from the saved one.
 
 use mappedram::engine::{read_ramblock, save_ramblock};
-use mappedram::{BlockSpec, Image, ImageFlags};
+use mappedram::{BlockSpec, GuestSlice, GuestSliceMut, Image, ImageFlags};
 use std::path::{Path, PathBuf};
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
     MemoryRegionAddress,
 };
 
@@ -54,6 +56,15 @@ fn fill(mem: &GuestMemoryMmap) {
     }
 }
 
+/// Where a region's memory is mapped in this process, and its length.
+fn mapping(region: &GuestRegionMmap) -> (*mut u8, usize) {
+    let host = region
+        .get_host_address(MemoryRegionAddress(0))
+        .expect("an mmap region has a host address");
+    let len = usize::try_from(region.len()).expect("a mapped region fits in usize");
+    (host, len)
+}
+
 fn save(mem: &GuestMemoryMmap, path: &Path) -> mappedram::Result<()> {
     let blocks: Vec<BlockSpec> = mem
         .iter()
@@ -65,13 +76,13 @@ fn save(mem: &GuestMemoryMmap, path: &Path) -> mappedram::Result<()> {
         .collect();
     let img = Image::create(path, "pc-i440fx-10.0", &blocks, ImageFlags::DIRECT)?;
     for (block, region) in mem.iter().enumerate() {
-        let host = region
-            .get_host_address(MemoryRegionAddress(0))
-            .expect("an mmap region has a host address");
-        // SAFETY: `host` is the start of the region's mapping, `region.len()`
-        // bytes long (the ramblock's used_length), and `mem` keeps it mapped
-        // for the whole call.
-        let st = unsafe { save_ramblock(&img, block, host, None, 4)? };
+        let (host, len) = mapping(region);
+        // SAFETY: `host` is the start of the region's mapping, `len` bytes
+        // long, and `mem` (borrowed for this whole function) keeps it mapped.
+        // The guest may write it meanwhile: the library reads it only
+        // through raw pointers.
+        let guest = unsafe { GuestSlice::new(host, len)? };
+        let st = save_ramblock(&img, block, guest, None, 4)?;
         println!(
             "saved    {:<16} {} pages with data, {} zero pages left as holes",
             idstr(region.start_addr()),
@@ -93,12 +104,12 @@ fn restore(mem: &GuestMemoryMmap, path: &Path) -> mappedram::Result<()> {
             region.len(),
             "image and guest layouts differ"
         );
-        let host = region
-            .get_host_address(MemoryRegionAddress(0))
-            .expect("an mmap region has a host address");
-        // SAFETY: as in `save`; the fresh guest's memory is zero, so absent
-        // pages need no zeroing (zero_absent = false).
-        let st = unsafe { read_ramblock(&img, block, host, false, 3)? };
+        let (host, len) = mapping(region);
+        // SAFETY: as in `save`, for writes: nothing else touches the fresh
+        // guest's memory while it is restored.
+        let guest = unsafe { GuestSliceMut::new(host, len)? };
+        // The fresh guest's memory is zero: absent pages need no zeroing.
+        let st = read_ramblock(&img, block, guest, false, 3)?;
         println!(
             "restored {:<16} {} pages read, {} absent (zero)",
             info.idstr, st.pages_data, st.pages_zero
