@@ -67,4 +67,4 @@ changed="$(grep -E '^ *(Functions|Variables) changes summary' "$WORK/report" \
     | sed -E 's/.*Removed, ([0-9]+) Changed.*/\1/' | awk '{s += $1} END {print s + 0}' || true)"
 [ "$changed" -eq 0 ] || fail "$changed changed function(s)/variable(s) (see the report): a C caller built against the baseline may break; if the change is deliberate and compatible, run scripts/update-abi-baseline.sh"
 added="$(grep -E '^ *Functions changes summary' "$WORK/report" | sed -E 's/.*, ([0-9]+) Added.*/\1/' || true)"
-echo "check-abi: ok (compatible with abi/libmappedram.abi; ${added:-0} function(s) added since)"
+echo "check-abi: ok (compatible with ${BASELINE#"$ROOT"/}; ${added:-0} function(s) added since)"

@@ -81,6 +81,7 @@ step "meson test (ASan/UBSan)" 600 meson test -C "$BUILD_SAN" --print-errorlogs
 unset MAPPEDRAM_CARGO_TARGET_DIR
 step "pkg-config consumer" 300 bash scripts/test-pkgconfig.sh "$BUILD"
 step "ABI check (abidiff against abi/)" 120 bash scripts/check-abi.sh "$BUILD"
+step "ABI check fails when it must (synthetic baselines)" 120 bash scripts/test-abi-check.sh "$BUILD"
 step "meson subproject consumer" 300 bash scripts/test-subproject.sh "$BUILD"
 step "Debian packages (build offline, install, consume)" 900 bash scripts/test-deb.sh "$BUILD"
 
