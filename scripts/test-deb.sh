@@ -10,7 +10,8 @@
 # `cargo vendor` the crates into it with a .cargo/config.toml pointing at
 # them (the only step that reads the crate registry); dpkg-buildpackage
 # -us -uc -b with the pkg.mappedram.rustup profile (the toolchain is
-# rustup's, not Debian's cargo/rustc packages); dpkg -i; consumer; dpkg -r.
+# rustup's, not Debian's cargo/rustc packages) in a network namespace with
+# no network; dpkg -i; consumer; dpkg -r.
 # The cargo target dir is kept in BUILD_DIR/deb/cargo-target, so a second
 # run recompiles only what changed.
 set -euo pipefail
@@ -54,10 +55,14 @@ TOML
 # dh (compat 13) points HOME at a scratch dir: keep rustup's toolchain.
 export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
 export MAPPEDRAM_CARGO_TARGET_DIR="$DEB/cargo-target"
+# Offline for real: in a network namespace of its own (no interface but a
+# down loopback), any attempt to reach a registry fails the build.
+NONET=(unshare --net)
+"${NONET[@]}" true 2>/dev/null || fail "unshare --net does not work here (needs root and user namespaces)"
 T=$SECONDS
-(cd "$SRC" && dpkg-buildpackage -us -uc -b -Ppkg.mappedram.rustup) >"$DEB/build.log" 2>&1 \
+(cd "$SRC" && "${NONET[@]}" dpkg-buildpackage -us -uc -b -Ppkg.mappedram.rustup) >"$DEB/build.log" 2>&1 \
     || { tail -40 "$DEB/build.log"; fail "dpkg-buildpackage failed (log: $DEB/build.log)"; }
-echo "test-deb: dpkg-buildpackage ok ($((SECONDS - T)) s)"
+echo "test-deb: dpkg-buildpackage ok, without network ($((SECONDS - T)) s)"
 unset MAPPEDRAM_CARGO_TARGET_DIR
 
 ARCH="$(dpkg --print-architecture)"
@@ -73,14 +78,14 @@ contents() { dpkg-deb -c "$1" | awk '{print $6}' | grep -v '/$' | sed 's|^\./||'
     || fail "libmappedram0 holds: $(contents "$LIB" | tr '\n' ' ')"
 [ "$(contents "$DEV")" = "$(printf '%s\n' usr/include/mappedram.h "usr/lib/$MA/libmappedram.a" "usr/lib/$MA/libmappedram.so" "usr/lib/$MA/pkgconfig/mappedram.pc" | sort)" ] \
     || fail "libmappedram-dev holds: $(contents "$DEV" | tr '\n' ' ')"
-contents "$TOOLS" | grep -qx 'usr/bin/mrinspect' || fail "mappedram-tools has no usr/bin/mrinspect"
+contents "$TOOLS" | grep -x >/dev/null 'usr/bin/mrinspect' || fail "mappedram-tools has no usr/bin/mrinspect"
 # Every tool has its manual page.
 for tool in $(contents "$TOOLS" | sed -n 's|^usr/bin/||p'); do
-    contents "$TOOLS" | grep -qx "usr/share/man/man1/$tool.1.gz" || fail "mappedram-tools: $tool has no manual page"
+    contents "$TOOLS" | grep -x >/dev/null "usr/share/man/man1/$tool.1.gz" || fail "mappedram-tools: $tool has no manual page"
 done
 echo "test-deb: mappedram-tools: $(contents "$TOOLS" | grep -v '^usr/share/doc' | tr '\n' ' ')"
-dpkg-deb -f "$DEV" Depends | grep -q "libmappedram0 (= $VERSION)" || fail "libmappedram-dev does not depend on libmappedram0 (= $VERSION)"
-dpkg-deb -f "$TOOLS" Depends | grep -q "libmappedram0" || fail "mappedram-tools does not depend on libmappedram0"
+dpkg-deb -f "$DEV" Depends | grep >/dev/null "libmappedram0 (= $VERSION)" || fail "libmappedram-dev does not depend on libmappedram0 (= $VERSION)"
+dpkg-deb -f "$TOOLS" Depends | grep >/dev/null "libmappedram0" || fail "mappedram-tools does not depend on libmappedram0"
 
 # Install; remove again whatever happens next.
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/mappedram-deb.XXXXXX")"
@@ -97,9 +102,9 @@ dpkg -i "$LIB" "$DEV" "$TOOLS" >/dev/null || fail "dpkg -i failed"
 # shellcheck disable=SC2046
 cc -std=c11 -Wall -Wextra -Wpedantic -Werror -o "$WORK/save_restore" \
     "$ROOT/examples/consumer/save_restore.c" $(env -u PKG_CONFIG_PATH pkg-config --cflags --libs mappedram)
-readelf -d "$WORK/save_restore" | grep -q 'NEEDED.*\[libmappedram.so.0\]' || fail "consumer does not need libmappedram.so.0"
+readelf -d "$WORK/save_restore" | grep >/dev/null 'NEEDED.*\[libmappedram.so.0\]' || fail "consumer does not need libmappedram.so.0"
 env -u LD_LIBRARY_PATH "$WORK/save_restore" "$WORK/image.mr" || fail "consumer against the installed package failed"
-env -u LD_LIBRARY_PATH ldd "$WORK/save_restore" | grep -qE "libmappedram.so.0 => (/usr)?/lib/$MA/libmappedram.so.0" \
+env -u LD_LIBRARY_PATH ldd "$WORK/save_restore" | grep -E >/dev/null "libmappedram.so.0 => (/usr)?/lib/$MA/libmappedram.so.0" \
     || fail "consumer did not load the installed /usr/lib/$MA/libmappedram.so.0"
 # Static, from the -dev package's archive.
 LIBS="$(env -u PKG_CONFIG_PATH pkg-config --static --libs mappedram)"

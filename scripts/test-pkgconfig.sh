@@ -41,7 +41,7 @@ LIBVERSION="$(python3 "$ROOT/scripts/cargo-build.py" --print-version --manifest-
     || fail "libmappedram.so.0 is not a symlink to libmappedram.so.$LIBVERSION"
 [ "$(readlink "$LIBDIR/libmappedram.so")" = "libmappedram.so.0" ] \
     || fail "libmappedram.so is not a symlink to libmappedram.so.0"
-readelf -d "$LIBDIR/libmappedram.so" | grep -q 'SONAME.*\[libmappedram.so.0\]' \
+readelf -d "$LIBDIR/libmappedram.so" | grep >/dev/null 'SONAME.*\[libmappedram.so.0\]' \
     || fail "installed libmappedram.so has no SONAME libmappedram.so.0"
 INCDIR="$(pkg-config --variable=includedir mappedram)"
 [ -f "$INCDIR/mappedram.h" ] || fail "mappedram.h not installed in $INCDIR"
@@ -50,7 +50,7 @@ INCDIR="$(pkg-config --variable=includedir mappedram)"
 # shellcheck disable=SC2046 # word splitting of pkg-config output is intended
 "$CC" "${CFLAGS[@]}" -o "$WORK/hello" "$ROOT/examples/hello.c" \
     $(pkg-config --cflags --libs mappedram)
-readelf -d "$WORK/hello" | grep -q 'NEEDED.*\[libmappedram.so.0\]' \
+readelf -d "$WORK/hello" | grep >/dev/null 'NEEDED.*\[libmappedram.so.0\]' \
     || fail "hello does not record NEEDED libmappedram.so.0"
 OUT="$(LD_LIBRARY_PATH="$LIBDIR" "$WORK/hello" "$WORK")" || fail "hello (shared) failed"
 echo "$OUT"
@@ -64,7 +64,7 @@ LIBS="${LIBS/-lmappedram/-l:libmappedram.a}"
 # shellcheck disable=SC2046,SC2086
 "$CC" "${CFLAGS[@]}" -o "$WORK/hello-static" "$ROOT/examples/hello.c" \
     $(pkg-config --cflags mappedram) $LIBS
-if readelf -d "$WORK/hello-static" | grep -q 'libmappedram'; then
+if readelf -d "$WORK/hello-static" | grep >/dev/null 'libmappedram'; then
     fail "hello-static still needs the shared libmappedram"
 fi
 env -u LD_LIBRARY_PATH "$WORK/hello-static" "$WORK" || fail "hello (static) failed"
