@@ -45,4 +45,12 @@ TESTS="$(meson introspect --tests "$WORK/build")"
 [ ! -e "$WORK/build/subprojects/mappedram/c-tests" ] || fail "c-tests/ was configured in the parent"
 
 "$WORK/build/save_restore" "$WORK/build/image.mr" || fail "save_restore (subproject build) failed"
+
+# The parent can still ask for them (and so the checks above can fail).
+meson configure "$WORK/build" -Dmappedram:tests=enabled >/dev/null
+meson setup --reconfigure "$WORK/build" "$WORK" >"$WORK/reconf.log" 2>&1 \
+    || { cat "$WORK/reconf.log"; fail "reconfigure with -Dmappedram:tests=enabled failed"; }
+NTESTS="$(meson introspect --tests "$WORK/build" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))')"
+[ "$NTESTS" -gt 0 ] || fail "-Dmappedram:tests=enabled registers no test in the parent"
+echo "parent with -Dmappedram:tests=enabled: $NTESTS tests registered"
 echo "test-subproject: ok (parent builds only its program and libmappedram; no tests, examples, tools)"
