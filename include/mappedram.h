@@ -18,6 +18,18 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+/* The version of this header (Cargo.toml's package version). The library's
+ * own version at run time is mr_version(). */
+#define MR_VERSION_MAJOR 0
+#define MR_VERSION_MINOR 1
+#define MR_VERSION_PATCH 0
+#define MR_VERSION_STRING "0.1.0"
+/* Nonzero when this header is at least version major.minor.patch. */
+#define MR_VERSION_AT_LEAST(major, minor, patch) \
+    (MR_VERSION_MAJOR > (major) || \
+     (MR_VERSION_MAJOR == (major) && (MR_VERSION_MINOR > (minor) || \
+      (MR_VERSION_MINOR == (minor) && MR_VERSION_PATCH >= (patch)))))
+
 /**
  * `mr_channel_open` flag: open for reading.
  */

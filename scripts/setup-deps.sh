@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing libmappedram needs on a fresh Debian
 # bookworm machine: meson, ninja, pkg-config, a C compiler with sanitizers,
+# libabigail's abidiff (ABI check), dpkg-dev + debhelper (package build),
 # QEMU >= 9.0 (from bookworm-backports) and the pinned cbindgen.
 #
 # The backports suite is added with the same URI and keyring as the machine's
@@ -101,6 +102,10 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 [ -x /usr/bin/time ] || need+=(time)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+command -v abidiff >/dev/null 2>&1 || need+=(abigail-tools)     # scripts/check-abi.sh
+command -v dpkg-buildpackage >/dev/null 2>&1 || need+=(dpkg-dev) # scripts/test-deb.sh
+command -v dh >/dev/null 2>&1 || need+=(debhelper)
+command -v groff >/dev/null 2>&1 || need+=(groff-base)         # man page lint (test-deb.sh)
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing ${need[*]}"
     apt_update_once

@@ -2,7 +2,10 @@
 # The pkg-config consumer test: install a meson build into a scratch DESTDIR,
 # build examples/hello.c with nothing but `pkg-config ... mappedram`, run it
 # against the installed shared library, then link it statically against
-# libmappedram.a with `pkg-config --static` and run that too.
+# libmappedram.a with `pkg-config --static` and run that too. Then the
+# README's two consumers against the installed library: the C example
+# (examples/consumer/save_restore.c) with pkg-config, and the meson project
+# (examples/consumer/meson.build) finding the installed dependency.
 #
 #   scripts/test-pkgconfig.sh [BUILD_DIR]     (default: build)
 set -euo pipefail
@@ -28,10 +31,17 @@ export PKG_CONFIG_SYSROOT_DIR="$DEST"
 export PKG_CONFIG_LIBDIR="$PKG_CONFIG_PATH"   # nothing from the system
 
 LIBDIR="$(dirname "$(dirname "$PC")")"
-[ -f "$LIBDIR/libmappedram.so" ] || fail "no libmappedram.so in $LIBDIR"
 [ -f "$LIBDIR/libmappedram.a" ] || fail "no libmappedram.a in $LIBDIR"
-[ -L "$LIBDIR/libmappedram.so.0" ] || fail "no libmappedram.so.0 symlink in $LIBDIR"
-readelf -d "$LIBDIR/libmappedram.so" | grep -q 'SONAME.*\[libmappedram.so.0\]' \
+# The distribution layout: the file is .so.VERSION, .so.MAJOR (the SONAME,
+# runtime) and .so (link time) are symlinks.
+LIBVERSION="$(python3 "$ROOT/scripts/cargo-build.py" --print-version --manifest-dir "$ROOT")"
+[ -f "$LIBDIR/libmappedram.so.$LIBVERSION" ] && [ ! -L "$LIBDIR/libmappedram.so.$LIBVERSION" ] \
+    || fail "no libmappedram.so.$LIBVERSION file in $LIBDIR"
+[ "$(readlink "$LIBDIR/libmappedram.so.0")" = "libmappedram.so.$LIBVERSION" ] \
+    || fail "libmappedram.so.0 is not a symlink to libmappedram.so.$LIBVERSION"
+[ "$(readlink "$LIBDIR/libmappedram.so")" = "libmappedram.so.0" ] \
+    || fail "libmappedram.so is not a symlink to libmappedram.so.0"
+readelf -d "$LIBDIR/libmappedram.so" | grep >/dev/null 'SONAME.*\[libmappedram.so.0\]' \
     || fail "installed libmappedram.so has no SONAME libmappedram.so.0"
 INCDIR="$(pkg-config --variable=includedir mappedram)"
 [ -f "$INCDIR/mappedram.h" ] || fail "mappedram.h not installed in $INCDIR"
@@ -40,7 +50,7 @@ INCDIR="$(pkg-config --variable=includedir mappedram)"
 # shellcheck disable=SC2046 # word splitting of pkg-config output is intended
 "$CC" "${CFLAGS[@]}" -o "$WORK/hello" "$ROOT/examples/hello.c" \
     $(pkg-config --cflags --libs mappedram)
-readelf -d "$WORK/hello" | grep -q 'NEEDED.*\[libmappedram.so.0\]' \
+readelf -d "$WORK/hello" | grep >/dev/null 'NEEDED.*\[libmappedram.so.0\]' \
     || fail "hello does not record NEEDED libmappedram.so.0"
 OUT="$(LD_LIBRARY_PATH="$LIBDIR" "$WORK/hello" "$WORK")" || fail "hello (shared) failed"
 echo "$OUT"
@@ -54,8 +64,28 @@ LIBS="${LIBS/-lmappedram/-l:libmappedram.a}"
 # shellcheck disable=SC2046,SC2086
 "$CC" "${CFLAGS[@]}" -o "$WORK/hello-static" "$ROOT/examples/hello.c" \
     $(pkg-config --cflags mappedram) $LIBS
-if readelf -d "$WORK/hello-static" | grep -q 'libmappedram'; then
+if readelf -d "$WORK/hello-static" | grep >/dev/null 'libmappedram'; then
     fail "hello-static still needs the shared libmappedram"
 fi
 env -u LD_LIBRARY_PATH "$WORK/hello-static" "$WORK" || fail "hello (static) failed"
-echo "test-pkgconfig: ok (shared and static, version $VERSION)"
+
+# The README's C consumer: save, restore, compare; header and library agree.
+# shellcheck disable=SC2046
+"$CC" "${CFLAGS[@]}" -o "$WORK/save_restore" "$ROOT/examples/consumer/save_restore.c" \
+    $(pkg-config --cflags --libs mappedram)
+OUT="$(LD_LIBRARY_PATH="$LIBDIR" "$WORK/save_restore" "$WORK/consumer.img")" \
+    || fail "save_restore (pkg-config build) failed"
+echo "$OUT"
+grep -qx "libmappedram $VERSION (header $VERSION): restored RAM equals saved RAM" <<<"$OUT" \
+    || fail "save_restore: library, header and pkg-config versions differ"
+
+# The README's meson consumer, finding the installed library (no fallback).
+cp "$ROOT/examples/consumer/meson.build" "$ROOT/examples/consumer/save_restore.c" "$WORK/"
+meson setup "$WORK/mbuild" "$WORK" --wrap-mode=nofallback >"$WORK/msetup.log" 2>&1 \
+    || { cat "$WORK/msetup.log"; fail "meson setup of the consumer (installed dependency) failed"; }
+grep -q "Run-time dependency mappedram found: YES $VERSION" "$WORK/msetup.log" \
+    || { cat "$WORK/msetup.log"; fail "the meson consumer did not find the installed mappedram"; }
+meson compile -C "$WORK/mbuild" >/dev/null || fail "meson compile of the consumer failed"
+LD_LIBRARY_PATH="$LIBDIR" "$WORK/mbuild/save_restore" "$WORK/mconsumer.img" \
+    || fail "save_restore (installed meson dependency) failed"
+echo "test-pkgconfig: ok (shared and static, README consumers via pkg-config and meson, version $VERSION)"

@@ -12,6 +12,20 @@ use std::io;
 pub const EINCOMPLETE: i32 = libc::EUCLEAN;
 
 /// Everything that can go wrong in the library.
+///
+/// # Example
+///
+/// Every error has an errno (what the C API returns, negated) and a message
+/// naming the file, block or offset concerned:
+///
+/// ```
+/// use mappedram::{Error, Image, ImageFlags};
+///
+/// let err = Image::open("/nonexistent/guest.img".as_ref(), ImageFlags::default()).unwrap_err();
+/// assert_eq!(err.errno(), libc::ENOENT);
+/// assert!(err.to_string().contains("/nonexistent/guest.img"));
+/// assert!(matches!(err, Error::Io { .. }));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An operating-system call failed; the errno passes through.

@@ -18,14 +18,15 @@ fn header_is_up_to_date() {
     let cbindgen = cbindgen();
     let dir = TmpDir::new("header");
     let tmp = dir.join("mappedram.h");
-    let status = Command::new(&cbindgen)
+    // The script, not cbindgen directly: it adds the MR_VERSION_* macros
+    // from Cargo.toml to cbindgen's configuration.
+    let status = Command::new("bash")
         .current_dir(&root)
-        .args(["--config", "cbindgen.toml", "--quiet", "--output"])
+        .args(["scripts/gen-header.sh", "--output"])
         .arg(&tmp)
-        .arg("src/ffi/mod.rs")
         .status()
-        .expect("running cbindgen");
-    assert!(status.success(), "cbindgen failed: {status}");
+        .expect("running scripts/gen-header.sh");
+    assert!(status.success(), "scripts/gen-header.sh failed: {status}");
     let fresh = std::fs::read_to_string(&tmp).expect("reading generated header");
     let checked_in = std::fs::read_to_string(root.join("include/mappedram.h"))
         .expect("reading include/mappedram.h");
@@ -77,5 +78,26 @@ fn header_has_the_core_contract() {
         "extern \"C\" {",
     ] {
         assert!(h.contains(name), "include/mappedram.h lacks `{name}`");
+    }
+}
+
+/// The version macros are the crate's version (Cargo.toml is the one source).
+#[test]
+fn header_version_macros_are_the_crate_version() {
+    let h = std::fs::read_to_string(root().join("include/mappedram.h")).unwrap();
+    for (name, value) in [
+        ("MR_VERSION_MAJOR", env!("CARGO_PKG_VERSION_MAJOR")),
+        ("MR_VERSION_MINOR", env!("CARGO_PKG_VERSION_MINOR")),
+        ("MR_VERSION_PATCH", env!("CARGO_PKG_VERSION_PATCH")),
+        (
+            "MR_VERSION_STRING",
+            concat!("\"", env!("CARGO_PKG_VERSION"), "\""),
+        ),
+    ] {
+        let line = format!("#define {name} {value}");
+        assert!(
+            h.lines().any(|l| l.trim_end() == line),
+            "include/mappedram.h lacks `{line}`"
+        );
     }
 }

@@ -59,6 +59,39 @@ use sys::{Dir, IovCursor};
 /// Large iovec arrays: any number of iovecs works; more than `IOV_MAX`
 /// (1024) are split over several system calls (like any short transfer, the
 /// request is then not one atomic system call).
+///
+/// # Example
+///
+/// Positional I/O only: threads share one channel without a cursor, and an
+/// unaligned request works under `O_DIRECT` too (bounced through an aligned
+/// buffer):
+///
+/// ```
+/// use mappedram::{Channel, OpenFlags};
+/// use std::sync::Arc;
+///
+/// # fn main() -> mappedram::Result<()> {
+/// let path = std::env::temp_dir().join(format!("doc-channel-{}.bin", std::process::id()));
+/// let flags = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::DIRECT;
+/// let ch = Arc::new(Channel::open(&path, flags)?);
+/// let writers: Vec<_> = (0..4u8)
+///     .map(|i| {
+///         let ch = Arc::clone(&ch);
+///         std::thread::spawn(move || ch.write_all_at(&[i; 100], 4096 * u64::from(i) + 7))
+///     })
+///     .collect();
+/// for w in writers {
+///     w.join().unwrap()?;
+/// }
+/// ch.sync()?; // fdatasync
+/// let mut back = [0u8; 100];
+/// assert_eq!(ch.read_at(&mut back, 4096 * 3 + 7)?, 100);
+/// assert_eq!(back, [3u8; 100]);
+/// # drop(ch);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
 pub struct Channel {
     name: String,
     flags: OpenFlags,

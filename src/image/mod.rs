@@ -122,6 +122,40 @@ impl Block {
 }
 
 /// A mapped-ram image. All page calls are safe from many threads at once.
+///
+/// # Example
+///
+/// Write two pages into a new image, finish it, and read them back; a page
+/// never written reads as a zero page:
+///
+/// ```
+/// use mappedram::{BlockSpec, Image, ImageFlags};
+///
+/// # fn main() -> mappedram::Result<()> {
+/// let path = std::env::temp_dir().join(format!("doc-image-{}.img", std::process::id()));
+/// let blocks = [BlockSpec { idstr: "mem".into(), used_length: 1 << 20, page_size: 4096 }];
+/// let img = Image::create(&path, "pc-i440fx-10.0", &blocks, ImageFlags::default())?;
+/// let mem = img.find_block("mem")?;
+/// img.write_page(mem, 0, &[0xaa; 4096])?;
+/// img.write_page(mem, 8192, &[0x55; 4096])?;
+/// img.finish()?; // end of stream + completion record, durable
+/// img.close()?;
+///
+/// let img = Image::open(&path, ImageFlags::default())?;
+/// assert!(img.is_complete());
+/// assert_eq!(img.block_info(mem)?.pages_present, 2);
+/// let mut page = [0u8; 4096];
+/// assert!(img.read_page(mem, 8192, &mut page)?); // present
+/// assert_eq!(page, [0x55; 4096]);
+/// assert!(!img.read_page(mem, 4096, &mut page)?); // absent: a zero page
+/// img.close()?;
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Whole ramblocks are saved from and restored into guest memory in
+/// parallel by [`crate::engine`].
 pub struct Image {
     ch: Arc<Channel>,
     libvirt: Option<LibvirtHeader>,
