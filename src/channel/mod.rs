@@ -115,6 +115,7 @@ impl Channel {
         &self.name
     }
 
+    /// The flags the channel was opened with (validated, as given).
     pub fn flags(&self) -> OpenFlags {
         self.flags
     }
