@@ -8,7 +8,8 @@
 //! short transfers and `EINTR` are retried.
 //!
 //! INTERFACE CONTRACT (used by the image and engine layers; keep it):
-//! - `Channel: Send + Sync`; every method takes `&self` except `close`.
+//! - `Channel: Send + Sync`; every method takes `&self` except `close`
+//!   and `release` (one shared reference's close).
 //! - `pwritev_raw` writes all bytes or fails; `preadv_raw` reads until the
 //!   iovecs are full or end of file and returns the count.
 //! - `write_all_at` / `read_at` use the buffered descriptor (metadata).
@@ -52,6 +53,7 @@ pub use sys::IOV_MAX;
 use crate::error::{Error, Result};
 use direct::{Direct, Req};
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
 use sys::{Dir, IovCursor};
 
 /// A thread-safe file channel. See the module docs.
@@ -443,6 +445,22 @@ impl Channel {
         Ok(self
             .seek(offset, libc::SEEK_HOLE, "SEEK_HOLE")?
             .unwrap_or(offset))
+    }
+
+    /// Give up one shared reference (what closing a C handle does). A
+    /// writable channel is synced now, so this holder hears of a failed
+    /// write-back even while others (an image) still hold the channel; the
+    /// last holder closes it ([`Arc::into_inner`] picks exactly one of racing
+    /// last holders, so a close error is never lost to a plain drop). Both
+    /// steps run; the sync's failure is returned first.
+    pub fn release(self: Arc<Self>) -> Result<()> {
+        let synced = if self.flags.contains(OpenFlags::WRITE) {
+            self.sync()
+        } else {
+            Ok(())
+        };
+        let closed = Arc::into_inner(self).map_or(Ok(()), Channel::close);
+        synced.and(closed)
     }
 
     /// Close both descriptors. A writable channel is `fdatasync`ed first; a

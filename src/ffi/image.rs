@@ -4,15 +4,19 @@
 //! (the image and its [`Control`]) owned by the caller until
 //! `mr_image_close`. The strings the query functions return are
 //! cached in the handle when it is made, so they live as long as the image.
-//! All page calls take `const`/shared access and are safe from many threads
-//! at once on one handle.
+//!
+//! The queries take `const struct mr_image *`; the calls that change the
+//! image, its file or its progress/cancel state take `struct mr_image *`.
+//! The `const` is a promise to C readers only: in Rust every call but
+//! `mr_image_close` borrows the handle shared (the image and its `Control`
+//! lock inside), which is why one handle may serve many threads at once.
 
 use super::channel::mr_channel;
 use super::handle::{
-    box_from_handle, box_into_handle, clone_arc, try_ref_from_ptr, try_str_from_ptr, Castable,
+    box_from_handle, box_into_handle, try_clone_arc, try_ref_from_ptr, try_str_from_ptr, Castable,
     OwnershipBox,
 };
-use super::{arg, arg_mut, arg_str, call, call_ptr, write_out, MR_OFFSET_DETECT};
+use super::{arg_mut, arg_ptr, arg_str, call, call_ptr, write_out, MR_OFFSET_DETECT};
 use crate::engine::Control;
 use crate::error::{Error, Result};
 use crate::format::ramblock::BlockSpec;
@@ -84,23 +88,35 @@ fn into_handle(img: Image) -> Result<*mut mr_image> {
     }))
 }
 
-/// Read the C block descriptions.
+/// Read the C block descriptions (copied; nothing borrowed outlives the
+/// call).
 ///
 /// # Safety
-/// `blocks` must point to `nblocks` descriptors with valid strings.
+/// When `nblocks > 0`, `blocks` must be NULL or point to `nblocks`
+/// initialised descriptors, each `idstr` NULL or NUL-terminated, readable
+/// for the call.
 unsafe fn block_specs(blocks: *const mr_ramblock_desc, nblocks: u32) -> Result<Vec<BlockSpec>> {
+    // The image's rule (`ramblock::plan` says the same), repeated so that
+    // `mr_image_create` does not create or truncate the path first.
     if nblocks == 0 {
         return Err(Error::Invalid(
             "an image needs at least one ramblock".into(),
         ));
     }
-    // SAFETY: non-NULL checked; `nblocks` entries per the contract.
-    let descs = unsafe { std::slice::from_raw_parts(arg(blocks, "blocks")?, nblocks as usize) };
+    let blocks = arg_ptr(blocks, "blocks")?;
+    // SAFETY: `blocks` is non-NULL (checked) and, per the caller's
+    // contract, points to `nblocks` initialised, aligned descriptors
+    // (a C array, so within one allocation and at most isize::MAX bytes);
+    // they are only read, during this call. The pointer is the caller's
+    // own, not one derived from a reference to the first element.
+    let descs = unsafe { std::slice::from_raw_parts(blocks, nblocks as usize) };
     descs
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            // SAFETY: per the contract each idstr is NULL or a valid string.
+            // SAFETY: per the caller's contract each idstr is NULL or a
+            // NUL-terminated string readable for the call; the &str is
+            // copied into the spec before returning.
             let idstr = unsafe { arg_str(d.idstr, &format!("blocks[{i}].idstr")) }?;
             Ok(BlockSpec {
                 idstr: idstr.to_owned(),
@@ -167,7 +183,10 @@ pub unsafe extern "C" fn mr_image_create(
     call("mr_image_create", || {
         let path = try_str_from_ptr!(path)?;
         let machine_type = try_str_from_ptr!(machine_type)?;
-        // SAFETY: per this function's contract.
+        // SAFETY: `blocks` and `nblocks` are this function's arguments,
+        // unchanged; its `# Safety` requires `blocks` to point to `nblocks`
+        // descriptors with NUL-terminated idstrs, all `block_specs` needs
+        // (it reads them only during this call and copies the strings).
         let specs = unsafe { block_specs(blocks, nblocks) }?;
         let out = arg_mut(out, "out")?;
         let img = Image::create(Path::new(path), machine_type, &specs, ImageFlags(flags))?;
@@ -201,11 +220,13 @@ pub unsafe extern "C" fn mr_image_create_on(
 ) -> c_int {
     call("mr_image_create_on", || {
         let machine_type = try_str_from_ptr!(machine_type)?;
-        // SAFETY: per this function's contract.
+        // SAFETY: `blocks` and `nblocks` are this function's arguments,
+        // unchanged; its `# Safety` requires `blocks` to point to `nblocks`
+        // descriptors with NUL-terminated idstrs, all `block_specs` needs
+        // (it reads them only during this call and copies the strings).
         let specs = unsafe { block_specs(blocks, nblocks) }?;
         let out = arg_mut(out, "out")?;
-        // SAFETY: per this function's contract.
-        let ch = unsafe { clone_arc(ch, "ch") }?;
+        let ch = try_clone_arc!(ch)?;
         let img = Image::create_on(ch, offset, machine_type, &specs, ImageFlags(flags))?;
         let h = into_handle(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
@@ -261,8 +282,7 @@ pub unsafe extern "C" fn mr_image_open_on(
 ) -> c_int {
     call("mr_image_open_on", || {
         let out = arg_mut(out, "out")?;
-        // SAFETY: per this function's contract.
-        let ch = unsafe { clone_arc(ch, "ch") }?;
+        let ch = try_clone_arc!(ch)?;
         let base = (offset != MR_OFFSET_DETECT).then_some(offset);
         let img = Image::open_on(ch, base, ImageFlags(flags))?;
         let h = into_handle(img)?;
@@ -400,7 +420,9 @@ pub unsafe extern "C" fn mr_image_is_complete(img: *const mr_image) -> c_int {
 /// `img` a live handle; `out` writable.
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_stream_offset(img: *const mr_image, out: *mut u64) -> c_int {
-    // SAFETY: per this function's contract.
+    // SAFETY: `img` and `out` are this function's arguments, unchanged; its
+    // `# Safety` (a live handle, a writable `out`) is what `query_u64`
+    // needs of them for the call.
     unsafe {
         query_u64(
             "mr_image_stream_offset",
@@ -417,7 +439,8 @@ pub unsafe extern "C" fn mr_image_stream_offset(img: *const mr_image, out: *mut 
 /// `img` a live handle; `out` writable.
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_file_size(img: *const mr_image, out: *mut u64) -> c_int {
-    // SAFETY: per this function's contract.
+    // SAFETY: as in `mr_image_stream_offset`: `img` and `out` are passed on
+    // unchanged under the same contract `query_u64` states.
     unsafe { query_u64("mr_image_file_size", img, out, Image::file_size) }
 }
 
@@ -427,7 +450,8 @@ pub unsafe extern "C" fn mr_image_file_size(img: *const mr_image, out: *mut u64)
 /// `img` a live handle; `out` writable.
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_allocated_bytes(img: *const mr_image, out: *mut u64) -> c_int {
-    // SAFETY: per this function's contract.
+    // SAFETY: as in `mr_image_stream_offset`: `img` and `out` are passed on
+    // unchanged under the same contract `query_u64` states.
     unsafe { query_u64("mr_image_allocated_bytes", img, out, Image::allocated_bytes) }
 }
 
