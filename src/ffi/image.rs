@@ -88,6 +88,23 @@ fn into_handle(img: Image) -> Result<*mut mr_image> {
     }))
 }
 
+/// The last step of every create/open call: check `out` (before anything
+/// is made), make the image, box it with its cached strings and store the
+/// handle in `*out` (only on success).
+///
+/// # Safety
+/// `out` NULL or writable for the call.
+unsafe fn handle_into(
+    out: *mut *mut mr_image,
+    make: impl FnOnce() -> Result<Image>,
+) -> Result<c_int> {
+    let out = arg_mut(out, "out")?;
+    let h = into_handle(make()?)?;
+    // SAFETY: checked non-NULL; writable per the caller's contract.
+    unsafe { write_out(out, h) };
+    Ok(0)
+}
+
 /// Read the C block descriptions (copied; nothing borrowed outlives the
 /// call).
 ///
@@ -188,12 +205,13 @@ pub unsafe extern "C" fn mr_image_create(
         // descriptors with NUL-terminated idstrs, all `block_specs` needs
         // (it reads them only during this call and copies the strings).
         let specs = unsafe { block_specs(blocks, nblocks) }?;
-        let out = arg_mut(out, "out")?;
-        let img = Image::create(Path::new(path), machine_type, &specs, ImageFlags(flags))?;
-        let h = into_handle(img)?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, h) };
-        Ok(0)
+        // SAFETY: `out` is this function's argument, unchanged; its
+        // `# Safety` makes it writable for the call.
+        unsafe {
+            handle_into(out, || {
+                Image::create(Path::new(path), machine_type, &specs, ImageFlags(flags))
+            })
+        }
     })
 }
 
@@ -225,13 +243,13 @@ pub unsafe extern "C" fn mr_image_create_on(
         // descriptors with NUL-terminated idstrs, all `block_specs` needs
         // (it reads them only during this call and copies the strings).
         let specs = unsafe { block_specs(blocks, nblocks) }?;
-        let out = arg_mut(out, "out")?;
-        let ch = try_clone_arc!(ch)?;
-        let img = Image::create_on(ch, offset, machine_type, &specs, ImageFlags(flags))?;
-        let h = into_handle(img)?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, h) };
-        Ok(0)
+        let make = || {
+            let ch = try_clone_arc!(ch)?;
+            Image::create_on(ch, offset, machine_type, &specs, ImageFlags(flags))
+        };
+        // SAFETY: `out` is this function's argument, unchanged; its
+        // `# Safety` makes it writable for the call.
+        unsafe { handle_into(out, make) }
     })
 }
 
@@ -255,12 +273,9 @@ pub unsafe extern "C" fn mr_image_open(
 ) -> c_int {
     call("mr_image_open", || {
         let path = try_str_from_ptr!(path)?;
-        let out = arg_mut(out, "out")?;
-        let img = Image::open(Path::new(path), ImageFlags(flags))?;
-        let h = into_handle(img)?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, h) };
-        Ok(0)
+        // SAFETY: `out` is this function's argument, unchanged; its
+        // `# Safety` makes it writable for the call.
+        unsafe { handle_into(out, || Image::open(Path::new(path), ImageFlags(flags))) }
     })
 }
 
@@ -281,14 +296,14 @@ pub unsafe extern "C" fn mr_image_open_on(
     out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_open_on", || {
-        let out = arg_mut(out, "out")?;
-        let ch = try_clone_arc!(ch)?;
-        let base = (offset != MR_OFFSET_DETECT).then_some(offset);
-        let img = Image::open_on(ch, base, ImageFlags(flags))?;
-        let h = into_handle(img)?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, h) };
-        Ok(0)
+        let make = || {
+            let ch = try_clone_arc!(ch)?;
+            let base = (offset != MR_OFFSET_DETECT).then_some(offset);
+            Image::open_on(ch, base, ImageFlags(flags))
+        };
+        // SAFETY: `out` is this function's argument, unchanged; its
+        // `# Safety` makes it writable for the call.
+        unsafe { handle_into(out, make) }
     })
 }
 
