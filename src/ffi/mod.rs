@@ -9,7 +9,7 @@
 //! rule repeated: `mr_image_create` refuses an empty block array before
 //! `Image::create` opens (and truncates) the path.
 //!
-//! Modules per C type ([`channel`] for `mr_channel`; [`image`] and
+//! Modules per C type ([`channel`] for `mr_channel`; [`image`], [`image_info`] and
 //! [`image_io`] for `mr_image`), `handle` for the ownership model of every
 //! handle type; this module holds the private helpers every exported
 //! function goes through:
@@ -32,6 +32,7 @@ pub mod channel;
 mod constants;
 mod handle;
 pub mod image;
+pub mod image_info;
 pub mod image_io;
 
 use crate::error::{Error, Result};
