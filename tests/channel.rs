@@ -919,9 +919,9 @@ fn from_fd_with_o_direct_descriptor() {
 #[test]
 fn release_syncs_for_each_holder_and_the_last_one_closes() {
     use mappedram::channel::FaultOp;
-    use std::sync::atomic::AtomicBool;
-    let s = Scratch::new("release");
-    let p = s.path("f");
+    use std::sync::atomic::AtomicUsize;
+    let s = scratch("release");
+    let p = s.join("f");
     let syncs = Arc::new(AtomicUsize::new(0));
     let fail = Arc::new(AtomicBool::new(false));
     let injector = |syncs: Arc<AtomicUsize>, fail: Arc<AtomicBool>| {
