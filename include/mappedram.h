@@ -417,6 +417,32 @@ int mr_image_open(const char *path, uint32_t flags, struct mr_image **out);
 int mr_image_open_on(struct mr_channel *ch, uint64_t offset, uint32_t flags, struct mr_image **out);
 
 /**
+ * Write the bitmaps out and `fdatasync`.
+ *
+ * # Safety
+ * `img` a live handle.
+ */
+int mr_image_sync(struct mr_image *img);
+
+/**
+ * End the stream and write the completion record, durably.
+ *
+ * # Safety
+ * `img` a live handle.
+ */
+int mr_image_finish(struct mr_image *img);
+
+/**
+ * Close the image; returns a failed final sync or close as a negative
+ * errno (including the channel's, when this was the channel's last
+ * reference). The handle is gone even on failure. NULL is accepted.
+ *
+ * # Safety
+ * `img` NULL or a live handle, not used again afterwards.
+ */
+int mr_image_close(struct mr_image *img);
+
+/**
  * Number of ramblocks, or a negative errno.
  *
  * # Safety
@@ -500,32 +526,6 @@ int mr_image_file_size(const struct mr_image *img, uint64_t *out);
  * `img` a live handle; `out` writable.
  */
 int mr_image_allocated_bytes(const struct mr_image *img, uint64_t *out);
-
-/**
- * Write the bitmaps out and `fdatasync`.
- *
- * # Safety
- * `img` a live handle.
- */
-int mr_image_sync(struct mr_image *img);
-
-/**
- * End the stream and write the completion record, durably.
- *
- * # Safety
- * `img` a live handle.
- */
-int mr_image_finish(struct mr_image *img);
-
-/**
- * Close the image; returns a failed final sync or close as a negative
- * errno (including the channel's, when this was the channel's last
- * reference). The handle is gone even on failure. NULL is accepted.
- *
- * # Safety
- * `img` NULL or a live handle, not used again afterwards.
- */
-int mr_image_close(struct mr_image *img);
 
 /**
  * Write one page at byte `offset` (page aligned) inside `block`. An

@@ -59,8 +59,12 @@ pub enum Error {
     /// The operation was cancelled (`ECANCELED`).
     #[error("{0}")]
     Cancelled(String),
-    /// A write to an image that was opened read-only (`EPERM`). Other calls
-    /// the handle's state does not allow are `Invalid`.
+    /// Writing through a handle opened without write access (`EPERM`): a
+    /// page write, a ramblock save, `sync` or `finish` on an image opened
+    /// without `READ_WRITE`, or a write on a channel opened without `WRITE`.
+    /// A finished image opened for writing takes writes (an in-place update
+    /// begins), so "already finished" is never this error; other calls the
+    /// handle's state does not allow are `Invalid`.
     #[error("{0}")]
     ReadOnly(String),
 }

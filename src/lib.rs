@@ -50,13 +50,9 @@
 //! # }
 //! ```
 
-// Their public items get documented in the channel/format split (the lint
-// policy in Cargo.toml applies to every other module now).
-#[allow(missing_docs)]
 pub mod channel;
 pub mod engine;
 pub mod error;
-#[allow(missing_docs)]
 pub mod format;
 pub mod image;
 pub mod memory;

@@ -911,3 +911,53 @@ fn from_fd_with_o_direct_descriptor() {
     let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
     assert_ne!(fl & libc::O_DIRECT, 0, "the caller's O_DIRECT flag is kept");
 }
+
+/// `Channel::release` (what `mr_channel_close` does): each writable holder's
+/// release syncs, so its failure reaches that holder even while another
+/// still holds the channel; only the last holder closes; a read-only
+/// channel is never synced.
+#[test]
+fn release_syncs_for_each_holder_and_the_last_one_closes() {
+    use mappedram::channel::FaultOp;
+    use std::sync::atomic::AtomicUsize;
+    let s = scratch("release");
+    let p = s.join("f");
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let fail = Arc::new(AtomicBool::new(false));
+    let injector = |syncs: Arc<AtomicUsize>, fail: Arc<AtomicBool>| {
+        Some(Arc::new(move |op, _, _| {
+            if op != FaultOp::Sync {
+                return None;
+            }
+            syncs.fetch_add(1, Ordering::SeqCst);
+            fail.load(Ordering::SeqCst).then_some(libc::EIO)
+        }) as mappedram::channel::FaultFn)
+    };
+    let a = Arc::new(Channel::open(&p, rwc()).unwrap());
+    a.set_fault_injector(injector(syncs.clone(), fail.clone()));
+    let b = Arc::clone(&a);
+    write(&a, b"first", 0);
+    fail.store(true, Ordering::SeqCst);
+    let (e, msg) = errno(a.release());
+    assert_eq!(e, libc::EIO, "{msg}");
+    assert_eq!(syncs.load(Ordering::SeqCst), 1);
+    // The other holder's channel is still open.
+    fail.store(false, Ordering::SeqCst);
+    write(&b, b"second", 5);
+    b.release().unwrap();
+    // One sync in release; close finds nothing unsynced.
+    assert_eq!(syncs.load(Ordering::SeqCst), 2);
+    assert_eq!(std::fs::read(&p).unwrap(), b"firstsecond");
+
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::new(Channel::open(&p, OpenFlags::READ).unwrap());
+    r.set_fault_injector(injector(syncs.clone(), fail.clone()));
+    let r2 = Arc::clone(&r);
+    r.release().unwrap();
+    r2.release().unwrap();
+    assert_eq!(
+        syncs.load(Ordering::SeqCst),
+        0,
+        "a read-only channel is not synced"
+    );
+}

@@ -31,7 +31,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// offsets and lengths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DioAlign {
+    /// Alignment, in bytes, of the memory address of each I/O buffer.
     pub mem: u32,
+    /// Alignment, in bytes, of file offsets and of I/O lengths.
     pub offset: u32,
 }
 

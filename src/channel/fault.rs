@@ -58,13 +58,23 @@ pub type FaultFn = Arc<dyn Fn(FaultOp, u64, u64) -> Option<i32> + Send + Sync>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TraceOp {
     /// Bytes written at an offset (page data or metadata).
-    Write { offset: u64, data: Vec<u8> },
+    Write {
+        /// Absolute file offset of the first byte.
+        offset: u64,
+        /// The bytes, copied at issue time.
+        data: Vec<u8>,
+    },
     /// `fdatasync` (including the one in `close`).
     Sync,
     /// `ftruncate` to this length.
     SetLen(u64),
     /// `fallocate(PUNCH_HOLE | KEEP_SIZE)`.
-    PunchHole { offset: u64, len: u64 },
+    PunchHole {
+        /// Absolute file offset where the hole starts.
+        offset: u64,
+        /// Bytes deallocated.
+        len: u64,
+    },
 }
 
 /// A recorder of the file-changing operations of a channel, in issue order
@@ -77,6 +87,7 @@ pub struct Trace {
 }
 
 impl Trace {
+    /// An empty recorder, shared with the channel it is installed on.
     pub fn new() -> Arc<Trace> {
         Arc::new(Trace::default())
     }
@@ -88,6 +99,7 @@ impl Trace {
     pub fn len(&self) -> usize {
         self.ops.lock().len()
     }
+    /// Nothing recorded yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -8,7 +8,8 @@
 //! short transfers and `EINTR` are retried.
 //!
 //! INTERFACE CONTRACT (used by the image and engine layers; keep it):
-//! - `Channel: Send + Sync`; every method takes `&self` except `close`.
+//! - `Channel: Send + Sync`; every method takes `&self` except `close`
+//!   and `release` (one shared reference's close).
 //! - `pwritev_raw` writes all bytes or fails; `preadv_raw` reads until the
 //!   iovecs are full or end of file and returns the count.
 //! - `write_all_at` / `read_at` use the buffered descriptor (metadata).
@@ -39,6 +40,7 @@
 mod bounce;
 mod direct;
 mod fault;
+mod holes;
 mod lock;
 mod open;
 mod sys;
@@ -52,6 +54,7 @@ pub use sys::IOV_MAX;
 use crate::error::{Error, Result};
 use direct::{Direct, Req};
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
 use sys::{Dir, IovCursor};
 
 /// A thread-safe file channel. See the module docs.
@@ -148,6 +151,7 @@ impl Channel {
         &self.name
     }
 
+    /// The flags the channel was opened with (validated, as given).
     pub fn flags(&self) -> OpenFlags {
         self.flags
     }
@@ -219,6 +223,48 @@ impl Channel {
         }
     }
 
+    /// What every vectored call does first: count the bytes (checked) and
+    /// check the access mode. The request may be empty; the caller asks the
+    /// fault injector next (a write shows it the data).
+    fn begin_vectored(&self, dir: Dir, iov: &[libc::iovec], offset: u64) -> Result<Req<'_>> {
+        let op = match dir {
+            Dir::Write => "pwritev",
+            Dir::Read => "preadv",
+        };
+        let total = self.iov_total(op, iov, offset)?;
+        match dir {
+            Dir::Write => self.check_write(op, offset, total)?,
+            Dir::Read => self.check_read(op, offset, total)?,
+        }
+        Ok(Req {
+            name: &self.name,
+            op,
+            offset,
+            len: total,
+        })
+    }
+
+    /// Move `req` through the buffered descriptor; returns the bytes moved
+    /// (fewer than `req.len` only for a read that reached end of file).
+    ///
+    /// # Safety
+    /// Each iovec must describe memory valid for reads (`Dir::Write`) or
+    /// writes (`Dir::Read`) of `iov_len` bytes for the duration of the call.
+    unsafe fn buffered_vectored(
+        &self,
+        dir: Dir,
+        req: &Req<'_>,
+        iov: &[libc::iovec],
+    ) -> Result<u64> {
+        let mut pos = req.offset;
+        let mut cur = IovCursor::new(iov);
+        // SAFETY: forwarded caller contract (readable for a write, writable
+        // for a read).
+        unsafe { sys::transfer(dir, self.file.as_fd(), &mut cur, &mut pos, |_, _| true) }
+            .map_err(|e| req.err(req.op, pos, e))?;
+        Ok(pos - req.offset)
+    }
+
     /// Write every byte of `iov` at `offset` (`O_DIRECT` when aligned).
     ///
     /// # Safety
@@ -226,41 +272,22 @@ impl Channel {
     /// the duration of the call.
     pub unsafe fn pwritev_raw(&self, iov: &[libc::iovec], offset: u64) -> Result<u64> {
         let _mark = MarkUnsynced(&self.unsynced);
-        let total = self.iov_total("pwritev", iov, offset)?;
-        self.check_write("pwritev", offset, total)?;
-        // SAFETY: forwarded caller contract; `total` is the iovecs' sum.
+        let req = self.begin_vectored(Dir::Write, iov, offset)?;
+        // SAFETY: forwarded caller contract; `req.len` is the iovecs' sum.
         unsafe {
             self.faults
-                .check_write_iov(&self.name, offset, total, iov)?
+                .check_write_iov(&self.name, offset, req.len, iov)?
         };
-        if total == 0 {
+        if req.len == 0 {
             return Ok(0);
         }
-        let req = Req {
-            name: &self.name,
-            op: "pwritev",
-            offset,
-            len: total,
-        };
         match &self.direct {
             // SAFETY: forwarded caller contract.
-            Some(d) => unsafe { d.write(&req, iov, offset, total)? },
-            None => {
-                let mut pos = offset;
-                // SAFETY: the iovecs are readable (caller contract).
-                unsafe {
-                    sys::transfer(
-                        Dir::Write,
-                        self.file.as_fd(),
-                        &mut IovCursor::new(iov),
-                        &mut pos,
-                        |_, _| true,
-                    )
-                }
-                .map_err(|e| req.err("pwritev", pos, e))?;
-            }
+            Some(d) => unsafe { d.write(&req, iov, offset, req.len)? },
+            // SAFETY: forwarded caller contract (the iovecs are readable).
+            None => _ = unsafe { self.buffered_vectored(Dir::Write, &req, iov)? },
         }
-        Ok(total)
+        Ok(req.len)
     }
 
     /// Read into `iov` from `offset` until full or end of file; returns the
@@ -270,37 +297,17 @@ impl Channel {
     /// Each iovec must describe memory valid for writes of `iov_len` bytes for
     /// the duration of the call.
     pub unsafe fn preadv_raw(&self, iov: &[libc::iovec], offset: u64) -> Result<u64> {
-        let total = self.iov_total("preadv", iov, offset)?;
-        self.check_read("preadv", offset, total)?;
+        let req = self.begin_vectored(Dir::Read, iov, offset)?;
         self.faults
-            .check(&self.name, FaultOp::Read, offset, total)?;
-        if total == 0 {
+            .check(&self.name, FaultOp::Read, offset, req.len)?;
+        if req.len == 0 {
             return Ok(0);
         }
-        let req = Req {
-            name: &self.name,
-            op: "preadv",
-            offset,
-            len: total,
-        };
         match &self.direct {
             // SAFETY: forwarded caller contract.
-            Some(d) => unsafe { d.read(&req, self.file.as_fd(), iov, offset, total) },
-            None => {
-                let mut pos = offset;
-                // SAFETY: the iovecs are writable (caller contract).
-                unsafe {
-                    sys::transfer(
-                        Dir::Read,
-                        self.file.as_fd(),
-                        &mut IovCursor::new(iov),
-                        &mut pos,
-                        |_, _| true,
-                    )
-                }
-                .map_err(|e| req.err("preadv", pos, e))?;
-                Ok(pos - offset)
-            }
+            Some(d) => unsafe { d.read(&req, self.file.as_fd(), iov, offset, req.len) },
+            // SAFETY: forwarded caller contract (the iovecs are writable).
+            None => unsafe { self.buffered_vectored(Dir::Read, &req, iov) },
         }
     }
 
@@ -397,84 +404,20 @@ impl Channel {
             .map_err(|e| Error::io(format!("truncating {} to {len} bytes", self.name), e))
     }
 
-    /// Deallocate a range, keeping the size (reads return zeros).
-    /// File systems without hole punching give `Error::Unsupported`.
-    /// A zero length is a no-op.
-    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
-        let _mark = MarkUnsynced(&self.unsynced);
-        self.check_range("punch_hole", offset, len)?;
-        self.check_write("punch_hole", offset, len)?;
-        self.faults
-            .check(&self.name, FaultOp::PunchHole, offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let _g = self
-            .direct
-            .as_ref()
-            .map(|d| (d.shared(), d.lock_edges(offset, offset + len)));
-        let r = nix::fcntl::fallocate(
-            self.file.as_raw_fd(),
-            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        );
-        match r {
-            Ok(()) => Ok(()),
-            Err(nix::errno::Errno::EOPNOTSUPP) => Err(Error::Unsupported(format!(
-                "punching a hole of {len} bytes at offset {offset} of {}: the file system does not support it",
-                self.name
-            ))),
-            Err(e) => Err(Error::from_errno(
-                format!("punching a hole of {len} bytes at offset {offset} of {}", self.name),
-                e as i32,
-            )),
-        }
-    }
-
-    /// Bytes allocated on disk (`st_blocks * 512`).
-    pub fn allocated_bytes(&self) -> Result<u64> {
-        let st = sys::fstat(self.file.as_fd())
-            .map_err(|e| Error::io(format!("fstat of {}", self.name), e))?;
-        Ok((st.st_blocks as u64).saturating_mul(512))
-    }
-
-    /// `lseek` for SEEK_DATA/SEEK_HOLE; `None` on `ENXIO`. Uses the
-    /// channel's own `O_DIRECT` description when there is one: `lseek` moves
-    /// the description's offset, which a `from_fd` caller shares with the
-    /// buffered descriptor (this crate itself never uses the offset).
-    fn seek(&self, offset: u64, whence: libc::c_int, what: &str) -> Result<Option<u64>> {
-        if offset > i64::MAX as u64 {
-            return Ok(None);
-        }
-        let fd = self.direct.as_ref().map_or(self.file.as_fd(), Direct::fd);
-        // SAFETY: lseek on an open descriptor has no memory-safety concerns.
-        let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
-        if r >= 0 {
-            return Ok(Some(r as u64));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENXIO) {
-            return Ok(None);
-        }
-        Err(Error::io(
-            format!("{what} from offset {offset} of {}", self.name),
-            e,
-        ))
-    }
-
-    /// `SEEK_DATA`: the next offset `>= offset` holding data, or `None`.
-    pub fn next_data(&self, offset: u64) -> Result<Option<u64>> {
-        self.seek(offset, libc::SEEK_DATA, "SEEK_DATA")
-    }
-
-    /// `SEEK_HOLE`: the next hole at or after `offset` (end of file counts).
-    /// At or past end of file, that is `offset` itself.
-    pub fn next_hole(&self, offset: u64) -> Result<u64> {
-        Ok(self
-            .seek(offset, libc::SEEK_HOLE, "SEEK_HOLE")?
-            .unwrap_or(offset))
+    /// Give up one shared reference (what closing a C handle does). A
+    /// writable channel is synced now, so this holder hears of a failed
+    /// write-back even while others (an image) still hold the channel; the
+    /// last holder closes it ([`Arc::into_inner`] picks exactly one of racing
+    /// last holders, so a close error is never lost to a plain drop). Both
+    /// steps run; the sync's failure is returned first.
+    pub fn release(self: Arc<Self>) -> Result<()> {
+        let synced = if self.flags.contains(OpenFlags::WRITE) {
+            self.sync()
+        } else {
+            Ok(())
+        };
+        let closed = Arc::into_inner(self).map_or(Ok(()), Channel::close);
+        synced.and(closed)
     }
 
     /// Close both descriptors. A writable channel is `fdatasync`ed first; a

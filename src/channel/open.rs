@@ -20,10 +20,15 @@ use std::path::{Path, PathBuf};
 pub struct OpenFlags(u32);
 
 impl OpenFlags {
+    /// Open for reading (`MR_OPEN_READ`).
     pub const READ: OpenFlags = OpenFlags(0x1);
+    /// Open for writing (`MR_OPEN_WRITE`).
     pub const WRITE: OpenFlags = OpenFlags(0x2);
-    /// Create the file with mode 0600 if it does not exist.
+    /// Create the file with mode 0600 if it does not exist. Needs `WRITE`;
+    /// not valid with a descriptor.
     pub const CREATE: OpenFlags = OpenFlags(0x4);
+    /// Truncate a regular file to 0 bytes once it is open (a block device
+    /// is left as it is). Needs `WRITE`; not valid with a descriptor.
     pub const TRUNC: OpenFlags = OpenFlags(0x8);
     /// Use `O_DIRECT` for aligned bulk I/O; unaligned I/O still works.
     pub const DIRECT: OpenFlags = OpenFlags(0x10);
@@ -53,10 +58,12 @@ impl OpenFlags {
         Ok(f)
     }
 
+    /// The raw bits (the C `MR_OPEN_*` value).
     pub fn bits(self) -> u32 {
         self.0
     }
 
+    /// Whether every flag in `other` is set in `self`.
     pub fn contains(self, other: OpenFlags) -> bool {
         self.0 & other.0 == other.0
     }

@@ -8,7 +8,7 @@
 use super::handle::{
     arc_from_handle, arc_into_handle, try_ref_from_ptr, try_str_from_ptr, Castable, OwnershipArc,
 };
-use super::{arg, arg_mut, call, call_ssize, write_out};
+use super::{arg_mut, arg_ptr, call, call_ssize, write_out};
 use crate::channel::{Channel, OpenFlags, IOV_MAX};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int};
@@ -29,7 +29,8 @@ impl Castable for mr_channel {
 /// Build the iovec slice for a vectored call.
 ///
 /// # Safety
-/// When `iovcnt > 0`, `iov` must point to `iovcnt` iovecs valid for `'a`.
+/// When `iovcnt > 0`, `iov` must be NULL or point to `iovcnt` initialised
+/// iovecs that nobody writes during `'a`.
 unsafe fn iov_slice<'a>(iov: *const libc::iovec, iovcnt: c_int) -> Result<&'a [libc::iovec]> {
     let n = usize::try_from(iovcnt)
         .ok()
@@ -38,8 +39,13 @@ unsafe fn iov_slice<'a>(iov: *const libc::iovec, iovcnt: c_int) -> Result<&'a [l
     if n == 0 {
         return Ok(&[]);
     }
-    // SAFETY: non-NULL checked; `iovcnt` entries per the caller's contract.
-    Ok(unsafe { std::slice::from_raw_parts(arg(iov, "iov")?, n) })
+    let iov = arg_ptr(iov, "iov")?;
+    // SAFETY: `iov` is non-NULL (checked) and, per the caller's contract,
+    // points to `n` (1..=IOV_MAX) initialised, aligned iovecs, one C array,
+    // unchanged during 'a. The pointer is the caller's own, not one derived
+    // from a reference to the first element, so it covers all `n`. Only the
+    // iovec structs are borrowed; their buffers stay raw pointers.
+    Ok(unsafe { std::slice::from_raw_parts(iov, n) })
 }
 
 /// Open `path` with `MR_OPEN_*` flags. Files are created with mode 0600.
@@ -102,7 +108,10 @@ pub unsafe extern "C" fn mr_channel_pwritev(
 ) -> libc::ssize_t {
     call_ssize("mr_channel_pwritev", || {
         let ch = try_ref_from_ptr!(ch)?;
-        // SAFETY: per this function's contract.
+        // SAFETY: `iov` and `iovcnt` are this function's arguments,
+        // unchanged; its `# Safety` requires `iov` to point to `iovcnt`
+        // iovecs, which the C caller does not change during the call (the
+        // slice does not outlive it).
         let iov = unsafe { iov_slice(iov, iovcnt) }?;
         // SAFETY: the iovec buffers are readable per the contract.
         let n = unsafe { ch.pwritev_raw(iov, offset) }?;
@@ -125,7 +134,10 @@ pub unsafe extern "C" fn mr_channel_preadv(
 ) -> libc::ssize_t {
     call_ssize("mr_channel_preadv", || {
         let ch = try_ref_from_ptr!(ch)?;
-        // SAFETY: per this function's contract.
+        // SAFETY: `iov` and `iovcnt` are this function's arguments,
+        // unchanged; its `# Safety` requires `iov` to point to `iovcnt`
+        // iovecs, which the C caller does not change during the call (the
+        // slice does not outlive it).
         let iov = unsafe { iov_slice(iov, iovcnt) }?;
         // SAFETY: the iovec buffers are writable per the contract.
         let n = unsafe { ch.preadv_raw(iov, offset) }?;
@@ -238,22 +250,7 @@ pub unsafe extern "C" fn mr_channel_close(ch: *mut mr_channel) -> c_int {
         let Some(arc) = (unsafe { arc_from_handle(ch) }) else {
             return Ok(0);
         };
-        // Sync first when writable, so the error reaches this caller even
-        // when an image still holds the channel.
-        let synced = if arc.flags().contains(OpenFlags::WRITE) {
-            arc.sync()
-        } else {
-            Ok(())
-        };
-        // `Arc::into_inner` hands the channel to exactly one of the racing
-        // last holders (this handle or an image being closed), so close
-        // errors are never lost to a plain drop.
-        let closed = match Arc::into_inner(arc) {
-            Some(ch) => ch.close(),
-            None => Ok(()),
-        };
-        synced?;
-        closed?;
+        arc.release()?;
         Ok(0)
     })
 }

@@ -120,6 +120,18 @@ macro_rules! try_ref_from_ptr {
 }
 pub(crate) use try_ref_from_ptr;
 
+/// A new reference to the value behind a shared-handle argument of an
+/// exported function, whose `# Safety` section requires NULL or a live
+/// handle (every one does); the error for NULL names the parameter.
+macro_rules! try_clone_arc {
+    ($p:ident) => {
+        // SAFETY: the exported function's contract: `$p` is NULL or a live
+        // handle of its type (made by `arc_into_handle`) for the call.
+        unsafe { $crate::ffi::handle::clone_arc($p, stringify!($p)) }
+    };
+}
+pub(crate) use try_clone_arc;
+
 /// Borrow a NUL-terminated UTF-8 string argument of an exported function,
 /// whose `# Safety` section requires NULL or a valid string (every one
 /// does); the error names the parameter.

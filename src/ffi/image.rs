@@ -2,17 +2,21 @@
 //!
 //! Ownership: [`OwnershipBox`]: an `mr_image *` is a boxed [`ImageHandle`]
 //! (the image and its [`Control`]) owned by the caller until
-//! `mr_image_close`. The strings the query functions return are
+//! `mr_image_close`. The strings the query functions (`image_info.rs`) return are
 //! cached in the handle when it is made, so they live as long as the image.
-//! All page calls take `const`/shared access and are safe from many threads
-//! at once on one handle.
+//!
+//! The queries take `const struct mr_image *`; the calls that change the
+//! image, its file or its progress/cancel state take `struct mr_image *`.
+//! The `const` is a promise to C readers only: in Rust every call but
+//! `mr_image_close` borrows the handle shared (the image and its `Control`
+//! lock inside), which is why one handle may serve many threads at once.
 
 use super::channel::mr_channel;
 use super::handle::{
-    box_from_handle, box_into_handle, clone_arc, try_ref_from_ptr, try_str_from_ptr, Castable,
+    box_from_handle, box_into_handle, try_clone_arc, try_ref_from_ptr, try_str_from_ptr, Castable,
     OwnershipBox,
 };
-use super::{arg, arg_mut, arg_str, call, call_ptr, write_out, MR_OFFSET_DETECT};
+use super::{arg_mut, arg_ptr, arg_str, call, write_out, MR_OFFSET_DETECT};
 use crate::engine::Control;
 use crate::error::{Error, Result};
 use crate::format::ramblock::BlockSpec;
@@ -35,8 +39,8 @@ pub(crate) struct ImageHandle {
     pub(super) inner: Image,
     /// Progress callback and cancel of the operations on this handle.
     pub(super) control: Control,
-    machine_type: CString,
-    capabilities: Vec<CString>,
+    pub(super) machine_type: CString,
+    pub(super) capabilities: Vec<CString>,
 }
 
 /// Describes one ramblock of a new image.
@@ -84,23 +88,52 @@ fn into_handle(img: Image) -> Result<*mut mr_image> {
     }))
 }
 
-/// Read the C block descriptions.
+/// The last step of every create/open call: check `out` (before anything
+/// is made), make the image, box it with its cached strings and store the
+/// handle in `*out` (only on success).
 ///
 /// # Safety
-/// `blocks` must point to `nblocks` descriptors with valid strings.
+/// `out` NULL or writable for the call.
+unsafe fn handle_into(
+    out: *mut *mut mr_image,
+    make: impl FnOnce() -> Result<Image>,
+) -> Result<c_int> {
+    let out = arg_mut(out, "out")?;
+    let h = into_handle(make()?)?;
+    // SAFETY: checked non-NULL; writable per the caller's contract.
+    unsafe { write_out(out, h) };
+    Ok(0)
+}
+
+/// Read the C block descriptions (copied; nothing borrowed outlives the
+/// call).
+///
+/// # Safety
+/// When `nblocks > 0`, `blocks` must be NULL or point to `nblocks`
+/// initialised descriptors, each `idstr` NULL or NUL-terminated, readable
+/// for the call.
 unsafe fn block_specs(blocks: *const mr_ramblock_desc, nblocks: u32) -> Result<Vec<BlockSpec>> {
+    // The image's rule (`ramblock::plan` says the same), repeated so that
+    // `mr_image_create` does not create or truncate the path first.
     if nblocks == 0 {
         return Err(Error::Invalid(
             "an image needs at least one ramblock".into(),
         ));
     }
-    // SAFETY: non-NULL checked; `nblocks` entries per the contract.
-    let descs = unsafe { std::slice::from_raw_parts(arg(blocks, "blocks")?, nblocks as usize) };
+    let blocks = arg_ptr(blocks, "blocks")?;
+    // SAFETY: `blocks` is non-NULL (checked) and, per the caller's
+    // contract, points to `nblocks` initialised, aligned descriptors
+    // (a C array, so within one allocation and at most isize::MAX bytes);
+    // they are only read, during this call. The pointer is the caller's
+    // own, not one derived from a reference to the first element.
+    let descs = unsafe { std::slice::from_raw_parts(blocks, nblocks as usize) };
     descs
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            // SAFETY: per the contract each idstr is NULL or a valid string.
+            // SAFETY: per the caller's contract each idstr is NULL or a
+            // NUL-terminated string readable for the call; the &str is
+            // copied into the spec before returning.
             let idstr = unsafe { arg_str(d.idstr, &format!("blocks[{i}].idstr")) }?;
             Ok(BlockSpec {
                 idstr: idstr.to_owned(),
@@ -109,27 +142,6 @@ unsafe fn block_specs(blocks: *const mr_ramblock_desc, nblocks: u32) -> Result<V
             })
         })
         .collect()
-}
-
-/// The body of the `uint64_t` queries: run `f` on the image and store the
-/// result in `out` (only on success).
-///
-/// # Safety
-/// `img` NULL or a live handle; `out` NULL or writable.
-unsafe fn query_u64(
-    func: &str,
-    img: *const mr_image,
-    out: *mut u64,
-    f: impl FnOnce(&Image) -> Result<u64>,
-) -> c_int {
-    call(func, || {
-        let img = &try_ref_from_ptr!(img)?.inner;
-        let out = arg_mut(out, "out")?;
-        let v = f(img)?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, v) };
-        Ok(0)
-    })
 }
 
 /// A length from C as a memory length.
@@ -167,14 +179,18 @@ pub unsafe extern "C" fn mr_image_create(
     call("mr_image_create", || {
         let path = try_str_from_ptr!(path)?;
         let machine_type = try_str_from_ptr!(machine_type)?;
-        // SAFETY: per this function's contract.
+        // SAFETY: `blocks` and `nblocks` are this function's arguments,
+        // unchanged; its `# Safety` requires `blocks` to point to `nblocks`
+        // descriptors with NUL-terminated idstrs, all `block_specs` needs
+        // (it reads them only during this call and copies the strings).
         let specs = unsafe { block_specs(blocks, nblocks) }?;
-        let out = arg_mut(out, "out")?;
-        let img = Image::create(Path::new(path), machine_type, &specs, ImageFlags(flags))?;
-        let h = into_handle(img)?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, h) };
-        Ok(0)
+        // SAFETY: `out` is this function's argument, unchanged; its
+        // `# Safety` makes it writable for the call.
+        unsafe {
+            handle_into(out, || {
+                Image::create(Path::new(path), machine_type, &specs, ImageFlags(flags))
+            })
+        }
     })
 }
 
@@ -201,16 +217,18 @@ pub unsafe extern "C" fn mr_image_create_on(
 ) -> c_int {
     call("mr_image_create_on", || {
         let machine_type = try_str_from_ptr!(machine_type)?;
-        // SAFETY: per this function's contract.
+        // SAFETY: `blocks` and `nblocks` are this function's arguments,
+        // unchanged; its `# Safety` requires `blocks` to point to `nblocks`
+        // descriptors with NUL-terminated idstrs, all `block_specs` needs
+        // (it reads them only during this call and copies the strings).
         let specs = unsafe { block_specs(blocks, nblocks) }?;
-        let out = arg_mut(out, "out")?;
-        // SAFETY: per this function's contract.
-        let ch = unsafe { clone_arc(ch, "ch") }?;
-        let img = Image::create_on(ch, offset, machine_type, &specs, ImageFlags(flags))?;
-        let h = into_handle(img)?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, h) };
-        Ok(0)
+        let make = || {
+            let ch = try_clone_arc!(ch)?;
+            Image::create_on(ch, offset, machine_type, &specs, ImageFlags(flags))
+        };
+        // SAFETY: `out` is this function's argument, unchanged; its
+        // `# Safety` makes it writable for the call.
+        unsafe { handle_into(out, make) }
     })
 }
 
@@ -234,12 +252,9 @@ pub unsafe extern "C" fn mr_image_open(
 ) -> c_int {
     call("mr_image_open", || {
         let path = try_str_from_ptr!(path)?;
-        let out = arg_mut(out, "out")?;
-        let img = Image::open(Path::new(path), ImageFlags(flags))?;
-        let h = into_handle(img)?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, h) };
-        Ok(0)
+        // SAFETY: `out` is this function's argument, unchanged; its
+        // `# Safety` makes it writable for the call.
+        unsafe { handle_into(out, || Image::open(Path::new(path), ImageFlags(flags))) }
     })
 }
 
@@ -260,175 +275,15 @@ pub unsafe extern "C" fn mr_image_open_on(
     out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_open_on", || {
-        let out = arg_mut(out, "out")?;
-        // SAFETY: per this function's contract.
-        let ch = unsafe { clone_arc(ch, "ch") }?;
-        let base = (offset != MR_OFFSET_DETECT).then_some(offset);
-        let img = Image::open_on(ch, base, ImageFlags(flags))?;
-        let h = into_handle(img)?;
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, h) };
-        Ok(0)
-    })
-}
-
-/// Number of ramblocks, or a negative errno.
-///
-/// # Safety
-/// `img` a live handle.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_ramblock_count(img: *const mr_image) -> c_int {
-    call("mr_image_ramblock_count", || {
-        let n = try_ref_from_ptr!(img)?.inner.block_count();
-        c_int::try_from(n).map_err(|_| Error::Unsupported(format!("{n} ramblocks")))
-    })
-}
-
-/// Fill `*out` with what is known about ramblock `block`.
-///
-/// # Safety
-/// `img` a live handle; `out` writable.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_ramblock_info(
-    img: *const mr_image,
-    block: u32,
-    out: *mut mr_ramblock_info,
-) -> c_int {
-    call("mr_image_ramblock_info", || {
-        let img = &try_ref_from_ptr!(img)?.inner;
-        let out = arg_mut(out, "out")?;
-        let info = img.block_info(block as usize)?;
-        let mut idstr = [0 as c_char; 256];
-        // An idstr is at most 255 bytes (a u8 length on disk, checked by the
-        // format layer), so the last byte stays NUL.
-        let bytes = info.idstr.as_bytes().iter().take(255);
-        for (d, s) in idstr.iter_mut().zip(bytes) {
-            *d = *s as c_char;
-        }
-        // SAFETY: checked non-NULL; writable per the contract.
-        unsafe {
-            write_out(
-                out,
-                mr_ramblock_info {
-                    idstr,
-                    used_length: info.used_length,
-                    page_size: info.page_size,
-                    bitmap_offset: info.bitmap_offset,
-                    pages_offset: info.pages_offset,
-                    pages_present: info.pages_present,
-                },
-            )
+        let make = || {
+            let ch = try_clone_arc!(ch)?;
+            let base = (offset != MR_OFFSET_DETECT).then_some(offset);
+            Image::open_on(ch, base, ImageFlags(flags))
         };
-        Ok(0)
+        // SAFETY: `out` is this function's argument, unchanged; its
+        // `# Safety` makes it writable for the call.
+        unsafe { handle_into(out, make) }
     })
-}
-
-/// Index of the ramblock named `idstr`; `-ENOENT` when there is none.
-///
-/// # Safety
-/// `img` a live handle; `idstr` NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_find_ramblock(
-    img: *const mr_image,
-    idstr: *const c_char,
-) -> c_int {
-    call("mr_image_find_ramblock", || {
-        let img = &try_ref_from_ptr!(img)?.inner;
-        let idstr = try_str_from_ptr!(idstr)?;
-        let i = img.find_block(idstr)?;
-        c_int::try_from(i).map_err(|_| Error::Unsupported(format!("ramblock index {i}")))
-    })
-}
-
-/// The machine type the image was saved for; valid until `mr_image_close`.
-/// NULL (with the last error set) only when `img` is NULL.
-///
-/// # Safety
-/// `img` a live handle.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_machine_type(img: *const mr_image) -> *const c_char {
-    call_ptr("mr_image_machine_type", || {
-        Ok(try_ref_from_ptr!(img)?.machine_type.as_ptr())
-    })
-}
-
-/// Number of migration capabilities recorded in the image.
-///
-/// # Safety
-/// `img` a live handle.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_capability_count(img: *const mr_image) -> c_int {
-    call("mr_image_capability_count", || {
-        let n = try_ref_from_ptr!(img)?.capabilities.len();
-        c_int::try_from(n).map_err(|_| Error::Unsupported(format!("{n} capabilities")))
-    })
-}
-
-/// Capability `i` (e.g. "mapped-ram"); valid until `mr_image_close`. NULL
-/// with the last error set when `i` is out of range.
-///
-/// # Safety
-/// `img` a live handle.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_capability(img: *const mr_image, i: u32) -> *const c_char {
-    call_ptr("mr_image_capability", || {
-        let caps = &try_ref_from_ptr!(img)?.capabilities;
-        caps.get(i as usize).map(|c| c.as_ptr()).ok_or_else(|| {
-            Error::NotFound(format!(
-                "no capability with index {i} (the image has {})",
-                caps.len()
-            ))
-        })
-    })
-}
-
-/// 1 when the stream visibly ended (and no in-place update is open), 0 when
-/// not, or a negative errno.
-///
-/// # Safety
-/// `img` a live handle.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_is_complete(img: *const mr_image) -> c_int {
-    call("mr_image_is_complete", || {
-        Ok(c_int::from(try_ref_from_ptr!(img)?.inner.is_complete()))
-    })
-}
-
-/// Store the absolute file offset where the QEMU stream starts.
-///
-/// # Safety
-/// `img` a live handle; `out` writable.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_stream_offset(img: *const mr_image, out: *mut u64) -> c_int {
-    // SAFETY: per this function's contract.
-    unsafe {
-        query_u64(
-            "mr_image_stream_offset",
-            img,
-            out,
-            |i| Ok(i.stream_offset()),
-        )
-    }
-}
-
-/// Store the logical file size.
-///
-/// # Safety
-/// `img` a live handle; `out` writable.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_file_size(img: *const mr_image, out: *mut u64) -> c_int {
-    // SAFETY: per this function's contract.
-    unsafe { query_u64("mr_image_file_size", img, out, Image::file_size) }
-}
-
-/// Store the bytes the file occupies on disk.
-///
-/// # Safety
-/// `img` a live handle; `out` writable.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_allocated_bytes(img: *const mr_image, out: *mut u64) -> c_int {
-    // SAFETY: per this function's contract.
-    unsafe { query_u64("mr_image_allocated_bytes", img, out, Image::allocated_bytes) }
 }
 
 /// Write the bitmaps out and `fdatasync`.

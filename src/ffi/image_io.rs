@@ -35,7 +35,9 @@ pub unsafe extern "C" fn mr_image_write_page(
     call("mr_image_write_page", || {
         let img = &try_ref_from_ptr!(img)?.inner;
         let b = block as usize;
-        let page_size = img.block_info(b)?.page_size;
+        // The image's own block lookup (its error for an unknown index);
+        // not `block_info`, which counts the block's present pages.
+        let page_size = img.block(b)?.layout.page_size;
         let page = arg_ptr(page.cast::<u8>(), "page")?;
         // SAFETY: readable for the page size per the contract.
         let mem = unsafe { GuestSlice::new(page, mem_len(page_size)?) }?;
@@ -89,7 +91,9 @@ pub unsafe extern "C" fn mr_image_read_page(
     call("mr_image_read_page", || {
         let img = &try_ref_from_ptr!(img)?.inner;
         let b = block as usize;
-        let page_size = img.block_info(b)?.page_size;
+        // The image's own block lookup (its error for an unknown index);
+        // not `block_info`, which counts the block's present pages.
+        let page_size = img.block(b)?.layout.page_size;
         let page = arg_mut(page.cast::<u8>(), "page")?;
         // SAFETY: writable for the page size per the contract; the caller
         // does not touch it during the call, so a slice is sound here.

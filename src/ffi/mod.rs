@@ -1,8 +1,15 @@
 //! The C ABI: argument conversion, panic boundary, handle ownership, error
-//! mapping. Rules (ranges, block indexes, lengths) belong to the layers
-//! below; a function here converts its arguments and calls one of them.
+//! mapping. Rules (ranges, block indexes, lengths, what closing does) belong
+//! to the layers below; a function here converts its arguments and calls one
+//! of them. Conversion includes copying C arrays and strings into Rust
+//! values (the ramblock descriptors, iovec arrays bounded to `IOV_MAX`),
+//! caching the strings the query functions hand out, wrapping the C progress
+//! callback in a closure, and looking up a block's page size or length to
+//! know how much guest memory a pointer covers. One check is the image's
+//! rule repeated: `mr_image_create` refuses an empty block array before
+//! `Image::create` opens (and truncates) the path.
 //!
-//! Modules per C type ([`channel`] for `mr_channel`; [`image`] and
+//! Modules per C type ([`channel`] for `mr_channel`; [`image`], [`image_info`] and
 //! [`image_io`] for `mr_image`), `handle` for the ownership model of every
 //! handle type; this module holds the private helpers every exported
 //! function goes through:
@@ -10,7 +17,7 @@
 //!   `catch_unwind`, turn an `Err` into a negative errno and a panic into
 //!   `-EIO` (printing nothing), and record the message in the thread-local
 //!   last error;
-//! - [`arg`] / [`arg_mut`] / [`arg_ptr`] / [`arg_str`] reject NULL (and
+//! - [`arg_ptr`] / [`arg_mut`] / [`arg_str`] reject NULL (and
 //!   non-UTF-8 strings) with `-EINVAL` and a message naming the parameter;
 //! - [`write_out`] writes an out-parameter (only ever on success).
 //!
@@ -25,6 +32,7 @@ pub mod channel;
 mod constants;
 mod handle;
 pub mod image;
+pub mod image_info;
 pub mod image_io;
 
 use crate::error::{Error, Result};
@@ -115,17 +123,9 @@ fn null_arg(name: &str) -> Error {
     Error::Invalid(format!("argument `{name}` is NULL"))
 }
 
-/// Borrow a non-NULL `*const T` argument.
-///
-/// # Safety
-/// When non-NULL, `p` must point to a valid `T` for `'a`.
-pub(crate) unsafe fn arg<'a, T>(p: *const T, name: &str) -> Result<&'a T> {
-    // SAFETY: the caller guarantees `p` is NULL or valid for 'a.
-    unsafe { p.as_ref() }.ok_or_else(|| null_arg(name))
-}
-
 /// Check a `*const T` argument for NULL and hand it back (not
-/// dereferenced: guest memory is never turned into a reference).
+/// dereferenced: guest memory is never turned into a reference, and an
+/// array's pointer keeps its provenance over every element).
 pub(crate) fn arg_ptr<T>(p: *const T, name: &str) -> Result<*const T> {
     if p.is_null() {
         Err(null_arg(name))
@@ -296,8 +296,7 @@ mod tests {
 
     #[test]
     fn null_and_flag_checks() {
-        // SAFETY: NULL is allowed by `arg`'s contract.
-        let e = unsafe { arg::<u8>(std::ptr::null(), "ch") }.unwrap_err();
+        let e = arg_ptr::<u8>(std::ptr::null(), "ch").unwrap_err();
         assert_eq!(e.errno(), libc::EINVAL);
         assert_eq!(e.to_string(), "argument `ch` is NULL");
         assert!(arg_mut::<u8>(std::ptr::null_mut(), "out").is_err());

@@ -15,13 +15,23 @@ pub const FORMAT_SPARSE: u32 = 6;
 /// The newest header version libvirt writes (`QEMU_SAVE_VERSION`).
 pub const VERSION: u32 = 2;
 
+/// The decoded header: libvirt's five u32 fields and which magic it had.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LibvirtHeader {
+    /// [`MAGIC_COMPLETE`] (true) or [`MAGIC_PARTIAL`] (false).
     pub complete: bool,
+    /// Header version, 1 or 2 once parsed.
     pub version: u32,
+    /// Bytes of libvirt data (domain XML, then the cookie) between the
+    /// header and the QEMU stream.
     pub data_len: u32,
+    /// Nonzero when the domain was running at save time.
     pub was_running: u32,
+    /// How the QEMU stream is stored (libvirt's save format number;
+    /// [`FORMAT_SPARSE`] for mapped-ram).
     pub format: u32,
+    /// Where the cookie starts, in bytes from the start of the libvirt data
+    /// (not of the file); 0 when there is none.
     pub cookie_offset: u32,
 }
 

@@ -70,41 +70,58 @@ pub const QEVM_VERSION: u32 = 3;
 
 /// Section / record type bytes of the stream.
 pub mod section {
+    /// `QEMU_VM_EOF`: the end of the device state.
     pub const EOF: u8 = 0x00;
+    /// `QEMU_VM_SECTION_START`: the first part of an iterative section
+    /// (RAM's setup, which carries the ramblock list).
     pub const START: u8 = 0x01;
+    /// `QEMU_VM_SECTION_PART`: a later part of an iterative section.
     pub const PART: u8 = 0x02;
+    /// `QEMU_VM_SECTION_END`: the last part of an iterative section.
     pub const END: u8 = 0x03;
+    /// `QEMU_VM_SECTION_FULL`: a whole device section in one piece.
     pub const FULL: u8 = 0x04;
+    /// `QEMU_VM_SUBSECTION`: a subsection inside a section.
     pub const SUBSECTION: u8 = 0x05;
+    /// `QEMU_VM_VMDESCRIPTION`: the JSON description after the EOF.
     pub const VMDESCRIPTION: u8 = 0x06;
+    /// `QEMU_VM_CONFIGURATION`: the machine type and its subsections.
     pub const CONFIGURATION: u8 = 0x07;
+    /// `QEMU_VM_COMMAND`: a migration command record.
     pub const COMMAND: u8 = 0x08;
+    /// `QEMU_VM_SECTION_FOOTER`: ends a section (type byte, be32 id).
     pub const FOOTER: u8 = 0x7e;
 }
 
-/// RAM section flags that may appear with mapped-ram.
+/// RAM section flag (low bits of a be64 record): the total RAM size and
+/// the ramblock list follow. One of the two flags mapped-ram uses.
 pub const RAM_SAVE_FLAG_MEM_SIZE: u64 = 0x4;
+/// RAM section flag: end of a RAM section part.
 pub const RAM_SAVE_FLAG_EOS: u64 = 0x10;
 /// The EOS that ends the RAM setup payload is one be64.
 pub const RAM_EOS_LEN: u64 = 8;
 /// A section footer: the type byte and the be32 section id.
 pub const SECTION_FOOTER_LEN: u64 = 5;
-/// The RAM section's idstr and version.
+/// The RAM section's idstr.
 pub const RAM_IDSTR: &str = "ram";
+/// The RAM section's version (the only one written and accepted).
 pub const RAM_SECTION_VERSION: u32 = 4;
 /// The mapped-ram header version this library writes and the newest it reads.
 pub const MAPPED_RAM_HEADER_VERSION: u32 = 1;
 /// Page regions start on this boundary.
 pub const PAGES_ALIGN: u64 = 1 << 20;
-/// The capability names QEMU records, in the order it records them.
+/// Capability name QEMU records for x-ignore-shared (recorded before
+/// [`CAP_MAPPED_RAM`] when both are on).
 pub const CAP_X_IGNORE_SHARED: &str = "x-ignore-shared";
+/// Capability name QEMU records for mapped-ram.
 pub const CAP_MAPPED_RAM: &str = "mapped-ram";
 /// The target page size when the stream has no `configuration/target-page-bits`
 /// subsection (x86: 4 KiB).
 pub const DEFAULT_PAGE_SIZE: u64 = 4096;
-/// Page sizes (as target-page-bits) this library accepts: 1 KiB .. 1 MiB.
-/// Larger pages could not be aligned by the 1 MiB page-region rule.
+/// Smallest page size accepted, as target-page-bits (1 KiB).
 pub const MIN_TARGET_PAGE_BITS: u32 = 10;
+/// Largest page size accepted, as target-page-bits (1 MiB): larger pages
+/// could not be aligned by the 1 MiB page-region rule.
 pub const MAX_TARGET_PAGE_BITS: u32 = 20;
 /// Longest machine type name accepted (QEMU's are a few dozen bytes).
 pub const MAX_MACHINE_TYPE_LEN: u64 = 1024;

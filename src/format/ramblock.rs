@@ -15,16 +15,24 @@ pub use super::ram_parse::parse;
 /// A ramblock a caller wants in a new image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockSpec {
+    /// QEMU's ramblock name (e.g. `pc.ram`): 1..=255 bytes, no NUL.
     pub idstr: String,
+    /// Bytes of guest memory in the block: a non-zero multiple of `page_size`.
     pub used_length: u64,
+    /// The target page size in bytes (the image's page size; every block
+    /// has the same).
     pub page_size: u64,
 }
 
 /// Where one ramblock lives in a file. All offsets are absolute file offsets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockLayout {
+    /// QEMU's ramblock name, 1..=255 bytes.
     pub idstr: String,
+    /// Bytes of guest memory in the block (a multiple of `page_size`).
     pub used_length: u64,
+    /// Page size in bytes (from the mapped-ram header; the stream's target
+    /// page size).
     pub page_size: u64,
     /// With `x-ignore-shared`: the block's be64 address field.
     pub addr: Option<u64>,
@@ -41,6 +49,7 @@ pub struct BlockLayout {
 }
 
 impl BlockLayout {
+    /// Number of pages in the block (`used_length / page_size`).
     pub fn pages(&self) -> u64 {
         self.used_length / self.page_size
     }
@@ -75,8 +84,11 @@ impl BlockLayout {
 pub struct StreamLayout {
     /// Absolute offset of "QEVM" (non-zero inside a container).
     pub base: u64,
+    /// The configuration section (machine type, page size, capabilities).
     pub config: Configuration,
+    /// The section id of the RAM section (its START record and footer).
     pub ram_section_id: u32,
+    /// The ramblocks in stream order.
     pub blocks: Vec<BlockLayout>,
     /// Absolute offset of the be64 EOS that ends the setup payload.
     pub eos_offset: u64,

@@ -37,9 +37,11 @@ impl Configuration {
     }
 }
 
-/// Subsection names of the configuration section.
+/// Configuration subsection holding the be32 target-page-bits.
 pub const SUBSECTION_TARGET_PAGE_BITS: &str = "configuration/target-page-bits";
+/// Configuration subsection listing the migration capabilities.
 pub const SUBSECTION_CAPABILITIES: &str = "configuration/capabilities";
+/// Configuration subsection holding the 16-byte VM uuid.
 pub const SUBSECTION_UUID: &str = "configuration/uuid";
 /// The uuid subsection's payload: 16 bytes.
 const UUID_LEN: u64 = 16;
@@ -56,18 +58,23 @@ pub const MAX_VMDESC_SCAN: u64 = 64 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Completion {
     /// EOF `0x00`, `0x06`, be32 length, JSON whose last byte is the file's
-    /// last byte. `vmdesc_offset` is the absolute offset of the `0x00`;
-    /// `ours` is true when the JSON carries this library's completion record.
+    /// last byte.
     Complete {
+        /// Absolute file offset of the EOF byte `0x00`.
         vmdesc_offset: u64,
+        /// Bytes of JSON (the be32 length field).
         json_len: u32,
+        /// The JSON carries this library's completion record.
         ours: bool,
     },
     /// The same shape with [`UPDATING_MARK`] instead of `0x06`: an in-place
     /// update began and was not finished.
     Updating {
+        /// Absolute file offset of the EOF byte `0x00`.
         vmdesc_offset: u64,
+        /// Bytes of JSON (the be32 length field).
         json_len: u32,
+        /// The JSON carries this library's completion record.
         ours: bool,
     },
     /// No visible end; the string says what was found.
