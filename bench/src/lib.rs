@@ -4,6 +4,7 @@
 //! `O_DIRECT` sequential I/O as the bandwidth yardstick, the library's
 //! save/restore of one guest, a tiny QMP client, and statistics.
 
+pub mod layouts;
 pub mod qmp;
 
 use mappedram::engine::{self, Stats};
@@ -449,8 +450,18 @@ pub fn lib_restore(
     dst: &mut Mem,
     threads: u32,
 ) -> mappedram::Result<(Duration, Stats)> {
+    lib_restore_with(path, dst, threads, ImageFlags::DIRECT)
+}
+
+/// [`lib_restore`] with the image opened with `flags`.
+pub fn lib_restore_with(
+    path: &Path,
+    dst: &mut Mem,
+    threads: u32,
+    flags: ImageFlags,
+) -> mappedram::Result<(Duration, Stats)> {
     let t = Instant::now();
-    let img = Image::open(path, ImageFlags::DIRECT)?;
+    let img = Image::open(path, flags)?;
     let b = img.find_block("mem")?;
     let info = img.block_info(b)?;
     if info.used_length != dst.len() as u64 {

@@ -11,6 +11,17 @@
 //! 3. Zero-page scan throughput on in-cache data, one core.
 //! 4. Peak memory of a save (`mr-demo --save-only` under `/usr/bin/time -v`).
 //! 5. Sparse guests: time vs present pages with a dirty bitmap.
+//! 6. Guest layouts (`guests.rs`): a real Linux guest, fragmented,
+//!    page-interleaved, random, 50 % zero by MiB; save/restore vs raw
+//!    O_DIRECT of the present bytes (or a flat dump), alternated pairs.
+//! 7. Where the time goes (`profile.rs`): fixed costs and per-request
+//!    costs of a save and a restore, measured in the same run.
+//! 8. Concurrent restores (`concurrent.rs`): N processes each restoring
+//!    its own image vs N processes reading the same files raw.
+
+mod concurrent;
+mod guests;
+mod profile;
 
 use mappedram::image::zero::is_zero;
 use mappedram_bench::qmp::{json_num_field, Qemu};
@@ -19,8 +30,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-struct Args {
+pub(crate) struct Args {
     sizes: Vec<usize>,
+    layouts: Vec<String>,
+    layout_size: usize,
+    layout_threads: Vec<u32>,
+    guest: PathBuf,
+    conc_size: usize,
+    conc_n: Vec<usize>,
     reps: usize,
     dir: PathBuf,
     shm: PathBuf,
@@ -35,11 +52,30 @@ struct Args {
 const USAGE: &str =
     "usage: mr-bench [--sizes 1G,4G] [--reps 3] [--dir DIR (ext4; default $TMPDIR or /tmp)] \
 [--shm DIR (guest RAM files for QEMU; default /dev/shm)] [--qemu-size 1G] [--qemu-reps 2] \
-[--sparse-size 4G] [--rss-size 4G] [--threads 1,2,4] [--skip raw,qemu,zero,rss,sparse]";
+[--sparse-size 4G] [--rss-size 4G] [--threads 1,2,4] \
+[--layouts linux-guest,fragmented,interleaved,random,50%zero-by-MiB] [--layout-size 1G] \
+[--layout-threads 1,2] [--guest FILE (scripts/bench-guest.sh's capture)] \
+[--conc-size 1G] [--conc-n 1,2,4] \
+[--skip raw,qemu,zero,rss,sparse,layouts,profile,concurrent] [--only SECTION,...]\n\
+       mr-bench --child restore|raw FILE THREADS direct|buffered (one process of the concurrent section)";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         sizes: vec![1 << 30, 4 << 30],
+        layouts: [
+            "linux-guest",
+            "fragmented",
+            "interleaved",
+            "random",
+            "50%zero-by-MiB",
+        ]
+        .map(String::from)
+        .to_vec(),
+        layout_size: 1 << 30,
+        layout_threads: vec![1, 2],
+        guest: PathBuf::from("bench/cache/linux-guest-1024M.ram"),
+        conc_size: 1 << 30,
+        conc_n: vec![1, 2, 4],
         reps: 3,
         dir: std::env::temp_dir(),
         shm: PathBuf::from("/dev/shm"),
@@ -83,6 +119,20 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--skip" => a.skip = val()?.split(',').map(|s| s.trim().to_string()).collect(),
+            "--only" => {
+                let only: Vec<String> = val()?.split(',').map(|s| s.trim().to_string()).collect();
+                a.skip = SECTIONS
+                    .iter()
+                    .filter(|s| !only.iter().any(|o| o == *s))
+                    .map(|s| s.to_string())
+                    .collect();
+            }
+            "--layouts" => a.layouts = val()?.split(',').map(|s| s.trim().to_string()).collect(),
+            "--layout-size" => a.layout_size = parse_size(&val()?)?,
+            "--layout-threads" => a.layout_threads = parse_list(&val()?, "--layout-threads")?,
+            "--guest" => a.guest = PathBuf::from(val()?),
+            "--conc-size" => a.conc_size = parse_size(&val()?)?,
+            "--conc-n" => a.conc_n = parse_list(&val()?, "--conc-n")?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -96,11 +146,32 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// Section names, in run order.
+const SECTIONS: [&str; 8] = [
+    "zero",
+    "raw",
+    "layouts",
+    "profile",
+    "concurrent",
+    "qemu",
+    "rss",
+    "sparse",
+];
+
+fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.split(',')
+        .map(|t| t.trim().parse::<T>().map_err(|e| format!("{what}: {e}")))
+        .collect()
+}
+
 /// One benchmark section.
 type Section = fn(&Args, &mut Report) -> Result<(), String>;
 
 /// One line of the final table.
-struct Row {
+pub(crate) struct Row {
     what: String,
     figure: String,
     bar: String,
@@ -108,12 +179,12 @@ struct Row {
 }
 
 #[derive(Default)]
-struct Report {
+pub(crate) struct Report {
     rows: Vec<Row>,
 }
 
 impl Report {
-    fn add(&mut self, what: String, figure: String, bar: &str, pass: Option<bool>) {
+    pub(crate) fn add(&mut self, what: String, figure: String, bar: &str, pass: Option<bool>) {
         println!(
             "  => {what}: {figure}{}",
             match pass {
@@ -132,6 +203,9 @@ impl Report {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--child") {
+        return concurrent::child(std::env::args().skip(2).collect());
+    }
     let a = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -150,9 +224,12 @@ fn main() -> ExitCode {
             .unwrap_or(0)
     );
     let mut failed = false;
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 8] = [
         ("zero", zero_scan),
         ("raw", raw_vs_lib),
+        ("layouts", guests::layouts),
+        ("profile", profile::profile),
+        ("concurrent", concurrent::concurrent),
         ("qemu", qemu_vs_lib),
         ("rss", peak_rss),
         ("sparse", sparse),
@@ -190,10 +267,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn io_err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+pub(crate) fn io_err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
-fn lib_err(what: &str) -> impl Fn(mappedram::Error) -> String + '_ {
+pub(crate) fn lib_err(what: &str) -> impl Fn(mappedram::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
