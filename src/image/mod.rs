@@ -18,6 +18,7 @@ mod blobs;
 mod create;
 mod open;
 mod pages;
+mod span;
 mod state;
 pub mod zero;
 

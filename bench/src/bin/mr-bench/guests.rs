@@ -219,7 +219,7 @@ fn one_layout(
 
 /// Run a raw and a library measurement side by side, the raw one first
 /// when `k` is even: (raw time, library result).
-fn pair<L>(
+pub(crate) fn pair<L>(
     k: usize,
     raw: impl FnOnce() -> Result<Duration, String>,
     lib: impl FnOnce() -> Result<(Duration, L), String>,

@@ -16,12 +16,14 @@
 //!    O_DIRECT of the present bytes (or a flat dump), alternated pairs.
 //! 7. Where the time goes (`profile.rs`): fixed costs and per-request
 //!    costs of a save and a restore, measured in the same run.
-//! 8. Concurrent restores (`concurrent.rs`): N processes each restoring
+//! 8. The engine's rules by measurement (`sweep.rs`; not run by default).
+//! 9. Concurrent restores (`concurrent.rs`): N processes each restoring
 //!    its own image vs N processes reading the same files raw.
 
 mod concurrent;
 mod guests;
 mod profile;
+mod sweep;
 
 use mappedram::image::zero::is_zero;
 use mappedram_bench::qmp::{json_num_field, Qemu};
@@ -56,7 +58,7 @@ const USAGE: &str =
 [--layouts linux-guest,fragmented,interleaved,random,50%zero-by-MiB] [--layout-size 1G] \
 [--layout-threads 1,2] [--guest FILE (scripts/bench-guest.sh's capture)] \
 [--conc-size 1G] [--conc-n 1,2,4] \
-[--skip raw,qemu,zero,rss,sparse,layouts,profile,concurrent] [--only SECTION,...]\n\
+[--skip raw,qemu,zero,rss,sparse,layouts,profile,sweep,concurrent] [--only SECTION,...]\n\
        mr-bench --child restore|raw FILE THREADS direct|buffered (one process of the concurrent section)";
 
 fn parse_args() -> Result<Args, String> {
@@ -84,7 +86,8 @@ fn parse_args() -> Result<Args, String> {
         sparse_size: 4 << 30,
         rss_size: 4 << 30,
         threads: vec![1, 2, 4],
-        skip: Vec::new(),
+        // The sweep runs only when asked for (--only sweep).
+        skip: vec!["sweep".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -118,7 +121,10 @@ fn parse_args() -> Result<Args, String> {
                     })
                     .collect::<Result<_, _>>()?
             }
-            "--skip" => a.skip = val()?.split(',').map(|s| s.trim().to_string()).collect(),
+            "--skip" => {
+                a.skip = val()?.split(',').map(|s| s.trim().to_string()).collect();
+                a.skip.push("sweep".into());
+            }
             "--only" => {
                 let only: Vec<String> = val()?.split(',').map(|s| s.trim().to_string()).collect();
                 a.skip = SECTIONS
@@ -147,11 +153,12 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// Section names, in run order.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "zero",
     "raw",
     "layouts",
     "profile",
+    "sweep",
     "concurrent",
     "qemu",
     "rss",
@@ -224,11 +231,12 @@ fn main() -> ExitCode {
             .unwrap_or(0)
     );
     let mut failed = false;
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 9] = [
         ("zero", zero_scan),
         ("raw", raw_vs_lib),
         ("layouts", guests::layouts),
         ("profile", profile::profile),
+        ("sweep", sweep::sweep),
         ("concurrent", concurrent::concurrent),
         ("qemu", qemu_vs_lib),
         ("rss", peak_rss),
