@@ -432,8 +432,19 @@ pub fn lib_save(
     dirty: Option<&[u64]>,
     threads: u32,
 ) -> mappedram::Result<(Duration, Stats)> {
+    lib_save_with(path, mem, dirty, threads, ImageFlags::DIRECT)
+}
+
+/// [`lib_save`] with the image created with `flags`.
+pub fn lib_save_with(
+    path: &Path,
+    mem: &Mem,
+    dirty: Option<&[u64]>,
+    threads: u32,
+    flags: ImageFlags,
+) -> mappedram::Result<(Duration, Stats)> {
     let t = Instant::now();
-    let img = Image::create(path, MACHINE, &specs(mem.len(), &[]), ImageFlags::DIRECT)?;
+    let img = Image::create(path, MACHINE, &specs(mem.len(), &[]), flags)?;
     // SAFETY: `mem` is valid for reads of its whole length during the call.
     let guest = unsafe { GuestSlice::new(mem.as_ptr(), mem.len())? };
     let dirty = dirty.map(DirtyBitmap::from_slice);

@@ -19,9 +19,11 @@
 //! 8. The engine's rules by measurement (`sweep.rs`; not run by default).
 //! 9. Concurrent restores (`concurrent.rs`): N processes each restoring
 //!    its own image vs N processes reading the same files raw.
+//! 10. O_DIRECT vs the page cache by size (`iomode.rs`).
 
 mod concurrent;
 mod guests;
+mod iomode;
 mod profile;
 mod sweep;
 
@@ -58,7 +60,7 @@ const USAGE: &str =
 [--layouts linux-guest,fragmented,interleaved,random,50%zero-by-MiB] [--layout-size 1G] \
 [--layout-threads 1,2] [--guest FILE (scripts/bench-guest.sh's capture)] \
 [--conc-size 1G] [--conc-n 1,2,4] \
-[--skip raw,qemu,zero,rss,sparse,layouts,profile,sweep,concurrent] [--only SECTION,...]\n\
+[--skip raw,qemu,zero,rss,sparse,layouts,profile,sweep,concurrent,iomode] [--only SECTION,...]\n\
        mr-bench --child restore|raw FILE THREADS direct|buffered (one process of the concurrent section)";
 
 fn parse_args() -> Result<Args, String> {
@@ -153,13 +155,14 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// Section names, in run order.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "zero",
     "raw",
     "layouts",
     "profile",
     "sweep",
     "concurrent",
+    "iomode",
     "qemu",
     "rss",
     "sparse",
@@ -231,13 +234,14 @@ fn main() -> ExitCode {
             .unwrap_or(0)
     );
     let mut failed = false;
-    let sections: [(&str, Section); 9] = [
+    let sections: [(&str, Section); 10] = [
         ("zero", zero_scan),
         ("raw", raw_vs_lib),
         ("layouts", guests::layouts),
         ("profile", profile::profile),
         ("sweep", sweep::sweep),
         ("concurrent", concurrent::concurrent),
+        ("iomode", iomode::iomode),
         ("qemu", qemu_vs_lib),
         ("rss", peak_rss),
         ("sparse", sparse),
