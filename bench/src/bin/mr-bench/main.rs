@@ -59,7 +59,7 @@ const USAGE: &str =
 [--sparse-size 4G] [--rss-size 4G] [--threads 1,2,4] \
 [--layouts linux-guest,fragmented,interleaved,random,50%zero-by-MiB] [--layout-size 1G] \
 [--layout-threads 1,2] [--guest FILE (scripts/bench-guest.sh's capture)] \
-[--conc-size 1G] [--conc-n 1,2,4] \
+[--conc-size 1G] [--conc-n 1,2,4] [--tune SAVE_GAP_KIB,READ_GAP_KIB,WRITERS_PER_WORKER] \
 [--skip raw,qemu,zero,rss,sparse,layouts,profile,sweep,concurrent,iomode] [--only SECTION,...]\n\
        mr-bench --child restore|raw FILE THREADS direct|buffered (one process of the concurrent section)";
 
@@ -141,6 +141,13 @@ fn parse_args() -> Result<Args, String> {
             "--guest" => a.guest = PathBuf::from(val()?),
             "--conc-size" => a.conc_size = parse_size(&val()?)?,
             "--conc-n" => a.conc_n = parse_list(&val()?, "--conc-n")?,
+            "--tune" => {
+                let v: Vec<u64> = parse_list(&val()?, "--tune")?;
+                let [gap, read_gap, writers] = v[..] else {
+                    return Err("--tune needs SAVE_GAP_KIB,READ_GAP_KIB,WRITERS".into());
+                };
+                mappedram::engine::tuning::set(gap << 10, read_gap << 10, writers);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);

@@ -28,7 +28,10 @@ pub(crate) fn sweep(a: &Args, rep: &mut Report) -> Result<(), String> {
             for gap in [0u64, 16 << 10, 64 << 10, 256 << 10, 1 << 20] {
                 cases.push((gap, d_read, d_writers));
             }
-            for w in [0u64, 1, 4] {
+            for gap in [64u64 << 10, 256 << 10] {
+                cases.push((gap, d_read, 8));
+            }
+            for w in [0u64, 1, 4, 8] {
                 cases.push((d_gap, d_read, w));
             }
             for rg in [0u64, 64 << 10, 256 << 10] {
