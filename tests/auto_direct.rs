@@ -5,7 +5,7 @@
 
 use mappedram::engine::{read_ramblock_to_vec, save_ramblock};
 use mappedram::image::iomode::AUTO_DIRECT_MIN_BYTES;
-use mappedram::{BlockSpec, Image, ImageFlags};
+use mappedram::{BlockSpec, GuestSlice, Image, ImageFlags};
 use std::path::{Path, PathBuf};
 
 fn spec(len: u64) -> Vec<BlockSpec> {
@@ -61,8 +61,7 @@ fn large_on_disk_is_direct_small_or_tmpfs_is_buffered() {
     for (i, b) in whole[..8 << 20].iter_mut().enumerate() {
         *b = (i / 4096 % 251) as u8 ^ 0x5a;
     }
-    // SAFETY: `whole` is valid for reads of `len` bytes.
-    unsafe { save_ramblock(&img, 0, whole.as_ptr(), None, 2) }.unwrap();
+    save_ramblock(&img, 0, GuestSlice::from_slice(&whole), None, 2).unwrap();
     img.finish().unwrap();
     img.close().unwrap();
     let img = Image::open(&big, ImageFlags::AUTO_DIRECT).unwrap();

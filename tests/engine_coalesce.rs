@@ -375,3 +375,49 @@ fn dirty_skipped_pages_are_never_part_of_a_joined_write() {
     tuning::set(keep.0, keep.1, keep.2);
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn a_failed_joined_write_reaches_the_caller_and_claims_nothing() {
+    use mappedram::channel::{FaultFn, FaultOp};
+    use std::sync::Arc;
+    let _g = RULES.lock().unwrap_or_else(|e| e.into_inner());
+    let keep = tuning::get();
+    tuning::set(1 << 20, keep.1, 2);
+    let pages = 4 * UNIT_PAGES;
+    let present = layout(0, pages); // interleaved: every unit one joined write
+    let mem = guest(&present, 11);
+    let path = tmp("img");
+    let img = Image::create(&path, "pc-i440fx-10.0", &spec(mem.len), ImageFlags::DIRECT).unwrap();
+    let pages_at = img.block_info(0).unwrap().pages_offset;
+    let unit = UNIT_BYTES;
+    // Fail every write into the third unit's slots.
+    let bad = pages_at + 2 * unit..pages_at + 3 * unit;
+    let f: FaultFn = Arc::new(move |op, off, _| {
+        (op == FaultOp::Write && bad.contains(&off)).then_some(libc::EIO)
+    });
+    img.channel().set_fault_injector(Some(f));
+    let e = save_ramblock(&img, 0, mem.guest(), None, 2).unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains("ramblock 'mem'") && m.contains("file offset 0x"),
+        "{m}"
+    );
+    img.channel().set_fault_injector(None);
+    // The failed unit's pages are not claimed; the image cannot be finished
+    // until they are rewritten.
+    for p in 2 * UNIT_PAGES..3 * UNIT_PAGES {
+        assert!(!img.page_present(0, p as u64).unwrap(), "page {p} claimed");
+    }
+    assert!(
+        img.finish().is_err(),
+        "finish must refuse after a failed write"
+    );
+    // Rewriting succeeds and everything reads back.
+    save_ramblock(&img, 0, mem.guest(), None, 1).unwrap();
+    img.finish().unwrap();
+    assert_eq!(read_ramblock_to_vec(&img, 0, 2).unwrap(), mem.as_slice());
+    img.close().unwrap();
+    tuning::set(keep.0, keep.1, keep.2);
+    std::fs::remove_file(&path).unwrap();
+}

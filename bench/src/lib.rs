@@ -110,6 +110,17 @@ impl Mem {
         // SAFETY: the mapping is `len` readable bytes owned by `self`.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
+    /// The memory as the library's read-only guest view.
+    pub fn guest(&self) -> GuestSlice<'_> {
+        // SAFETY: the mapping is `len` readable bytes for as long as `self`
+        // is borrowed.
+        unsafe { GuestSlice::new(self.ptr, self.len) }.expect("mapping is not NULL")
+    }
+    /// The memory as the library's writable guest view.
+    pub fn guest_mut(&mut self) -> GuestSliceMut<'_> {
+        // SAFETY: the mapping is `len` writable bytes, exclusively borrowed.
+        unsafe { GuestSliceMut::new(self.ptr, self.len) }.expect("mapping is not NULL")
+    }
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: the mapping is `len` writable bytes owned by `self`, and
         // `&mut self` makes this the only access.

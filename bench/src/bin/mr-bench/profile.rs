@@ -129,8 +129,7 @@ fn one(
         let _ = std::fs::remove_file(p);
         let (d0, img) = timed(|| Image::create(p, MACHINE, &specs(len, &[]), ImageFlags::DIRECT));
         let img = img.map_err(lib_err("create"))?;
-        // SAFETY: the guest is valid for reads of its length.
-        let (d1, st) = timed(|| unsafe { engine::save_ramblock(&img, 0, g.mem.as_ptr(), None, 1) });
+        let (d1, st) = timed(|| engine::save_ramblock(&img, 0, g.mem.guest(), None, 1));
         st.map_err(lib_err("save"))?;
         let (d2, x) = timed(|| img.finish());
         x.map_err(lib_err("finish"))?;
@@ -141,9 +140,7 @@ fn one(
         }
         let (e0, img) = timed(|| Image::open(p, ImageFlags::DIRECT));
         let img = img.map_err(lib_err("open"))?;
-        // SAFETY: `dst` is valid for writes of its length.
-        let (e1, x) =
-            timed(|| unsafe { engine::read_ramblock(&img, 0, dst.as_mut_ptr(), false, 1) });
+        let (e1, x) = timed(|| engine::read_ramblock(&img, 0, dst.guest_mut(), false, 1));
         x.map_err(lib_err("read"))?;
         let (e2, x) = timed(|| img.close());
         x.map_err(lib_err("close"))?;
