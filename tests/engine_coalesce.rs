@@ -209,7 +209,7 @@ fn layouts_round_trip_under_every_rule() {
     let rules = [
         (0, 0, 0),                // no coalescing, writes on the worker
         (keep.0, keep.1, keep.2), // defaults
-        (1 << 20, 1 << 20, 1),    // large gaps, one writer per worker
+        (1 << 20, 1 << 20, 1),    // large gaps, one writer (fewer than workers)
         (16 << 10, 64 << 10, 4),
     ];
     for kind in 0..3 {

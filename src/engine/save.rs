@@ -51,14 +51,14 @@ pub fn save_ramblock_with(
     let units = pages.div_ceil(upp);
     let nthreads = effective_threads(threads, units);
     let what = format!("save of ramblock '{}'", info.idstr);
-    let (gap, _, per_worker) = tuning::get();
+    let (gap, _, writers) = tuning::get();
     let rules = Rules {
         gap_pages: gap / ps,
         unit_pages: upp,
     };
     // One unit has nothing to overlap with: write on the worker.
-    let depth = if units > 1 {
-        nthreads * per_worker as usize
+    let depth = if units > 1 && writers > 0 {
+        (writers as usize).max(nthreads)
     } else {
         0
     };

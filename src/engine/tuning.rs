@@ -11,14 +11,15 @@ pub const DEFAULT_SAVE_GAP: u64 = 64 << 10;
 /// Restore: a gap of absent pages up to this many bytes between two runs
 /// inside a unit is read (into a scratch buffer) within one request.
 pub const DEFAULT_READ_GAP: u64 = 1 << 20;
-/// Save: writer threads per scanning worker.
-pub const DEFAULT_WRITERS_PER_WORKER: u64 = 2;
+/// Save: writer threads of one save (at least one per scanning worker; 0 =
+/// the workers write themselves).
+pub const DEFAULT_WRITERS: u64 = 4;
 
 static SAVE_GAP: AtomicU64 = AtomicU64::new(DEFAULT_SAVE_GAP);
 static READ_GAP: AtomicU64 = AtomicU64::new(DEFAULT_READ_GAP);
-static WRITERS: AtomicU64 = AtomicU64::new(DEFAULT_WRITERS_PER_WORKER);
+static WRITERS: AtomicU64 = AtomicU64::new(DEFAULT_WRITERS);
 
-/// Current rules: (save gap bytes, read gap bytes, writers per worker).
+/// Current rules: (save gap bytes, read gap bytes, writer threads).
 pub fn get() -> (u64, u64, u64) {
     (
         SAVE_GAP.load(Ordering::Relaxed),
@@ -29,8 +30,8 @@ pub fn get() -> (u64, u64, u64) {
 
 /// Change the rules process-wide (benchmarks). `read_gap` is capped at
 /// [`DEFAULT_READ_GAP`]'s scratch size; 0 writers = write on the worker.
-pub fn set(save_gap: u64, read_gap: u64, writers_per_worker: u64) {
+pub fn set(save_gap: u64, read_gap: u64, writers: u64) {
     SAVE_GAP.store(save_gap, Ordering::Relaxed);
     READ_GAP.store(read_gap.min(DEFAULT_READ_GAP), Ordering::Relaxed);
-    WRITERS.store(writers_per_worker.min(16), Ordering::Relaxed);
+    WRITERS.store(writers.min(64), Ordering::Relaxed);
 }

@@ -59,7 +59,7 @@ const USAGE: &str =
 [--sparse-size 4G] [--rss-size 4G] [--threads 1,2,4] \
 [--layouts linux-guest,fragmented,interleaved,random,50%zero-by-MiB] [--layout-size 1G] \
 [--layout-threads 1,2] [--guest FILE (scripts/bench-guest.sh's capture)] \
-[--conc-size 1G] [--conc-n 1,2,4] [--tune SAVE_GAP_KIB,READ_GAP_KIB,WRITERS_PER_WORKER] \
+[--conc-size 1G] [--conc-n 1,2,4] [--tune SAVE_GAP_KIB,READ_GAP_KIB,WRITERS] \
 [--skip raw,qemu,zero,rss,sparse,layouts,profile,sweep,concurrent,iomode] [--only SECTION,...]\n\
        mr-bench --child restore|raw FILE THREADS direct|buffered (one process of the concurrent section)";
 

@@ -1,5 +1,5 @@
 //! The engine's rules by measurement: save and restore of each layout at
-//! one thread with the save gap, the writers per worker and the read gap
+//! one thread with the save gap, the writer threads and the read gap
 //! varied one at a time (`engine::tuning`), each next to a raw run of the
 //! same bytes; medians of the per-pair ratios, plus the image's allocated
 //! size (what a larger save gap costs in sparseness).
@@ -22,7 +22,7 @@ pub(crate) fn sweep(a: &Args, rep: &mut Report) -> Result<(), String> {
             let (d_gap, d_read, d_writers) = (
                 tuning::DEFAULT_SAVE_GAP,
                 tuning::DEFAULT_READ_GAP,
-                tuning::DEFAULT_WRITERS_PER_WORKER,
+                tuning::DEFAULT_WRITERS,
             );
             let mut cases: Vec<(u64, u64, u64)> = Vec::new();
             for gap in [0u64, 16 << 10, 64 << 10, 256 << 10, 1 << 20] {
