@@ -675,3 +675,89 @@ pub unsafe fn raw_runs(
     unsafe { libc::close(fd) };
     res.map(|_| t.elapsed())
 }
+
+/// Join runs (sorted, from [`present_runs`]) that lie in the same `unit`
+/// and are at most `gap` bytes apart: the request pattern of the library's
+/// save (zero gaps written inside one request) or restore (gaps read into
+/// scratch memory).
+pub fn join_runs(runs: &[(usize, usize)], unit: usize, gap: usize) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &(off, len) in runs {
+        match out.last_mut() {
+            Some((o, l)) if *o / unit == off / unit && off - (*o + *l) <= gap => {
+                *l = off + len - *o;
+            }
+            _ => out.push((off, len)),
+        }
+    }
+    out
+}
+
+/// [`raw_runs`] with `depth` threads taking the runs in order from a shared
+/// counter (`depth` requests in flight), as the library's writer threads
+/// do.
+///
+/// # Safety
+/// As [`raw_runs`].
+pub unsafe fn raw_runs_par(
+    path: &Path,
+    mem: *mut u8,
+    len: usize,
+    runs: &[(usize, usize)],
+    write: bool,
+    depth: usize,
+) -> io::Result<Duration> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let t = Instant::now();
+    let fd = if write {
+        open_direct(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?
+    } else {
+        open_direct(path, libc::O_RDONLY)?
+    };
+    let base = mem as usize;
+    let next = AtomicUsize::new(0);
+    let res = (|| {
+        // SAFETY: fd is our open descriptor.
+        if write && unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..depth.max(1))
+                .map(|_| {
+                    s.spawn(|| -> io::Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&(off, n)) = runs.get(i) else {
+                                return Ok(());
+                            };
+                            let p = (base + off) as *mut libc::c_void;
+                            // SAFETY: the run lies inside the caller's memory;
+                            // fd is ours.
+                            let r = unsafe {
+                                if write {
+                                    libc::pwrite(fd, p, n, off as libc::off_t)
+                                } else {
+                                    libc::pread(fd, p, n, off as libc::off_t)
+                                }
+                            };
+                            if r != n as isize {
+                                return Err(io::Error::last_os_error());
+                            }
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(Err(io::Error::other("panic"))))
+                .collect::<io::Result<Vec<()>>>()
+        })?;
+        // SAFETY: fd is ours.
+        if write && unsafe { libc::fdatasync(fd) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    })();
+    // SAFETY: closing our own descriptor once.
+    unsafe { libc::close(fd) };
+    res.map(|_| t.elapsed())
+}
