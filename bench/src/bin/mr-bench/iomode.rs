@@ -16,7 +16,14 @@ pub(crate) fn iomode(a: &Args, rep: &mut Report) -> Result<(), String> {
         .join(format!("mr-bench-iomode-{}.mrimg", std::process::id()));
     let res = (|| {
         println!("\n--- O_DIRECT vs page cache: save (durable) and cold restore, 2 threads ---");
-        for size in [1usize << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30] {
+        for size in [
+            1usize << 20,
+            4 << 20,
+            16 << 20,
+            64 << 20,
+            256 << 20,
+            1 << 30,
+        ] {
             one(a, rep, size, &p)?;
         }
         Ok(())
