@@ -32,8 +32,8 @@ int main(void)
     char small[4096], big[4096];
     test_path(small, sizeof small, "auto-small.img");
     test_path(big, sizeof big, "auto-big.img");
-    make(small, 16u << 20, MR_IMAGE_AUTO_DIRECT, 0);
-    make(big, 64u << 20, MR_IMAGE_AUTO_DIRECT, 1);
+    make(small, 512u << 10, MR_IMAGE_AUTO_DIRECT, 0);
+    make(big, 16u << 20, MR_IMAGE_AUTO_DIRECT, 1);
 
     mr_image *img = NULL;
     OK(mr_image_open(small, MR_IMAGE_DIRECT | MR_IMAGE_AUTO_DIRECT, &img));

@@ -70,7 +70,7 @@
 
 /**
  * Image flag (create, open): choose `O_DIRECT` or the page cache by the
- * image's size and file system (`O_DIRECT` for page data of 64 MiB and
+ * image's size and file system (`O_DIRECT` for image files of 2 MiB and
  * more on a disk file system); `mr_image_is_direct` reports the choice.
  * Ignored together with `MR_IMAGE_DIRECT`.
  */

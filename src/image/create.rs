@@ -131,11 +131,13 @@ pub(super) fn create_file(
     let of = OpenFlags::READ | OpenFlags::WRITE;
     let direct = flags.contains(ImageFlags::DIRECT)
         || (flags.contains(ImageFlags::AUTO_DIRECT) && {
-            let data = blocks
+            let end = layout
+                .blocks
                 .iter()
-                .map(|b| b.used_length)
-                .fold(0u64, u64::saturating_add);
-            iomode::want_direct(&dir, data)
+                .map(|b| b.pages_offset.saturating_add(b.used_length))
+                .max()
+                .unwrap_or(0);
+            iomode::want_direct(&dir, end)
         });
     let mut ch = iomode::open_with(direct && !flags.contains(ImageFlags::DIRECT), direct, |d| {
         Channel::from_fd(
