@@ -81,6 +81,14 @@
 #define MR_IMAGE_NO_LOCK 8
 
 /**
+ * Image flag (create, open): choose `O_DIRECT` or the page cache by the
+ * image's size and file system (`O_DIRECT` for image files of 2 MiB and
+ * more on a disk file system); `mr_image_is_direct` reports the choice.
+ * Ignored together with `MR_IMAGE_DIRECT`.
+ */
+#define MR_IMAGE_AUTO_DIRECT 16
+
+/**
  * `mr_image_read_ramblock` flag: also zero pages whose bit is clear.
  */
 #define MR_READ_ZERO_ABSENT 1
@@ -342,7 +350,8 @@ int mr_channel_close(struct mr_channel *ch);
 
 /**
  * Create a new image file at `path` (mode 0600) for `machine_type` with
- * `blocks[0..nblocks]`. Flags: `MR_IMAGE_DIRECT`, `MR_IMAGE_NO_LOCK`;
+ * `blocks[0..nblocks]`. Flags: `MR_IMAGE_DIRECT`, `MR_IMAGE_NO_LOCK`,
+ * `MR_IMAGE_AUTO_DIRECT`;
  * `MR_IMAGE_READ_WRITE` is accepted and changes nothing (a new image is
  * always writable); other flags are `-EINVAL`.
  *
@@ -390,7 +399,7 @@ int mr_image_create_on(struct mr_channel *ch,
 /**
  * Open an existing image. A libvirt save-image header is recognised.
  * Flags: `MR_IMAGE_READ_WRITE`, `MR_IMAGE_DIRECT`, `MR_IMAGE_RECOVER`,
- * `MR_IMAGE_NO_LOCK`. An unfinished image gives `-MR_EINCOMPLETE` unless
+ * `MR_IMAGE_NO_LOCK`, `MR_IMAGE_AUTO_DIRECT`. An unfinished image gives `-MR_EINCOMPLETE` unless
  * `MR_IMAGE_RECOVER`. The file is locked (shared; exclusive with
  * `MR_IMAGE_READ_WRITE`) unless `MR_IMAGE_NO_LOCK`; a conflict is `-EBUSY`.
  * A block device is `-ENOTSUP`. With `MR_IMAGE_RECOVER`, an update mark left
@@ -526,6 +535,16 @@ int mr_image_file_size(const struct mr_image *img, uint64_t *out);
  * `img` a live handle; `out` writable.
  */
 int mr_image_allocated_bytes(const struct mr_image *img, uint64_t *out);
+
+/**
+ * 1 when the image's page data goes through `O_DIRECT` (asked for with
+ * `MR_IMAGE_DIRECT`, or chosen by `MR_IMAGE_AUTO_DIRECT`), 0 when it goes
+ * through the page cache, or a negative errno.
+ *
+ * # Safety
+ * `img` a live handle.
+ */
+int mr_image_is_direct(const struct mr_image *img);
 
 /**
  * Write one page at byte `offset` (page aligned) inside `block`. An

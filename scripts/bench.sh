@@ -1,10 +1,16 @@
 #!/bin/sh
 # Run the mappedram benchmarks (DESIGN.md §5 bars) in one go and print the
 # ratios: library vs plain O_DIRECT I/O, library vs QEMU 10, zero-page scan,
-# peak memory of a save, sparse guests. About 10-15 minutes on 2 cores.
+# peak memory of a save, sparse guests, guest layouts (a real Linux guest,
+# fragmented, page-interleaved, random, 50 % zero by MiB), where the time of
+# a save goes, concurrent restores. About 20 minutes on 2 cores.
+#
+# The real Linux guest's RAM is captured once by scripts/bench-guest.sh
+# into bench/cache/ (gitignored) and reused by later runs.
 #
 #   scripts/bench.sh                      # defaults: 1G and 4G guests, 3 reps
 #   scripts/bench.sh --sizes 1G --reps 5  # any mr-bench option passes through
+#   scripts/bench.sh --only layouts,profile,concurrent   # issue 10's sections
 #   BENCH_DIR=/mnt/ssd scripts/bench.sh   # where the image files go (O_DIRECT)
 #
 # Environment: BENCH_DIR (default /tmp; must support O_DIRECT, e.g. ext4),

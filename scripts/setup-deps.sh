@@ -2,7 +2,8 @@
 # Install what building and testing libmappedram needs on a fresh Debian
 # bookworm machine: meson, ninja, pkg-config, a C compiler with sanitizers,
 # libabigail's abidiff (ABI check), dpkg-dev + debhelper (package build),
-# QEMU >= 9.0 (from bookworm-backports) and the pinned cbindgen.
+# QEMU >= 9.0 (from bookworm-backports), the pinned cbindgen, and for the
+# benchmark's real Linux guest busybox-static, cpio and linux-image-cloud-amd64.
 #
 # The backports suite is added with the same URI and keyring as the machine's
 # existing Debian entry: no mirror host is written into this repository.
@@ -106,6 +107,11 @@ command -v abidiff >/dev/null 2>&1 || need+=(abigail-tools)     # scripts/check-
 command -v dpkg-buildpackage >/dev/null 2>&1 || need+=(dpkg-dev) # scripts/test-deb.sh
 command -v dh >/dev/null 2>&1 || need+=(debhelper)
 command -v groff >/dev/null 2>&1 || need+=(groff-base)         # man page lint (test-deb.sh)
+# The benchmark's real Linux guest (scripts/bench-guest.sh): a static
+# busybox and cpio for its initramfs, Debian's cloud kernel in /boot.
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
+command -v cpio >/dev/null 2>&1 || need+=(cpio)
+ls /boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1 || need+=(linux-image-cloud-amd64)
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing ${need[*]}"
     apt_update_once

@@ -47,6 +47,13 @@ fn fail_nth(
     (f, injected)
 }
 
+/// The engine's coalescing off (process-wide; every other test here is
+/// indifferent to it): each run of pages is its own request.
+fn no_joined_gaps() {
+    let (_, _, writers) = mappedram::engine::tuning::get();
+    mappedram::engine::tuning::set(0, 0, writers);
+}
+
 fn memory() -> Vec<Aligned> {
     specs(MEM)
         .iter()
@@ -163,6 +170,9 @@ fn save_all(img: &Image, mem: &[Aligned], threads: u32) -> mappedram::Result<()>
 
 #[test]
 fn eio_on_the_nth_page_write_of_a_save() {
+    // One request per run of data (no zero gaps joined into a write), so
+    // the nth write exists in this 1 MiB block; the writer threads stay on.
+    no_joined_gaps();
     let dir = TmpDir::new("faults-page");
     let mem = memory();
     let want = expected(&mem);
@@ -445,6 +455,8 @@ fn eio_on_the_update_mark_blocks_the_page_write() {
 
 #[test]
 fn eio_on_reads_reaches_the_caller() {
+    // One read per run of present pages (as above, for the nth read).
+    no_joined_gaps();
     let dir = TmpDir::new("faults-read");
     let path = dir.join("read.img");
     let mem = memory();

@@ -4,7 +4,11 @@
 //! `O_DIRECT` sequential I/O as the bandwidth yardstick, the library's
 //! save/restore of one guest, a tiny QMP client, and statistics.
 
+pub mod layouts;
 pub mod qmp;
+mod runs;
+
+pub use runs::{join_runs, present_runs, raw_runs, raw_runs_par};
 
 use mappedram::engine::{self, Stats};
 use mappedram::{BlockSpec, DirtyBitmap, GuestSlice, GuestSliceMut, Image, ImageFlags};
@@ -108,6 +112,17 @@ impl Mem {
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the mapping is `len` readable bytes owned by `self`.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+    /// The memory as the library's read-only guest view.
+    pub fn guest(&self) -> GuestSlice<'_> {
+        // SAFETY: the mapping is `len` readable bytes for as long as `self`
+        // is borrowed.
+        unsafe { GuestSlice::new(self.ptr, self.len) }.expect("mapping is not NULL")
+    }
+    /// The memory as the library's writable guest view.
+    pub fn guest_mut(&mut self) -> GuestSliceMut<'_> {
+        // SAFETY: the mapping is `len` writable bytes, exclusively borrowed.
+        unsafe { GuestSliceMut::new(self.ptr, self.len) }.expect("mapping is not NULL")
     }
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: the mapping is `len` writable bytes owned by `self`, and
@@ -302,7 +317,7 @@ fn cpath(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
-fn open_direct(path: &Path, flags: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn open_direct(path: &Path, flags: libc::c_int) -> io::Result<libc::c_int> {
     let c = cpath(path)?;
     // SAFETY: `c` is a valid NUL-terminated path for the call.
     let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_DIRECT | libc::O_CLOEXEC, 0o600) };
@@ -431,8 +446,19 @@ pub fn lib_save(
     dirty: Option<&[u64]>,
     threads: u32,
 ) -> mappedram::Result<(Duration, Stats)> {
+    lib_save_with(path, mem, dirty, threads, ImageFlags::DIRECT)
+}
+
+/// [`lib_save`] with the image created with `flags`.
+pub fn lib_save_with(
+    path: &Path,
+    mem: &Mem,
+    dirty: Option<&[u64]>,
+    threads: u32,
+    flags: ImageFlags,
+) -> mappedram::Result<(Duration, Stats)> {
     let t = Instant::now();
-    let img = Image::create(path, MACHINE, &specs(mem.len(), &[]), ImageFlags::DIRECT)?;
+    let img = Image::create(path, MACHINE, &specs(mem.len(), &[]), flags)?;
     // SAFETY: `mem` is valid for reads of its whole length during the call.
     let guest = unsafe { GuestSlice::new(mem.as_ptr(), mem.len())? };
     let dirty = dirty.map(DirtyBitmap::from_slice);
@@ -449,8 +475,18 @@ pub fn lib_restore(
     dst: &mut Mem,
     threads: u32,
 ) -> mappedram::Result<(Duration, Stats)> {
+    lib_restore_with(path, dst, threads, ImageFlags::DIRECT)
+}
+
+/// [`lib_restore`] with the image opened with `flags`.
+pub fn lib_restore_with(
+    path: &Path,
+    dst: &mut Mem,
+    threads: u32,
+    flags: ImageFlags,
+) -> mappedram::Result<(Duration, Stats)> {
     let t = Instant::now();
-    let img = Image::open(path, ImageFlags::DIRECT)?;
+    let img = Image::open(path, flags)?;
     let b = img.find_block("mem")?;
     let info = img.block_info(b)?;
     if info.used_length != dst.len() as u64 {
@@ -549,96 +585,4 @@ pub fn human(n: u64) -> String {
     } else {
         format!("{v:.2} {}", U[i])
     }
-}
-
-/// The runs of non-zero pages of `mem`, split at `unit` boundaries (the
-/// I/O pattern of the library's save): (byte offset, byte length).
-pub fn present_runs(mem: &[u8], unit: usize) -> Vec<(usize, usize)> {
-    let mut runs = Vec::new();
-    let mut cur: Option<(usize, usize)> = None;
-    for (i, p) in mem.chunks(PAGE).enumerate() {
-        let off = i * PAGE;
-        // SAFETY: `p` is a valid slice of its length.
-        let z = unsafe { mappedram::image::zero::is_zero(p.as_ptr(), p.len()) };
-        let boundary = off % unit == 0;
-        match (&mut cur, z) {
-            (Some((_, l)), false) if !boundary => *l += p.len(),
-            (c, false) => {
-                if let Some(r) = c.take() {
-                    runs.push(r);
-                }
-                *c = Some((off, p.len()));
-            }
-            (c, true) => {
-                if let Some(r) = c.take() {
-                    runs.push(r);
-                }
-            }
-        }
-    }
-    runs.extend(cur);
-    runs
-}
-
-/// Plain `O_DIRECT` I/O of `runs` (offset, length) of `mem` at the same
-/// offsets of a file, one thread, in order: `pwrite` into a new sparse file
-/// of `mem.len()` bytes then `fdatasync` (write), or `pread` (read). The
-/// yardstick with the library's exact request pattern.
-///
-/// # Safety
-/// `mem` must be valid for reads (write) or writes (read) of every run.
-pub unsafe fn raw_runs(
-    path: &Path,
-    mem: *mut u8,
-    len: usize,
-    runs: &[(usize, usize)],
-    write: bool,
-) -> io::Result<Duration> {
-    let t = Instant::now();
-    let fd = if write {
-        open_direct(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?
-    } else {
-        open_direct(path, libc::O_RDONLY)?
-    };
-    let res = (|| {
-        // SAFETY: fd is our open descriptor.
-        if write && unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        for &(off, n) in runs {
-            let mut done = 0;
-            while done < n {
-                // SAFETY: the run lies inside the caller's memory.
-                let p = unsafe { mem.add(off + done) } as *mut libc::c_void;
-                let o = (off + done) as libc::off_t;
-                // SAFETY: as above; fd is ours.
-                let r = unsafe {
-                    if write {
-                        libc::pwrite(fd, p, n - done, o)
-                    } else {
-                        libc::pread(fd, p, n - done, o)
-                    }
-                };
-                if r < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(e);
-                }
-                if r == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short I/O"));
-                }
-                done += r as usize;
-            }
-        }
-        // SAFETY: fd is ours.
-        if write && unsafe { libc::fdatasync(fd) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    })();
-    // SAFETY: closing our own descriptor once.
-    unsafe { libc::close(fd) };
-    res.map(|_| t.elapsed())
 }

@@ -12,6 +12,11 @@ mod control;
 mod parallel;
 mod restore;
 mod save;
+mod scratch;
+mod spans;
+#[doc(hidden)]
+pub mod tuning;
+mod writers;
 
 pub use control::{Control, ProgressFn};
 pub use restore::{read_ramblock, read_ramblock_to_vec, read_ramblock_with};

@@ -1,7 +1,9 @@
 //! Parallel save of a ramblock from guest memory.
 
 use super::control::Control;
-use super::{effective_threads, parallel, unit_pages, Stats};
+use super::spans::{coalesce, Run};
+use super::writers::{self, Job, Queue};
+use super::{effective_threads, parallel, tuning, unit_pages, Stats};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::memory::{DirtyBitmap, GuestSlice};
@@ -49,11 +51,27 @@ pub fn save_ramblock_with(
     let units = pages.div_ceil(upp);
     let nthreads = effective_threads(threads, units);
     let what = format!("save of ramblock '{}'", info.idstr);
-    parallel::run(ctl, &what, units, nthreads, info.used_length, |u| {
-        let first = u * upp;
-        let end = (first + upp).min(pages);
-        let st = save_unit(img, block, mem, ps, first, end, dirty)?;
-        Ok((st, (end - first) * ps))
+    let (gap, _, writers) = tuning::get();
+    let rules = Rules {
+        gap_pages: gap / ps,
+        unit_pages: upp,
+    };
+    // One unit has nothing to overlap with: write on the worker.
+    let depth = if units > 1 && writers > 0 {
+        (writers as usize).max(nthreads)
+    } else {
+        0
+    };
+    writers::with_writers(img, block, depth, |q| {
+        parallel::run(ctl, &what, units, nthreads, info.used_length, |u| {
+            if q.failed() {
+                return Err(writers::stopped());
+            }
+            let first = u * upp;
+            let end = (first + upp).min(pages);
+            let st = save_unit(img, block, mem, ps, first, end, dirty, &rules, q)?;
+            Ok((st, (end - first) * ps))
+        })
     })
 }
 
@@ -74,49 +92,88 @@ pub(super) fn host_len(used_length: u64, idstr: &str) -> Result<usize> {
         .map_err(|_| Error::OutOfRange(format!("ramblock '{idstr}' does not fit in memory")))
 }
 
-/// Save pages `[first, end)`; `mem` is the whole block.
-fn save_unit(
+/// How a unit's runs become requests.
+struct Rules {
+    /// Longest gap of zero pages written as zeros inside one request.
+    gap_pages: u64,
+    unit_pages: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Not in the dirty bitmap: neither read nor written.
+    Skip,
+    Zero,
+    Data,
+}
+
+/// Save pages `[first, end)` (`mem` is the whole block): scan them into
+/// runs of data, zero and skipped pages; zero runs clear their bits
+/// (punching slots that held data); runs of data separated by short gaps
+/// of zero pages whose bits are already clear are joined into one request,
+/// queued to the writers.
+#[allow(clippy::too_many_arguments)]
+fn save_unit<'m>(
     img: &Image,
     block: usize,
-    mem: GuestSlice<'_>,
+    mem: GuestSlice<'m>,
     ps: u64,
     first: u64,
     end: u64,
     dirty: Option<DirtyBitmap<'_>>,
+    rules: &Rules,
+    q: &Queue<'_, 'm>,
 ) -> Result<Stats> {
     let mut st = Stats::default();
     let pages = |s: u64, n: u64| mem.subslice((s * ps) as usize, (n * ps) as usize);
-    // Current run: (start page, is zero).
-    let mut run: Option<(u64, bool)> = None;
-    let flush = |run: Option<(u64, bool)>, upto: u64, st: &mut Stats| -> Result<()> {
-        if let Some((s, zero)) = run {
-            let n = upto - s;
-            if zero {
-                img.discard_pages(block, s, n)?;
-                st.pages_zero += n;
-            } else {
-                img.store_pages(block, s, pages(s, n)?)?;
-                st.pages_data += n;
-                st.bytes += n * ps;
-            }
-        }
-        Ok(())
-    };
+    let mut segs: Vec<(u64, u64, Kind)> = Vec::new();
     for p in first..end {
-        if dirty.is_some_and(|d| !d.test(p)) {
-            flush(run.take(), p, &mut st)?;
-            continue;
-        }
-        st.pages_scanned += 1;
-        let z = pages(p, 1)?.is_zero();
-        match run {
-            Some((_, rz)) if rz == z => {}
-            _ => {
-                flush(run.take(), p, &mut st)?;
-                run = Some((p, z));
+        let kind = if dirty.is_some_and(|d| !d.test(p)) {
+            Kind::Skip
+        } else {
+            st.pages_scanned += 1;
+            if pages(p, 1)?.is_zero() {
+                Kind::Zero
+            } else {
+                Kind::Data
             }
+        };
+        match segs.last_mut() {
+            Some(l) if l.2 == kind => l.1 += 1,
+            _ => segs.push((p, 1, kind)),
         }
     }
-    flush(run, end, &mut st)?;
+    let data: Vec<Run> = segs
+        .iter()
+        .filter(|s| s.2 == Kind::Data)
+        .map(|s| (s.0, s.1))
+        .collect();
+    // A gap may be written only when it is one run of scanned zero pages
+    // with nothing set or failed (skipped pages are never read or written).
+    let zero_gap = |s: u64, n: u64| {
+        segs.binary_search_by_key(&s, |g| g.0)
+            .is_ok_and(|i| segs[i].2 == Kind::Zero && segs[i].1 == n)
+            && img.gap_writable(block, s, n)
+    };
+    let mut spans = Vec::new();
+    coalesce(&data, rules.gap_pages, rules.unit_pages, zero_gap, |sp| {
+        spans.push(sp)
+    });
+    for &(s, n, kind) in &segs {
+        if kind == Kind::Zero {
+            img.discard_pages(block, s, n)?;
+            st.pages_zero += n;
+        }
+    }
+    for sp in spans {
+        let runs = data[sp.first_run..sp.end_run].to_vec();
+        st.pages_data += runs.iter().map(|r| r.1).sum::<u64>();
+        st.bytes += sp.len * ps;
+        q.write(Job {
+            start: sp.start,
+            mem: pages(sp.start, sp.len)?,
+            runs,
+        })?;
+    }
     Ok(st)
 }

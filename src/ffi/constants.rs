@@ -30,6 +30,11 @@ pub const MR_IMAGE_RECOVER: u32 = 0x4;
 /// `MR_IMAGE_READ_WRITE`); a conflict fails at once with `-EBUSY`. For
 /// callers that coordinate access themselves (like QEMU's `locking=off`).
 pub const MR_IMAGE_NO_LOCK: u32 = 0x8;
+/// Image flag (create, open): choose `O_DIRECT` or the page cache by the
+/// image's size and file system (`O_DIRECT` for image files of 2 MiB and
+/// more on a disk file system); `mr_image_is_direct` reports the choice.
+/// Ignored together with `MR_IMAGE_DIRECT`.
+pub const MR_IMAGE_AUTO_DIRECT: u32 = 0x10;
 
 /// `mr_image_read_ramblock` flag: also zero pages whose bit is clear.
 pub const MR_READ_ZERO_ABSENT: u32 = 0x1;

@@ -151,7 +151,8 @@ pub(super) fn mem_len(len: u64) -> Result<usize> {
 }
 
 /// Create a new image file at `path` (mode 0600) for `machine_type` with
-/// `blocks[0..nblocks]`. Flags: `MR_IMAGE_DIRECT`, `MR_IMAGE_NO_LOCK`;
+/// `blocks[0..nblocks]`. Flags: `MR_IMAGE_DIRECT`, `MR_IMAGE_NO_LOCK`,
+/// `MR_IMAGE_AUTO_DIRECT`;
 /// `MR_IMAGE_READ_WRITE` is accepted and changes nothing (a new image is
 /// always writable); other flags are `-EINVAL`.
 ///
@@ -234,7 +235,7 @@ pub unsafe extern "C" fn mr_image_create_on(
 
 /// Open an existing image. A libvirt save-image header is recognised.
 /// Flags: `MR_IMAGE_READ_WRITE`, `MR_IMAGE_DIRECT`, `MR_IMAGE_RECOVER`,
-/// `MR_IMAGE_NO_LOCK`. An unfinished image gives `-MR_EINCOMPLETE` unless
+/// `MR_IMAGE_NO_LOCK`, `MR_IMAGE_AUTO_DIRECT`. An unfinished image gives `-MR_EINCOMPLETE` unless
 /// `MR_IMAGE_RECOVER`. The file is locked (shared; exclusive with
 /// `MR_IMAGE_READ_WRITE`) unless `MR_IMAGE_NO_LOCK`; a conflict is `-EBUSY`.
 /// A block device is `-ENOTSUP`. With `MR_IMAGE_RECOVER`, an update mark left

@@ -192,3 +192,16 @@ pub unsafe extern "C" fn mr_image_allocated_bytes(img: *const mr_image, out: *mu
     // unchanged under the same contract `query_u64` states.
     unsafe { query_u64("mr_image_allocated_bytes", img, out, Image::allocated_bytes) }
 }
+
+/// 1 when the image's page data goes through `O_DIRECT` (asked for with
+/// `MR_IMAGE_DIRECT`, or chosen by `MR_IMAGE_AUTO_DIRECT`), 0 when it goes
+/// through the page cache, or a negative errno.
+///
+/// # Safety
+/// `img` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_is_direct(img: *const mr_image) -> c_int {
+    call("mr_image_is_direct", || {
+        Ok(c_int::from(try_ref_from_ptr!(img)?.inner.is_direct()))
+    })
+}

@@ -220,6 +220,7 @@ mod tests {
         assert_eq!(MR_IMAGE_READ_WRITE, ImageFlags::READ_WRITE.0);
         assert_eq!(MR_IMAGE_DIRECT, ImageFlags::DIRECT.0);
         assert_eq!(MR_IMAGE_RECOVER, ImageFlags::RECOVER.0);
+        assert_eq!(MR_IMAGE_AUTO_DIRECT, ImageFlags::AUTO_DIRECT.0);
     }
 
     fn last_error() -> String {

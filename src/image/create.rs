@@ -38,7 +38,7 @@
 //! may write but not replace), open a channel on it and use
 //! [`Image::create_on`].
 
-use super::{block_device_error, Image, ImageFlags, CREATE_FLAGS};
+use super::{block_device_error, iomode, Image, ImageFlags, CREATE_FLAGS};
 use crate::channel::{lock_fd, Channel, LockKind, OpenFlags};
 use crate::error::{Error, Result};
 use crate::format::ramblock::{self, BlockSpec, StreamLayout};
@@ -113,7 +113,7 @@ pub(super) fn create_file(
     blocks: &[BlockSpec],
     flags: ImageFlags,
 ) -> Result<Image> {
-    flags.check(CREATE_FLAGS, "create")?;
+    flags.check(CREATE_FLAGS | ImageFlags::AUTO_DIRECT.0, "create")?;
     let layout = plan_new(0, machine_type, blocks)?;
     let lock = !flags.contains(ImageFlags::NO_LOCK);
     let dest = resolve(path)?;
@@ -128,12 +128,24 @@ pub(super) fn create_file(
     };
     remove_stale_temps(&dir, &dest.path);
     let temp = TempFile::new(&dir, &dest.path)?;
-    let mut of = OpenFlags::READ | OpenFlags::WRITE;
-    if flags.contains(ImageFlags::DIRECT) {
-        of = of | OpenFlags::DIRECT;
-    }
-    let mut ch = Channel::from_fd(temp.fd.as_raw_fd(), of)
-        .map_err(|e| super::pages::context(e, &format!("creating {name}")))?;
+    let of = OpenFlags::READ | OpenFlags::WRITE;
+    let direct = flags.contains(ImageFlags::DIRECT)
+        || (flags.contains(ImageFlags::AUTO_DIRECT) && {
+            let end = layout
+                .blocks
+                .iter()
+                .map(|b| b.pages_offset.saturating_add(b.used_length))
+                .max()
+                .unwrap_or(0);
+            iomode::want_direct(&dir, end)
+        });
+    let mut ch = iomode::open_with(direct && !flags.contains(ImageFlags::DIRECT), direct, |d| {
+        Channel::from_fd(
+            temp.fd.as_raw_fd(),
+            if d { of | OpenFlags::DIRECT } else { of },
+        )
+    })
+    .map_err(|e| super::pages::context(e, &format!("creating {name}")))?;
     ch.set_name(name.clone());
     if lock {
         ch.lock(LockKind::Exclusive)?;

@@ -16,8 +16,10 @@
 pub mod bitmap;
 mod blobs;
 mod create;
+pub mod iomode;
 mod open;
 mod pages;
+mod span;
 mod state;
 pub mod zero;
 
@@ -47,7 +49,11 @@ impl ImageFlags {
     /// Open/create: take no lock (for callers that coordinate access
     /// themselves, like QEMU's `locking=off`).
     pub const NO_LOCK: ImageFlags = ImageFlags(0x8);
-    const ALL: u32 = 0xf;
+    /// Create/open by path: choose `O_DIRECT` or the page cache by the rule
+    /// in [`iomode`] (ignored with [`ImageFlags::DIRECT`]);
+    /// [`Image::is_direct`] tells which.
+    pub const AUTO_DIRECT: ImageFlags = ImageFlags(0x10);
+    const ALL: u32 = 0x1f;
 
     /// Whether every flag of `o` is set.
     pub fn contains(self, o: ImageFlags) -> bool {
@@ -363,6 +369,12 @@ impl Image {
     /// The libvirt header, when the image is inside one.
     pub fn libvirt_header(&self) -> Option<&LibvirtHeader> {
         self.libvirt.as_ref()
+    }
+
+    /// Whether page data goes through `O_DIRECT` (asked for, or chosen by
+    /// [`ImageFlags::AUTO_DIRECT`]).
+    pub fn is_direct(&self) -> bool {
+        self.ch.dio_align().is_some()
     }
 
     /// The underlying channel.

@@ -5,7 +5,7 @@
 use super::bitmap::AtomicBitmap;
 use super::blobs::BlobStore;
 use super::state::DiskState;
-use super::{Block, Image, ImageFlags};
+use super::{iomode, Block, Image, ImageFlags};
 use crate::channel::{Channel, LockKind, OpenFlags};
 use crate::error::{Error, Result};
 use crate::format::libvirt::{self, LibvirtHeader};
@@ -48,7 +48,8 @@ impl ReadAt for Src<'_> {
 impl Image {
     /// Open an existing image. A libvirt save-image header is recognised.
     /// Flags: [`ImageFlags::READ_WRITE`], [`ImageFlags::DIRECT`],
-    /// [`ImageFlags::RECOVER`], [`ImageFlags::NO_LOCK`].
+    /// [`ImageFlags::RECOVER`], [`ImageFlags::NO_LOCK`],
+    /// [`ImageFlags::AUTO_DIRECT`].
     ///
     /// Unless `NO_LOCK`, the file is locked (see `channel::lock`): shared
     /// for reading, exclusive with `READ_WRITE`; a conflict is `EBUSY`.
@@ -59,10 +60,14 @@ impl Image {
         if flags.contains(ImageFlags::READ_WRITE) {
             of = of | OpenFlags::WRITE;
         }
-        if flags.contains(ImageFlags::DIRECT) {
-            of = of | OpenFlags::DIRECT;
-        }
-        let ch = Channel::open(path, of)?;
+        let direct = flags.contains(ImageFlags::DIRECT)
+            || (flags.contains(ImageFlags::AUTO_DIRECT) && {
+                let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                iomode::want_direct(path, size)
+            });
+        let ch = iomode::open_with(direct && !flags.contains(ImageFlags::DIRECT), direct, |d| {
+            Channel::open(path, if d { of | OpenFlags::DIRECT } else { of })
+        })?;
         refuse_block_device(&ch)?;
         let lock = !flags.contains(ImageFlags::NO_LOCK);
         if lock {
@@ -75,7 +80,7 @@ impl Image {
         let mut img = Image::open_on(
             Arc::new(ch),
             None,
-            flags & !(ImageFlags::DIRECT.0 | ImageFlags::NO_LOCK.0),
+            flags & !(ImageFlags::DIRECT.0 | ImageFlags::NO_LOCK.0 | ImageFlags::AUTO_DIRECT.0),
         )?;
         img.locked = lock;
         Ok(img)

@@ -91,53 +91,9 @@ impl Image {
         first_page: u64,
         mem: GuestSlice<'_>,
     ) -> Result<()> {
-        let b = self.block_in_file(block)?;
-        let l = &b.layout;
-        let _gate = self.write_gate()?;
-        let len = mem.len() as u64;
-        let npages = len / l.page_size;
-        let off = l.pages_offset + first_page * l.page_size;
-        let iov = [libc::iovec {
-            // `pwritev` only reads through it: the const is not cast away
-            // for a write.
-            iov_base: mem.as_ptr().cast_mut().cast(),
-            iov_len: mem.len(),
-        }];
-        // SAFETY: `mem` is readable for its length (its constructor's
-        // contract), and `pwritev_raw` only reads the iovec buffers.
-        let res = unsafe { self.ch.pwritev_raw(&iov, off) }
-            .map_err(|e| {
-                context(
-                    e,
-                    &format!(
-                        "ramblock '{}': writing pages {first_page}..{} at file offset 0x{off:x}",
-                        l.idstr,
-                        first_page + npages
-                    ),
-                )
-            })
-            .and_then(|written| {
-                if written == len {
-                    Ok(())
-                } else {
-                    Err(Error::from_errno(
-                        format!(
-                            "ramblock '{}': short write at file offset 0x{off:x}: {written} of {len} bytes",
-                            l.idstr
-                        ),
-                        libc::EIO,
-                    ))
-                }
-            });
-        if let Err(e) = res {
-            b.failed_errno
-                .store(e.errno(), std::sync::atomic::Ordering::Relaxed);
-            b.failed.set_range(first_page, npages);
-            return Err(e);
-        }
-        b.failed.clear_range(first_page, npages);
-        b.bitmap.set_range(first_page, npages);
-        Ok(())
+        let ps = self.block_in_file(block)?.layout.page_size;
+        let n = mem.len() as u64 / ps;
+        self.store_span(block, first_page, mem, &[(first_page, n)])
     }
 
     /// Mark pages zero: clear their bits and, when any was set, free their

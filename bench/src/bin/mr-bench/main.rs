@@ -11,96 +11,36 @@
 //! 3. Zero-page scan throughput on in-cache data, one core.
 //! 4. Peak memory of a save (`mr-demo --save-only` under `/usr/bin/time -v`).
 //! 5. Sparse guests: time vs present pages with a dirty bitmap.
+//! 6. Guest layouts (`guests.rs`): a real Linux guest, fragmented,
+//!    page-interleaved, random, 50 % zero by MiB; save/restore vs raw
+//!    O_DIRECT of the present bytes (or a flat dump), alternated pairs.
+//! 7. Where the time goes (`profile.rs`): fixed costs and per-request
+//!    costs of a save and a restore, measured in the same run.
+//! 8. The engine's rules by measurement (`sweep.rs`; not run by default).
+//! 9. Concurrent restores (`concurrent.rs`): N processes each restoring
+//!    its own image vs N processes reading the same files raw.
+//! 10. O_DIRECT vs the page cache by size (`iomode.rs`).
 
+mod args;
+mod concurrent;
+mod guests;
+mod iomode;
+mod profile;
+mod sweep;
+
+use args::{parse_args, Args};
 use mappedram::image::zero::is_zero;
 use mappedram_bench::qmp::{json_num_field, Qemu};
 use mappedram_bench::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
-
-struct Args {
-    sizes: Vec<usize>,
-    reps: usize,
-    dir: PathBuf,
-    shm: PathBuf,
-    qemu_size: usize,
-    qemu_reps: usize,
-    sparse_size: usize,
-    rss_size: usize,
-    threads: Vec<u32>,
-    skip: Vec<String>,
-}
-
-const USAGE: &str =
-    "usage: mr-bench [--sizes 1G,4G] [--reps 3] [--dir DIR (ext4; default $TMPDIR or /tmp)] \
-[--shm DIR (guest RAM files for QEMU; default /dev/shm)] [--qemu-size 1G] [--qemu-reps 2] \
-[--sparse-size 4G] [--rss-size 4G] [--threads 1,2,4] [--skip raw,qemu,zero,rss,sparse]";
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        sizes: vec![1 << 30, 4 << 30],
-        reps: 3,
-        dir: std::env::temp_dir(),
-        shm: PathBuf::from("/dev/shm"),
-        qemu_size: 1 << 30,
-        qemu_reps: 2,
-        sparse_size: 4 << 30,
-        rss_size: 4 << 30,
-        threads: vec![1, 2, 4],
-        skip: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut val = || {
-            it.next()
-                .ok_or_else(|| format!("{k} needs a value\n{USAGE}"))
-        };
-        match k.as_str() {
-            "--sizes" => {
-                a.sizes = val()?
-                    .split(',')
-                    .map(parse_size)
-                    .collect::<Result<_, _>>()?
-            }
-            "--reps" => a.reps = val()?.parse().map_err(|e| format!("--reps: {e}"))?,
-            "--dir" => a.dir = PathBuf::from(val()?),
-            "--shm" => a.shm = PathBuf::from(val()?),
-            "--qemu-size" => a.qemu_size = parse_size(&val()?)?,
-            "--qemu-reps" => {
-                a.qemu_reps = val()?.parse().map_err(|e| format!("--qemu-reps: {e}"))?
-            }
-            "--sparse-size" => a.sparse_size = parse_size(&val()?)?,
-            "--rss-size" => a.rss_size = parse_size(&val()?)?,
-            "--threads" => {
-                a.threads = val()?
-                    .split(',')
-                    .map(|t| {
-                        t.trim()
-                            .parse::<u32>()
-                            .map_err(|e| format!("--threads: {e}"))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            "--skip" => a.skip = val()?.split(',').map(|s| s.trim().to_string()).collect(),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            _ => return Err(format!("unknown argument {k}\n{USAGE}")),
-        }
-    }
-    if a.reps == 0 || a.qemu_reps == 0 {
-        return Err("--reps and --qemu-reps must be at least 1".into());
-    }
-    Ok(a)
-}
 
 /// One benchmark section.
 type Section = fn(&Args, &mut Report) -> Result<(), String>;
 
 /// One line of the final table.
-struct Row {
+pub(crate) struct Row {
     what: String,
     figure: String,
     bar: String,
@@ -108,12 +48,12 @@ struct Row {
 }
 
 #[derive(Default)]
-struct Report {
+pub(crate) struct Report {
     rows: Vec<Row>,
 }
 
 impl Report {
-    fn add(&mut self, what: String, figure: String, bar: &str, pass: Option<bool>) {
+    pub(crate) fn add(&mut self, what: String, figure: String, bar: &str, pass: Option<bool>) {
         println!(
             "  => {what}: {figure}{}",
             match pass {
@@ -132,6 +72,9 @@ impl Report {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--child") {
+        return concurrent::child(std::env::args().skip(2).collect());
+    }
     let a = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -150,9 +93,14 @@ fn main() -> ExitCode {
             .unwrap_or(0)
     );
     let mut failed = false;
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 10] = [
         ("zero", zero_scan),
         ("raw", raw_vs_lib),
+        ("layouts", guests::layouts),
+        ("profile", profile::profile),
+        ("sweep", sweep::sweep),
+        ("concurrent", concurrent::concurrent),
+        ("iomode", iomode::iomode),
         ("qemu", qemu_vs_lib),
         ("rss", peak_rss),
         ("sparse", sparse),
@@ -190,10 +138,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn io_err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+pub(crate) fn io_err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
-fn lib_err(what: &str) -> impl Fn(mappedram::Error) -> String + '_ {
+pub(crate) fn lib_err(what: &str) -> impl Fn(mappedram::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
