@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::need::{cbindgen, repo_root as root};
+use common::need::repo_root as root;
 use common::{met, Need, TmpDir};
 use std::process::Command;
 
@@ -14,8 +14,8 @@ fn header_is_up_to_date() {
         return;
     }
     let root = root();
-    // `met` checked that it is there and is the pinned version.
-    let cbindgen = cbindgen();
+    // `met` checked that the pinned cbindgen, which the script runs, is
+    // there.
     let dir = TmpDir::new("header");
     let tmp = dir.join("mappedram.h");
     // The script, not cbindgen directly: it adds the MR_VERSION_* macros
