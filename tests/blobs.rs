@@ -52,7 +52,7 @@ fn blobs_round_trip_with_the_image() {
     );
     let img = Image::open(&p, ImageFlags::default()).unwrap();
     assert!(img.is_complete());
-    assert_eq!(img.blob_names(), ["vcpu0", "empty", "dev/big"]);
+    assert_eq!(img.blob_names().unwrap(), ["vcpu0", "empty", "dev/big"]);
     assert_eq!(img.get_blob("vcpu0").unwrap(), b"registers");
     assert_eq!(img.get_blob("empty").unwrap(), b"");
     assert_eq!(img.blob_len("dev/big").unwrap(), big.len() as u64);
@@ -102,7 +102,7 @@ fn blobs_are_replaced_in_place_under_the_update_mark() {
     ));
     img.close().unwrap();
     let img = Image::open(&p, ImageFlags::default()).unwrap();
-    assert_eq!(img.blob_names(), ["old", "added"]);
+    assert_eq!(img.blob_names().unwrap(), ["old", "added"]);
     assert_eq!(img.get_blob("old").unwrap(), b"new, longer state");
     assert_eq!(img.get_blob("added").unwrap(), vec![7u8; 5000]);
     assert_same(
@@ -117,7 +117,7 @@ fn blobs_are_replaced_in_place_under_the_update_mark() {
     img.finish().unwrap();
     img.close().unwrap();
     let img = Image::open(&p, ImageFlags::default()).unwrap();
-    assert_eq!(img.blob_names(), ["old"]);
+    assert_eq!(img.blob_names().unwrap(), ["old"]);
     img.close().unwrap();
 }
 
@@ -183,7 +183,7 @@ fn blobs_survive_recovery_only_when_put_again() {
     // Closed without finish: incomplete, the blob was never written.
     img.close().unwrap();
     let img = Image::open(&p, ImageFlags::RECOVER | ImageFlags::READ_WRITE).unwrap();
-    assert!(img.blob_names().is_empty());
+    assert!(img.blob_names().unwrap().is_empty());
     img.put_blob("s", b"state again").unwrap();
     img.finish().unwrap();
     img.close().unwrap();
@@ -228,4 +228,68 @@ fn qemu_files_take_no_blobs_and_qemu_refuses_files_with_blobs() {
         panic!("QEMU must refuse a file with blobs");
     };
     assert!(err.contains("libmappedram/blobs"), "{err}");
+}
+
+#[test]
+fn a_torn_blob_section_recovers_with_blobs_reported_unreadable() {
+    let dir = TmpDir::new("blob-torn");
+    let p = dir.join("img");
+    let mem = make(&p, &[("vcpu0", b"registers of vcpu 0")]);
+    // An update that marked the image and was then cut while rewriting the
+    // blob section: the mark is set, the section's bytes are garbage.
+    let img = Image::open(&p, ImageFlags::READ_WRITE).unwrap();
+    img.put_blob("vcpu0", b"newer registers").unwrap();
+    let mut torn = fs::read(&p).unwrap();
+    img.close().unwrap();
+    let at = torn
+        .windows(18)
+        .rposition(|w| w == b"libmappedram/blobs")
+        .unwrap();
+    for b in &mut torn[at + 18..at + 40] {
+        *b = 0xa5;
+    }
+    let q = dir.join("torn");
+    fs::write(&q, &torn).unwrap();
+    assert!(matches!(
+        Image::open(&q, ImageFlags::default()),
+        Err(Error::Incomplete(_))
+    ));
+    let img = Image::open(&q, ImageFlags::RECOVER | ImageFlags::READ_WRITE).unwrap();
+    // The pages are reachable; every blob query says why there are none.
+    assert_same(
+        "pages of a torn-blob image",
+        &engine::read_ramblock_to_vec(&img, 0, 2).unwrap(),
+        &mem,
+    );
+    let err = img.blob_names().unwrap_err();
+    assert_eq!(err.errno(), libc::EBADMSG, "{err}");
+    assert!(err.to_string().contains("unreadable"), "{err}");
+    assert!(matches!(img.get_blob("vcpu0"), Err(Error::Corrupt(_))));
+    // finish refuses to declare it complete before the blobs are put again.
+    assert!(matches!(img.finish(), Err(Error::Corrupt(_))));
+    img.put_blob("vcpu0", b"put again").unwrap();
+    img.finish().unwrap();
+    img.close().unwrap();
+    let img = Image::open(&q, ImageFlags::default()).unwrap();
+    assert_eq!(img.blob_names().unwrap(), ["vcpu0"]);
+    assert_eq!(img.get_blob("vcpu0").unwrap(), b"put again");
+    img.close().unwrap();
+}
+
+#[test]
+fn blob_changes_on_a_torn_image_need_finish() {
+    let dir = TmpDir::new("blob-torn-close");
+    let p = dir.join("img");
+    make(&p, &[("a", b"1")]);
+    let img = Image::open(&p, ImageFlags::READ_WRITE).unwrap();
+    img.write_pages(1, 0, &[9u8; 4096]).unwrap();
+    let marked = fs::read(&p).unwrap();
+    img.close().unwrap();
+    let q = dir.join("marked");
+    fs::write(&q, &marked).unwrap();
+    let img = Image::open(&q, ImageFlags::RECOVER | ImageFlags::READ_WRITE).unwrap();
+    img.put_blob("b", b"2").unwrap();
+    let err = img.close().unwrap_err();
+    assert!(matches!(err, Error::Incomplete(_)), "{err}");
+    assert!(err.to_string().contains("blob"), "{err}");
 }

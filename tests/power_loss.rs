@@ -251,7 +251,7 @@ fn blob(version: u64, len: usize) -> Vec<u8> {
 }
 
 fn compare_blobs(img: &Image, want: &[(String, Vec<u8>)]) -> Result<(), String> {
-    let mut names = img.blob_names();
+    let mut names = img.blob_names().unwrap();
     names.sort();
     let want_names: Vec<&String> = want.iter().map(|(n, _)| n).collect();
     if names.iter().collect::<Vec<_>>() != want_names {

@@ -113,7 +113,7 @@ pub unsafe extern "C" fn mr_image_remove_blob(img: *mut mr_image, name: *const c
 pub unsafe extern "C" fn mr_image_blob_count(img: *const mr_image) -> c_int {
     call("mr_image_blob_count", || {
         let img = &try_ref_from_ptr!(img)?.inner;
-        let n = img.blob_names().len();
+        let n = img.blob_names()?.len();
         c_int::try_from(n).map_err(|_| Error::Unsupported(format!("{n} blobs")))
     })
 }
@@ -132,7 +132,7 @@ pub unsafe extern "C" fn mr_image_blob_name(
 ) -> c_int {
     call("mr_image_blob_name", || {
         let img = &try_ref_from_ptr!(img)?.inner;
-        let names = img.blob_names();
+        let names = img.blob_names()?;
         let dst = arg_mut(name, "name")?;
         let n = names.get(index as usize).ok_or_else(|| {
             Error::NotFound(format!(

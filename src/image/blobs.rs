@@ -46,6 +46,10 @@ struct Inner {
     /// rewritten with a blob section. False for a complete file another
     /// writer (QEMU) ended: its tail holds device state that must stay.
     tail_ours: bool,
+    /// The section could not be read (an update of it was interrupted and
+    /// the image was opened with `RECOVER`): why. Every blob query reports
+    /// it until a `put_blob` starts a new set.
+    unreadable: Option<String>,
 }
 
 /// The blobs of one image.
@@ -101,13 +105,34 @@ impl BlobStore {
                 items,
                 changed: false,
                 tail_ours,
+                unreadable: None,
             }),
+        }
+    }
+
+    /// The store of an image opened with `RECOVER` whose blob section was
+    /// torn by an interrupted update: no blobs can be read, and `finish`
+    /// refuses until the caller puts its blobs again.
+    pub(crate) fn unreadable(why: String) -> Self {
+        let s = BlobStore::with(Vec::new(), true);
+        s.inner.lock().unreadable = Some(why);
+        s
+    }
+
+    /// `Corrupt` with the reason when the section could not be read.
+    fn check_readable(inner: &Inner) -> Result<()> {
+        match &inner.unreadable {
+            Some(why) => Err(Error::Corrupt(format!(
+                "the image's blobs are unreadable ({why}); put them again to replace the set"
+            ))),
+            None => Ok(()),
         }
     }
 
     /// Whether the set must be written out.
     pub(crate) fn changed(&self) -> bool {
-        self.inner.lock().changed
+        let inner = self.inner.lock();
+        inner.changed || inner.unreadable.is_some()
     }
 
     /// The encoded section for the current set (empty when there is none),
@@ -115,6 +140,7 @@ impl BlobStore {
     /// about to overwrite the region they live in.
     pub(crate) fn encode(&self, ch: &Channel, section_id: u32) -> Result<Vec<u8>> {
         let mut inner = self.inner.lock();
+        BlobStore::check_readable(&inner)?;
         for (name, stored) in inner.items.iter_mut() {
             if let Stored::File(e) = stored {
                 let data = read_verified(ch, name, e)?;
@@ -190,6 +216,10 @@ impl Image {
         }
         self.mark_updating()?;
         let mut inner = self.blobs.inner.lock();
+        if inner.unreadable.take().is_some() {
+            // The unreadable set is replaced by the one the caller puts now.
+            inner.items.clear();
+        }
         let item = Stored::Mem(data.to_vec());
         match inner.items.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = item,
@@ -211,9 +241,12 @@ impl Image {
     }
 
     /// Names of the image's blobs, in the order they are stored.
-    pub fn blob_names(&self) -> Vec<String> {
+    /// `Corrupt` when the blob section of an image opened with `RECOVER`
+    /// was torn by an interrupted update (until `put_blob` starts anew).
+    pub fn blob_names(&self) -> Result<Vec<String>> {
         let inner = self.blobs.inner.lock();
-        inner.items.iter().map(|(n, _)| n.clone()).collect()
+        BlobStore::check_readable(&inner)?;
+        Ok(inner.items.iter().map(|(n, _)| n.clone()).collect())
     }
 
     /// Length of blob `name` in bytes; `NotFound` when there is none.
@@ -238,6 +271,7 @@ impl Image {
 
     fn blob_index(&self, name: &str) -> Result<usize> {
         let inner = self.blobs.inner.lock();
+        BlobStore::check_readable(&inner)?;
         inner
             .items
             .iter()

@@ -136,7 +136,16 @@ impl Image {
         // After the completion verdict: an interrupted in-place update may
         // have torn the blob section it was rewriting (power loss); that
         // image is incomplete, not corrupt (tests/power_loss.rs).
-        let blob_store = BlobStore::open(&src, &layout, blob_end)?;
+        let blob_store = match BlobStore::open(&src, &layout, blob_end) {
+            // Recovering from an interrupted update that was rewriting the
+            // blobs: the pages stay reachable, the blobs report why not.
+            Err(e @ (Error::Corrupt(_) | Error::Unsupported(_)))
+                if matches!(state, DiskState::Torn { .. }) =>
+            {
+                BlobStore::unreadable(e.to_string())
+            }
+            r => r?,
+        };
         let blocks = load_blocks(&ch, &layout)?;
         let mut img = Image::assemble(ch, libvirt, layout, blocks, writable, state);
         img.blobs = blob_store;

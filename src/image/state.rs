@@ -339,6 +339,12 @@ impl Image {
             {
                 first_err = Some(e);
             }
+            if self.blobs.changed() && matches!(*self.state.lock(), DiskState::Torn { .. }) {
+                first_err.get_or_insert(Error::Incomplete(format!(
+                    "{}: blob changes were not written: the image's interrupted update is resolved (and blobs written) only by finish",
+                    self.ch.name()
+                )));
+            }
         }
         // `into_inner` gives the channel to exactly one of its last holders.
         if let Some(ch) = Arc::into_inner(self.ch) {
