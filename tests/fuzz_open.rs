@@ -182,6 +182,9 @@ fn base_image() -> (Vec<u8>, Vec<(u64, usize)>) {
             img.write_page(b, p * PS, &page).unwrap();
         }
     }
+    // Named blobs: the fuzzer reaches the blob section's parser too.
+    img.put_blob("vcpu0", &[0x5a; 300]).unwrap();
+    img.put_blob("dev/empty", &[]).unwrap();
     img.finish().unwrap();
     img.close().unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -248,6 +251,14 @@ fn exercise(f: &Sparse, st: &mut Stats) {
             let mut page = vec![0u8; info.page_size as usize];
             for off in [0, info.used_length.saturating_sub(info.page_size)] {
                 if img.read_page(b, off, &mut page).is_err() {
+                    st.read_errors += 1;
+                }
+            }
+        }
+        // Every blob, checksum verified (a mismatch is an error, never data).
+        if let Ok(names) = img.blob_names() {
+            for n in names {
+                if img.get_blob(&n).is_err() {
                     st.read_errors += 1;
                 }
             }

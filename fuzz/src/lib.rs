@@ -119,6 +119,11 @@ pub fn exercise(fd: &OwnedFd) {
             let last = info.used_length.saturating_sub(info.page_size);
             let _ = img.read_page(b, last, &mut page);
         }
+        if let Ok(names) = img.blob_names() {
+            for n in names {
+                let _ = img.get_blob(&n);
+            }
+        }
         let _ = img.close();
     }
 }
@@ -153,6 +158,10 @@ pub fn seeds() -> Vec<Vec<u8>> {
                 }
             }
             if finished {
+                if i == 0 {
+                    img.put_blob("vcpu0", &[0x5a; 300]).unwrap();
+                    img.put_blob("dev/empty", &[]).unwrap();
+                }
                 img.finish().unwrap();
             }
             img.close().unwrap();
