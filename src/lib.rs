@@ -14,6 +14,7 @@
 //! - `ffi`: the C ABI (`include/mappedram.h`), a thin skin.
 
 pub mod channel;
+pub mod compress;
 pub mod engine;
 pub mod error;
 pub mod format;
@@ -22,6 +23,7 @@ pub mod image;
 mod ffi;
 
 pub use channel::{Channel, OpenFlags};
+pub use compress::{BlockStats, ImageOptions};
 pub use error::{Error, Result};
 pub use format::ramblock::BlockSpec;
 pub use image::{BlockInfo, Image, ImageFlags};

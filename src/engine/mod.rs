@@ -6,12 +6,13 @@
 //! runs of present pages are coalesced into one positional write/read
 //! straight from/to guest memory (`O_DIRECT`, zero-copy, when aligned).
 
-mod parallel;
+pub(crate) mod parallel;
 mod restore;
 mod save;
 
 pub use restore::{read_ramblock, read_ramblock_to_vec};
 pub use save::save_ramblock;
+pub(crate) use save::HostPtr;
 
 /// Size of one unit of work. Also the largest single write or read.
 pub const UNIT_BYTES: u64 = 4 << 20;

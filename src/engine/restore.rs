@@ -31,10 +31,14 @@ pub unsafe fn read_ramblock(
     }
     let ps = info.page_size;
     let pages = info.used_length / ps;
+    let host = HostPtr(host);
+    if let Some(c) = img.chunked(block)? {
+        // SAFETY: forwarded caller contract.
+        return unsafe { crate::compress::engine::restore(img, &c, host, zero_absent, threads) };
+    }
     let upp = unit_pages(ps);
     let units = pages.div_ceil(upp);
     let nthreads = effective_threads(threads, units);
-    let host = HostPtr(host);
     let what = format!("restore of ramblock '{}'", info.idstr);
     parallel::run(img, &what, units, nthreads, info.used_length, |u| {
         let first = u * upp;

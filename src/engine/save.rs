@@ -73,10 +73,14 @@ pub unsafe fn save_ramblock(
             img.channel().name()
         )));
     }
+    let host = HostPtr(host as *mut u8);
+    if let Some(c) = img.chunked(block)? {
+        // SAFETY: forwarded caller contract.
+        return unsafe { crate::compress::engine::save(img, &c, host, dirty, threads) };
+    }
     let upp = unit_pages(ps);
     let units = pages.div_ceil(upp);
     let nthreads = effective_threads(threads, units);
-    let host = HostPtr(host as *mut u8);
     let what = format!("save of ramblock '{}'", info.idstr);
     parallel::run(img, &what, units, nthreads, info.used_length, |u| {
         let first = u * upp;

@@ -23,8 +23,9 @@ use crate::format::ramblock::{self, BlockLayout, BlockSpec, StreamLayout};
 use crate::format::stream::{self, Completion, Configuration};
 use crate::format::{ReadAt, CAP_MAPPED_RAM};
 use bitmap::AtomicBitmap;
+pub(crate) use pages::context;
 use parking_lot::{Mutex, RwLock};
-use state::DiskState;
+pub(crate) use state::DiskState;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,16 +94,19 @@ pub(crate) struct Block {
     pub(crate) failed: AtomicBitmap,
     /// errno of the latest failed write (reported again by the latch).
     pub(crate) failed_errno: std::sync::atomic::AtomicI32,
+    /// The chunk table of a compressed / checksummed image.
+    pub(crate) chunks: Option<crate::compress::chunked::ChunkTable>,
 }
 
 impl Block {
-    fn new(layout: BlockLayout, bitmap: AtomicBitmap) -> Block {
+    pub(crate) fn new(layout: BlockLayout, bitmap: AtomicBitmap) -> Block {
         let failed = AtomicBitmap::new(layout.pages());
         Block {
             layout,
             bitmap,
             failed,
             failed_errno: std::sync::atomic::AtomicI32::new(libc::EIO),
+            chunks: None,
         }
     }
 }
@@ -311,12 +315,13 @@ impl Image {
                 AtomicBitmap::from_le_bytes(l.pages(), &bytes),
             ));
         }
+        crate::compress::attach_tables(&ch, &layout, &mut blocks)?;
         Ok(Image::assemble(
             ch, libvirt, layout, blocks, writable, state,
         ))
     }
 
-    fn assemble(
+    pub(crate) fn assemble(
         ch: Arc<Channel>,
         libvirt: Option<LibvirtHeader>,
         layout: StreamLayout,

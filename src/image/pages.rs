@@ -37,6 +37,19 @@ impl Image {
         }
     }
 
+    /// Block `block` for the slot-level paths, which only plain blocks
+    /// have (a chunked block's slots hold chunks, not pages).
+    fn plain_block(&self, block: usize) -> Result<&Block> {
+        let b = self.block_in_file(block)?;
+        if b.chunks.is_some() {
+            return Err(Error::Unsupported(format!(
+                "ramblock '{}' is chunked (compressed or checksummed): its slots hold chunks, not pages; use the page or ramblock calls",
+                b.layout.idstr
+            )));
+        }
+        Ok(b)
+    }
+
     /// Write one page at byte `offset` inside `block`.
     pub fn write_page(&self, block: usize, offset: u64, page: &[u8]) -> Result<()> {
         let b = self.block(block)?;
@@ -73,6 +86,10 @@ impl Image {
         let ps = b.layout.page_size;
         let first = offset / ps;
         let n = len / ps;
+        if let Some(c) = self.chunked(block)? {
+            // SAFETY: forwarded caller contract.
+            return unsafe { self.write_pages_chunked(&c, first, n, ptr) };
+        }
         let page_zero = |i: u64| {
             // SAFETY: i < n, so the page lies inside the caller's buffer.
             unsafe { is_zero(ptr.add((i * ps) as usize), ps as usize) }
@@ -107,7 +124,7 @@ impl Image {
         npages: u64,
         ptr: *const u8,
     ) -> Result<()> {
-        let b = self.block_in_file(block)?;
+        let b = self.plain_block(block)?;
         let l = &b.layout;
         let _gate = self.write_gate()?;
         let len = npages * l.page_size;
@@ -155,7 +172,7 @@ impl Image {
     /// Mark pages zero: clear their bits and, when any was set, free their
     /// slots.
     pub(crate) fn discard_pages(&self, block: usize, first_page: u64, npages: u64) -> Result<()> {
-        let b = self.block_in_file(block)?;
+        let b = self.plain_block(block)?;
         let l = &b.layout;
         // Nothing to change (the common case when saving into a new image):
         // no gate, no update mark. A read-only image still refuses.
@@ -198,6 +215,9 @@ impl Image {
         }
         self.check_range(block, offset, ps)?;
         let idx = offset / ps;
+        if let Some(c) = self.chunked(block)? {
+            return self.read_page_chunked(&c, idx, page);
+        }
         if !b.bitmap.test(idx) {
             page.fill(0);
             return Ok(false);
@@ -218,7 +238,7 @@ impl Image {
         npages: u64,
         ptr: *mut u8,
     ) -> Result<()> {
-        let b = self.block_in_file(block)?;
+        let b = self.plain_block(block)?;
         let l = &b.layout;
         let len = npages * l.page_size;
         let off = l.pages_offset + first_page * l.page_size;
