@@ -16,6 +16,7 @@
 
 pub(crate) mod chunked;
 pub mod codec;
+pub mod convert;
 pub mod engine;
 pub mod layout;
 pub mod table;
