@@ -142,6 +142,7 @@ impl Image {
                             c.name(i)
                         ))
                     })?;
+                self.check_bits(c, i, s)?;
             }
         }
         if c.t.hdr.checksum == Checksum::Xxh3 {
@@ -152,6 +153,32 @@ impl Image {
                     c.name(i),
                     c.t.entry_offset(i),
                     e.sum()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A decompressed chunk must agree with the bitmap (bit set exactly for
+    /// its non-zero pages, as stored): a bitmap from another moment than
+    /// the table (a crash between writing the two) is caught, not read as
+    /// zero pages.
+    fn check_bits(&self, c: &Chunked, i: u64, s: &Scratch) -> Result<()> {
+        let l = &c.b.layout;
+        let ps = l.page_size as usize;
+        let clen = c.t.chunk_len(l, i) as usize;
+        let first = i * c.t.hdr.chunk_bytes / l.page_size;
+        for (k, page) in s.data.as_slice()[..clen].chunks_exact(ps).enumerate() {
+            // SAFETY: `page` is a valid slice of `ps` bytes.
+            let nonzero = !unsafe { is_zero(page.as_ptr(), ps) };
+            if nonzero != c.b.bitmap.test(first + k as u64) {
+                return Err(Error::Corrupt(format!(
+                    "{}: page {} (block offset 0x{:x}) is {} in the chunk but its bitmap bit is {}: bitmap and chunk table are from different moments (torn update)",
+                    c.name(i),
+                    first + k as u64,
+                    (first + k as u64) * l.page_size,
+                    if nonzero { "data" } else { "zero" },
+                    if nonzero { "clear" } else { "set" }
                 )));
             }
         }
