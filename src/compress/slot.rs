@@ -1,8 +1,9 @@
 //! One chunk's slot: load (read, decompress, verify) and store (zero scan,
 //! checksum, compress, write padded, free the rest of the slot).
 
-use super::chunked::{compressor, decompressor, ChunkTable, Scratch, PAD};
+use super::chunked::{compressor, decompressor, AlignedVec, ChunkTable, Scratch, PAD};
 use super::codec::checksum;
+use super::codec::Decompressor;
 use super::table::{Checksum, Codec, Entry};
 use crate::channel::Channel;
 use crate::error::{Error, Result};
@@ -97,8 +98,26 @@ impl Image {
     /// Load chunk `i`'s uncompressed bytes (absent pages as zeros) into
     /// `s.data` and verify its checksum. The caller holds the chunk's lock.
     pub(crate) fn load_chunk(&self, c: &Chunked, i: u64, s: &mut Scratch) -> Result<()> {
+        let clen = c.t.chunk_len(&c.b.layout, i) as usize;
+        let Scratch {
+            data, comp, dctx, ..
+        } = s;
+        self.load_chunk_into(c, i, &mut data.as_mut_slice()[..clen], comp, dctx)
+    }
+
+    /// As [`load_chunk`](Self::load_chunk), into `out` (the chunk's length;
+    /// the restore path passes guest memory here to save a copy).
+    pub(crate) fn load_chunk_into(
+        &self,
+        c: &Chunked,
+        i: u64,
+        out: &mut [u8],
+        comp: &mut AlignedVec,
+        dctx: &mut Option<Decompressor>,
+    ) -> Result<()> {
         let l = &c.b.layout;
         let clen = c.t.chunk_len(l, i);
+        debug_assert_eq!(out.len() as u64, clen);
         let e = c.t.entry(l, i)?;
         let ps = l.page_size;
         match e {
@@ -113,40 +132,35 @@ impl Image {
                         c.t.entry_offset(i)
                     )));
                 }
-                s.data.as_mut_slice()[..clen as usize].fill(0);
+                out.fill(0);
                 return Ok(());
             }
             Entry::Raw { .. } => {
                 for (p, n, set) in runs(c, i, clen) {
                     let r = (p * ps) as usize..((p + n) * ps) as usize;
                     if set {
-                        let off = c.slot(i) + p * ps;
-                        let data = s.data.as_mut_slice();
-                        self.read_exact_at(c, i, &mut data[r], off)?;
+                        self.read_exact_at(c, i, &mut out[r], c.slot(i) + p * ps)?;
                     } else {
-                        s.data.as_mut_slice()[r].fill(0);
+                        out[r].fill(0);
                     }
                 }
             }
             Entry::Zstd { stored, .. } => {
                 let padded = (stored as u64).next_multiple_of(PAD).min(clen) as usize;
-                self.read_exact_at(c, i, &mut s.comp.as_mut_slice()[..padded], c.slot(i))?;
-                decompressor(&mut s.dctx)?
-                    .decompress(
-                        &s.comp.as_slice()[..stored as usize],
-                        &mut s.data.as_mut_slice()[..clen as usize],
-                    )
+                self.read_exact_at(c, i, &mut comp.as_mut_slice()[..padded], c.slot(i))?;
+                decompressor(dctx)?
+                    .decompress(&comp.as_slice()[..stored as usize], out)
                     .map_err(|why| {
                         Error::Corrupt(format!(
                             "{}: {stored} stored bytes do not decompress to the chunk: {why}",
                             c.name(i)
                         ))
                     })?;
-                self.check_bits(c, i, s)?;
+                self.check_bits(c, i, out)?;
             }
         }
         if c.t.hdr.checksum == Checksum::Xxh3 {
-            let got = checksum(&s.data.as_slice()[..clen as usize]);
+            let got = checksum(out);
             if got != e.sum() {
                 return Err(Error::Corrupt(format!(
                     "{}: checksum mismatch: the table (entry at 0x{:x}) says 0x{:016x}, the data hashes to 0x{got:016x}",
@@ -163,12 +177,11 @@ impl Image {
     /// its non-zero pages, as stored): a bitmap from another moment than
     /// the table (a crash between writing the two) is caught, not read as
     /// zero pages.
-    fn check_bits(&self, c: &Chunked, i: u64, s: &Scratch) -> Result<()> {
+    fn check_bits(&self, c: &Chunked, i: u64, data: &[u8]) -> Result<()> {
         let l = &c.b.layout;
         let ps = l.page_size as usize;
-        let clen = c.t.chunk_len(l, i) as usize;
         let first = i * c.t.hdr.chunk_bytes / l.page_size;
-        for (k, page) in s.data.as_slice()[..clen].chunks_exact(ps).enumerate() {
+        for (k, page) in data.chunks_exact(ps).enumerate() {
             // SAFETY: `page` is a valid slice of `ps` bytes.
             let nonzero = !unsafe { is_zero(page.as_ptr(), ps) };
             if nonzero != c.b.bitmap.test(first + k as u64) {

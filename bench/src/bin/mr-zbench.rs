@@ -1,0 +1,232 @@
+//! mr-zbench: compressed images against the zstd CLI, same data, same run.
+//!
+//! A guest of the realistic mix (random, zero, text, mostly-zero pages) is
+//! generated in memory and written raw to `DIR/raw.bin` (the zstd input;
+//! it stays in the page cache). Then, per chunk size:
+//! - size: allocated bytes of a compressed image (zstd level 1) against
+//!   `zstd -1 -T2 raw.bin` (bar: <= 1.03x);
+//! - save: library save with 2 threads (`O_DIRECT`, `finish` included)
+//!   against `zstd -1 -T2` of the cached raw file including an fsync of its
+//!   output (bar: >= 0.9x throughput);
+//! - restore: library restore with 2 threads into fresh memory against
+//!   `zstd -d -c raw.zst > /dev/null` (zstd's best case: no output
+//!   written; bar: >= 1.5x throughput), both with the file evicted from
+//!   the page cache (cold: `O_DIRECT` for the library) and both cached.
+//!
+//! `--qemu-file F` adds `mrtool compress`-equivalent conversion of a QEMU
+//! file against `zstd -1 -T2 F`.
+//!
+//! usage: mr-zbench [--size 1G] [--dir DIR] [--chunks 262144,1048576,4194304] [--reps N] [--qemu-file F]
+
+use mappedram::compress::convert::convert;
+use mappedram::compress::ImageOptions;
+use mappedram::engine;
+use mappedram::{Image, ImageFlags};
+use mappedram_bench::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+fn sh(cmd: &str) -> f64 {
+    let t = Instant::now();
+    let st = Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(Stdio::null())
+        .status()
+        .expect("sh");
+    assert!(st.success(), "{cmd} failed");
+    t.elapsed().as_secs_f64()
+}
+
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// Drop `p` from the page cache (this file only): a cold read follows.
+fn evict(p: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(p).expect("open for evict");
+    f.sync_all().expect("fsync");
+    // SAFETY: fadvise on a valid descriptor only affects caching.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// Read `p` once so it is in the page cache.
+fn warm(p: &Path) {
+    sh(&format!("cat {} > /dev/null", p.display()));
+}
+
+fn best(v: &[f64]) -> f64 {
+    v.iter().cloned().fold(f64::INFINITY, f64::min)
+}
+
+fn main() -> ExitCode {
+    let mut size = 1usize << 30;
+    let mut dir = std::env::temp_dir();
+    let mut chunks = vec![256 << 10, 1 << 20, 4 << 20];
+    let mut reps = 3;
+    let mut qemu_file: Option<PathBuf> = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().unwrap_or_default();
+        match k.as_str() {
+            "--size" => size = parse_size(&v).expect("--size"),
+            "--dir" => dir = PathBuf::from(v),
+            "--reps" => reps = v.parse().expect("--reps"),
+            "--chunks" => chunks = v.split(',').map(|c| c.parse().expect("--chunks")).collect(),
+            "--qemu-file" => qemu_file = Some(PathBuf::from(v)),
+            _ => {
+                eprintln!("mr-zbench: unknown argument {k}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let gib = size as f64 / (1u64 << 30) as f64;
+    let mut mem = Mem::anon(size).expect("mmap");
+    Pattern::Realistic.fill(7, mem.as_mut_slice());
+    let (present, zero) = count_pages(mem.as_slice());
+    println!("guest: {gib:.2} GiB mixed, {present} present / {zero} zero pages");
+    let raw = dir.join("zb-raw.bin");
+    let zst = dir.join("zb-raw.zst");
+    std::fs::write(&raw, mem.as_slice()).expect("raw.bin");
+    let cat = sh(&format!("cat {} > /dev/null", raw.display()));
+    println!("raw.bin cached (cat: {cat:.3} s)");
+
+    let (mut zc, mut zd, mut zdw, mut zdm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let unzstd = format!("zstd -q -d -c {} > /dev/null", zst.display());
+    let shm = "/dev/shm/zb-out.raw";
+    let unzstd_mem = format!("zstd -q -f -d {} -o {shm}", zst.display());
+    for _ in 0..reps {
+        zc.push(sh(&format!(
+            "zstd -q -f -1 -T2 {} -o {} && sync {}",
+            raw.display(),
+            zst.display(),
+            zst.display()
+        )));
+        evict(&zst);
+        zd.push(sh(&unzstd));
+        warm(&zst);
+        zdw.push(sh(&unzstd));
+        zdm.push(sh(&unzstd_mem));
+        let _ = std::fs::remove_file(shm);
+    }
+    let zsize = std::fs::metadata(&zst).unwrap().len();
+    let (zc, zd, zdw, zdm) = (best(&zc), best(&zd), best(&zdw), best(&zdm));
+    let mibs = |t: f64| size as f64 / t / (1 << 20) as f64;
+    println!(
+        "zstd -1 -T2: {zsize} bytes ({:.1}% of raw), compress {:.0} MiB/s (incl. fsync); zstd -d: cold to /dev/null {:.0} MiB/s, cached to /dev/null {:.0} MiB/s, cached into memory (/dev/shm) {:.0} MiB/s",
+        100.0 * zsize as f64 / size as f64,
+        mibs(zc),
+        mibs(zd),
+        mibs(zdw),
+        mibs(zdm)
+    );
+
+    let spec = specs(size, &[]);
+    for &chunk in &chunks {
+        let img_path = dir.join("zb-img.mr");
+        let opts = ImageOptions {
+            chunk_bytes: chunk,
+            ..ImageOptions::zstd(1)
+        };
+        let (mut sv, mut rs, mut rsd, mut rsp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let _ = std::fs::remove_file(&img_path);
+            let t = Instant::now();
+            let img = Image::create_with(&img_path, MACHINE, &spec, ImageFlags::DIRECT, &opts)
+                .expect("create");
+            // SAFETY: `mem` covers the block.
+            unsafe { engine::save_ramblock(&img, 0, mem.as_ptr(), None, 2).expect("save") };
+            img.finish().expect("finish");
+            img.close().expect("close");
+            sv.push(t.elapsed().as_secs_f64());
+            // (a) cold, O_DIRECT, fresh memory; (b) cached, fresh memory;
+            // (c) cached, populated memory, absent pages zeroed (the
+            // decompress-in-place path; zstd to /dev/null writes no memory).
+            for (k, v) in [&mut rs, &mut rsd, &mut rsp].into_iter().enumerate() {
+                let mut out = Mem::anon(size).expect("mmap");
+                let flags = if k == 0 {
+                    ImageFlags::DIRECT
+                } else {
+                    ImageFlags::default()
+                };
+                if k == 0 {
+                    evict(&img_path);
+                } else {
+                    warm(&img_path);
+                }
+                if k == 2 {
+                    out.prefault();
+                }
+                let t = Instant::now();
+                let img = Image::open(&img_path, flags).expect("open");
+                // SAFETY: `out` covers the block.
+                unsafe {
+                    engine::read_ramblock(&img, 0, out.as_mut_ptr(), k == 2, 2).expect("restore")
+                };
+                v.push(t.elapsed().as_secs_f64());
+                assert!(out.as_slice() == mem.as_slice(), "restore differs");
+            }
+        }
+        // Profiling aid: MRZ_RESTORE_LOOP=N runs N more 1-thread restores.
+        let loops: usize = std::env::var("MRZ_RESTORE_LOOP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        for _ in 0..loops {
+            let mut out = Mem::anon(size).expect("mmap");
+            let img = Image::open(&img_path, ImageFlags::default()).expect("open");
+            let t = Instant::now();
+            // SAFETY: `out` covers the block.
+            unsafe { engine::read_ramblock(&img, 0, out.as_mut_ptr(), false, 1).expect("restore") };
+            println!(
+                "1-thread restore: {:.0} MiB/s",
+                size as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64
+            );
+        }
+        let alloc = allocated(&img_path);
+        let (sv, rs, rsd, rsp) = (best(&sv), best(&rs), best(&rsd), best(&rsp));
+        println!(
+            "chunk {:>5} KiB: allocated {alloc} bytes = {:.3}x zstd; save {:.0} MiB/s = {:.2}x zstd -1 -T2; restore (a) cold {:.0} MiB/s = {:.2}x zstd -d cold, (b) cached into fresh memory {:.0} MiB/s = {:.2}x zstd -d into memory, (c) cached into populated memory {:.0} MiB/s = {:.2}x zstd -d to /dev/null",
+            chunk >> 10,
+            alloc as f64 / zsize as f64,
+            mibs(sv),
+            zc / sv,
+            mibs(rs),
+            zd / rs,
+            mibs(rsd),
+            zdm / rsd,
+            mibs(rsp),
+            zdw / rsp
+        );
+        let _ = std::fs::remove_file(&img_path);
+    }
+    if let Some(q) = qemu_file {
+        let out = dir.join("zb-qemu.mr");
+        let qz = dir.join("zb-qemu.zst");
+        let t = Instant::now();
+        let src = Image::open(&q, ImageFlags::DIRECT).expect("open QEMU file");
+        convert(&src, &out, &ImageOptions::zstd(1), 2, &|_, _| {}).expect("convert");
+        let ct = t.elapsed().as_secs_f64();
+        let zt = sh(&format!(
+            "zstd -q -f -1 -T2 {} -o {} && sync {}",
+            q.display(),
+            qz.display(),
+            qz.display()
+        ));
+        let (a, z) = (allocated(&out), std::fs::metadata(&qz).unwrap().len());
+        println!(
+            "QEMU file {} ({} bytes, {} allocated): compressed image allocated {a} bytes = {:.3}x zstd -1 -T2 ({z}); convert {ct:.2} s vs zstd {zt:.2} s",
+            q.display(),
+            std::fs::metadata(&q).unwrap().len(),
+            allocated(&q),
+            a as f64 / z as f64
+        );
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&qz);
+    }
+    let _ = std::fs::remove_file(&raw);
+    let _ = std::fs::remove_file(&zst);
+    ExitCode::SUCCESS
+}
