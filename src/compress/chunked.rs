@@ -110,6 +110,13 @@ impl ChunkTable {
         self.hdr.chunk_len(l.used_length, i)
     }
 
+    /// Scratch bytes for one chunk of block `l`: the chunk size, or the
+    /// block's length when that is smaller (so a table claiming 16 MiB
+    /// chunks for a small block allocates no more than the file holds).
+    pub(crate) fn scratch_len(&self, l: &BlockLayout) -> u64 {
+        self.hdr.chunk_bytes.min(l.used_length)
+    }
+
     /// File offset of entry `i`.
     pub(crate) fn entry_offset(&self, i: u64) -> u64 {
         self.offset + HEADER_LEN + i * ENTRY_LEN
@@ -199,8 +206,8 @@ thread_local! {
     static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
 
-/// Run `f` with this thread's scratch for `chunk_bytes` (kept between
-/// calls; replaced when the chunk size differs).
+/// Run `f` with this thread's scratch of `chunk_bytes` (kept between
+/// calls; replaced when the size differs).
 pub(crate) fn with_scratch<T>(chunk_bytes: u64, f: impl FnOnce(&mut Scratch) -> T) -> T {
     let mut s = SCRATCH
         .with(|c| c.borrow_mut().take())

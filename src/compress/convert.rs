@@ -36,7 +36,7 @@ impl Image {
                 let ce = cs + c.t.chunk_len(&b.layout, i);
                 let (a, z) = (offset.max(cs), end.min(ce));
                 let _g = c.t.lock(i).read();
-                with_scratch(cb, |s| -> Result<()> {
+                with_scratch(c.t.scratch_len(&c.b.layout), |s| -> Result<()> {
                     self.load_chunk(&c, i, s)?;
                     buf[(a - offset) as usize..(z - offset) as usize]
                         .copy_from_slice(&s.data.as_slice()[(a - cs) as usize..(z - cs) as usize]);

@@ -45,7 +45,7 @@ pub(crate) unsafe fn save(
                 continue;
             }
             let _g = c.t.lock(i).write();
-            let present = with_scratch(cb, |s| {
+            let present = with_scratch(c.t.scratch_len(&c.b.layout), |s| {
                 if ndirty < np {
                     img.load_chunk(c, i, s)?;
                 }
@@ -126,7 +126,7 @@ pub(crate) unsafe fn restore(
                 // which the caller lends us for writes for this call; units
                 // partition the chunks, so no other worker touches it.
                 let out = unsafe { std::slice::from_raw_parts_mut(dst(0), clen as usize) };
-                with_scratch(cb, |s| {
+                with_scratch(c.t.scratch_len(&c.b.layout), |s| {
                     img.load_chunk_into(c, i, out, &mut s.comp, &mut s.dctx)
                 })?;
                 st.pages_data += present;
@@ -134,7 +134,7 @@ pub(crate) unsafe fn restore(
                 st.bytes += present * ps;
                 continue;
             }
-            with_scratch(cb, |s| -> Result<()> {
+            with_scratch(c.t.scratch_len(&c.b.layout), |s| -> Result<()> {
                 img.load_chunk(c, i, s)?;
                 let data = s.data.as_slice();
                 c.b.bitmap.for_each_run(fp, fp + np, |p, n, set| {

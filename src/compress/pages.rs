@@ -19,7 +19,7 @@ impl Image {
         let cb = c.t.hdr.chunk_bytes;
         let i = idx * ps / cb;
         let _g = c.t.lock(i).read();
-        with_scratch(cb, |s| {
+        with_scratch(c.t.scratch_len(&c.b.layout), |s| {
             self.load_chunk(c, i, s)?;
             let at = (idx * ps - i * cb) as usize;
             page.copy_from_slice(&s.data.as_slice()[at..at + ps as usize]);
@@ -48,7 +48,7 @@ impl Image {
             let (cs, ce) = (i * cb, i * cb + clen);
             let (a, b) = (start.max(cs), end.min(ce));
             let _g = c.t.lock(i).write();
-            with_scratch(cb, |s| {
+            with_scratch(c.t.scratch_len(&c.b.layout), |s| {
                 if a != cs || b != ce {
                     self.load_chunk(c, i, s)?;
                 }
