@@ -16,7 +16,9 @@
 //! `--qemu-file F` adds `mrtool compress`-equivalent conversion of a QEMU
 //! file against `zstd -1 -T2 F`.
 //!
-//! usage: mr-zbench [--size 1G] [--dir DIR] [--chunks 262144,1048576,4194304] [--reps N] [--qemu-file F]
+//! `--qemu` has QEMU 10 save the same guest first and uses that file.
+//!
+//! usage: mr-zbench [--size 1G] [--dir DIR] [--chunks 262144,1048576,4194304] [--reps N] [--level N] [--qemu-file F] [--qemu]
 
 use mappedram::compress::convert::convert;
 use mappedram::compress::ImageOptions;
@@ -61,19 +63,44 @@ fn best(v: &[f64]) -> f64 {
     v.iter().cloned().fold(f64::INFINITY, f64::min)
 }
 
+/// QEMU 10 saves `mem` (a paused guest, `-M pc`, multifd 2 channels) to `out`.
+fn qemu_save_guest(mem: &[u8], dir: &Path, out: &Path) {
+    use mappedram_bench::qmp::Qemu;
+    let ram = PathBuf::from("/dev/shm/zb-src.ram");
+    std::fs::write(&ram, mem).expect("guest RAM file");
+    let sock = dir.join("zb-qmp.sock");
+    let mut q = Qemu::start(&ram, mem.len() >> 20, &sock, false).expect("start QEMU");
+    q.qmp.setup_mapped_ram(2, false).expect("QMP setup");
+    q.qmp
+        .cmd("migrate", &format!("{{\"uri\":\"file:{}\"}}", out.display()))
+        .expect("migrate");
+    q.qmp
+        .wait_migration(std::time::Duration::from_millis(5), std::time::Duration::from_secs(600))
+        .expect("QEMU save");
+    q.quit();
+    let _ = std::fs::remove_file(&ram);
+}
+
 fn main() -> ExitCode {
     let mut size = 1usize << 30;
     let mut dir = std::env::temp_dir();
     let mut chunks = vec![256 << 10, 1 << 20, 4 << 20];
     let mut reps = 3;
     let mut qemu_file: Option<PathBuf> = None;
+    let mut qemu_save = false;
+    let mut level = 1;
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--qemu" {
+            qemu_save = true;
+            continue;
+        }
         let v = it.next().unwrap_or_default();
         match k.as_str() {
             "--size" => size = parse_size(&v).expect("--size"),
             "--dir" => dir = PathBuf::from(v),
             "--reps" => reps = v.parse().expect("--reps"),
+            "--level" => level = v.parse().expect("--level"),
             "--chunks" => chunks = v.split(',').map(|c| c.parse().expect("--chunks")).collect(),
             "--qemu-file" => qemu_file = Some(PathBuf::from(v)),
             _ => {
@@ -128,7 +155,7 @@ fn main() -> ExitCode {
         let img_path = dir.join("zb-img.mr");
         let opts = ImageOptions {
             chunk_bytes: chunk,
-            ..ImageOptions::zstd(1)
+            ..ImageOptions::zstd(level)
         };
         let (mut sv, mut rs, mut rsd, mut rsp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
@@ -188,7 +215,7 @@ fn main() -> ExitCode {
         let alloc = allocated(&img_path);
         let (sv, rs, rsd, rsp) = (best(&sv), best(&rs), best(&rsd), best(&rsp));
         println!(
-            "chunk {:>5} KiB: allocated {alloc} bytes = {:.3}x zstd; save {:.0} MiB/s = {:.2}x zstd -1 -T2; restore (a) cold {:.0} MiB/s = {:.2}x zstd -d cold, (b) cached into fresh memory {:.0} MiB/s = {:.2}x zstd -d into memory, (c) cached into populated memory {:.0} MiB/s = {:.2}x zstd -d to /dev/null",
+            "level {level}, chunk {:>5} KiB: allocated {alloc} bytes = {:.3}x zstd; save {:.0} MiB/s = {:.2}x zstd -1 -T2; restore (a) cold {:.0} MiB/s = {:.2}x zstd -d cold, (b) cached into fresh memory {:.0} MiB/s = {:.2}x zstd -d into memory, (c) cached into populated memory {:.0} MiB/s = {:.2}x zstd -d to /dev/null",
             chunk >> 10,
             alloc as f64 / zsize as f64,
             mibs(sv),
@@ -201,6 +228,11 @@ fn main() -> ExitCode {
             zdw / rsp
         );
         let _ = std::fs::remove_file(&img_path);
+    }
+    if qemu_save {
+        let q = dir.join("zb-qemu.img");
+        qemu_save_guest(mem.as_slice(), &dir, &q);
+        qemu_file = Some(q);
     }
     if let Some(q) = qemu_file {
         let out = dir.join("zb-qemu.mr");
@@ -223,8 +255,18 @@ fn main() -> ExitCode {
             allocated(&q),
             a as f64 / z as f64
         );
+        // expand(compress(f)) and its time.
+        let back = dir.join("zb-qemu-expanded.img");
+        let t = Instant::now();
+        let ci = Image::open(&out, ImageFlags::DIRECT).expect("open compressed");
+        convert(&ci, &back, &ImageOptions::default(), 2, &|_, _| {}).expect("expand");
+        println!("expand: {:.2} s", t.elapsed().as_secs_f64());
+        let _ = std::fs::remove_file(&back);
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_file(&qz);
+        if qemu_save {
+            let _ = std::fs::remove_file(&q);
+        }
     }
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_file(&zst);
