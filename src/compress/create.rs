@@ -9,7 +9,7 @@ use crate::channel::{Channel, OpenFlags};
 use crate::error::{Error, Result};
 use crate::format::ramblock::{self, BlockSpec, StreamLayout};
 use crate::format::stream::Configuration;
-use crate::format::{CAP_CHUNKS, CAP_MAPPED_RAM};
+use crate::format::{CAP_CHUNKS, CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED};
 use crate::image::{Block, DiskState, Image, ImageFlags};
 use std::path::Path;
 use std::sync::Arc;
@@ -207,6 +207,12 @@ pub(crate) fn attach_tables(
 ) -> Result<()> {
     if !layout.config.has_capability(CAP_CHUNKS) {
         return Ok(());
+    }
+    if layout.config.has_capability(CAP_X_IGNORE_SHARED) {
+        return Err(Error::Unsupported(format!(
+            "{}: the stream records both {CAP_CHUNKS} and {CAP_X_IGNORE_SHARED}; chunked images never skip blocks",
+            ch.name()
+        )));
     }
     for b in blocks {
         b.chunks = Some(ChunkTable::read(ch, &b.layout)?);

@@ -44,7 +44,9 @@ pub fn plan(
             .checked_add(p.bitmap_len)
             .and_then(|t| t.checked_add(table_len(nchunks(p.used_length, chunk_bytes))))
             .ok_or_else(o)?;
-        let pages_offset = table_end.checked_next_multiple_of(PAGES_ALIGN).ok_or_else(o)?;
+        let pages_offset = table_end
+            .checked_next_multiple_of(PAGES_ALIGN)
+            .ok_or_else(o)?;
         pos = pages_offset.checked_add(p.used_length).ok_or_else(o)?;
         blocks.push(BlockLayout {
             header_offset,

@@ -72,10 +72,16 @@ fn qemu_save_guest(mem: &[u8], dir: &Path, out: &Path) {
     let mut q = Qemu::start(&ram, mem.len() >> 20, &sock, false).expect("start QEMU");
     q.qmp.setup_mapped_ram(2, false).expect("QMP setup");
     q.qmp
-        .cmd("migrate", &format!("{{\"uri\":\"file:{}\"}}", out.display()))
+        .cmd(
+            "migrate",
+            &format!("{{\"uri\":\"file:{}\"}}", out.display()),
+        )
         .expect("migrate");
     q.qmp
-        .wait_migration(std::time::Duration::from_millis(5), std::time::Duration::from_secs(600))
+        .wait_migration(
+            std::time::Duration::from_millis(5),
+            std::time::Duration::from_secs(600),
+        )
         .expect("QEMU save");
     q.quit();
     let _ = std::fs::remove_file(&ram);
