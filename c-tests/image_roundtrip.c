@@ -71,6 +71,10 @@ static void write_image(const char *path)
     CHECK_ERR(mr_image_write_pages(img, 0, MEM_LEN - PAGE, run, 2 * PAGE), ERANGE, NULL);
     CHECK_ERR(mr_image_write_page(img, 0, 100, page), EINVAL, NULL);
     CHECK_ERR(mr_image_write_pages(img, 0, 0, run, PAGE + 1), EINVAL, "multiple");
+    /* An empty write is a bad range like any other; its offset is checked. */
+    CHECK_ERR(mr_image_write_pages(img, 0, UINT64_MAX, NULL, 0), EINVAL, "offset");
+    CHECK_ERR(mr_image_write_pages(img, 0, 0, NULL, 0), EINVAL, "length 0");
+    CHECK_ERR(mr_image_write_pages(img, 0, 0, NULL, PAGE), EINVAL, "buf");
     CHECK_ERR(mr_image_write_page(img, 2, 0, page), ENOENT, "2");
     CHECK_ERR(mr_image_write_page(img, 0, 0, NULL), EINVAL, "page");
 

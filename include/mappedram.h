@@ -131,7 +131,11 @@ typedef struct mr_ramblock_info {
 /**
  * Progress callback for `mr_image_save_ramblock` / `mr_image_read_ramblock`:
  * called on the thread that started the operation with bytes done and bytes
- * total; a nonzero return cancels the operation (it returns `-ECANCELED`).
+ * total: once with `done == 0` before any work, while the work runs, and
+ * once with `done == total` after it succeeded. A nonzero return cancels
+ * the operation (it returns `-ECANCELED`), except from that final call:
+ * the work is then done and the operation returns 0. Calls on one image
+ * are serialised; each call uses the callback installed at that moment.
  */
 typedef int (*mr_progress_fn)(void *opaque, uint64_t done, uint64_t total);
 
@@ -393,6 +397,32 @@ int mr_image_file_size(const struct mr_image *img, uint64_t *out);
 int mr_image_allocated_bytes(const struct mr_image *img, uint64_t *out);
 
 /**
+ * Write the bitmaps out and `fdatasync`.
+ *
+ * # Safety
+ * `img` a live handle.
+ */
+int mr_image_sync(struct mr_image *img);
+
+/**
+ * End the stream and write the completion record, durably.
+ *
+ * # Safety
+ * `img` a live handle.
+ */
+int mr_image_finish(struct mr_image *img);
+
+/**
+ * Close the image; returns a failed final sync or close as a negative
+ * errno (including the channel's, when this was the channel's last
+ * reference). The handle is gone even on failure. NULL is accepted.
+ *
+ * # Safety
+ * `img` NULL or a live handle, not used again afterwards.
+ */
+int mr_image_close(struct mr_image *img);
+
+/**
  * Write one page at byte `offset` (page aligned) inside `block`. An
  * all-zero page clears the page's bit and frees its slot.
  *
@@ -402,8 +432,9 @@ int mr_image_allocated_bytes(const struct mr_image *img, uint64_t *out);
 int mr_image_write_page(struct mr_image *img, uint32_t block, uint64_t offset, const void *page);
 
 /**
- * Write `len` bytes (a multiple of the page size) of whole pages from `buf`
- * at `offset` inside `block`.
+ * Write `len` bytes (a non-zero multiple of the page size) of whole pages
+ * from `buf` at `offset` inside `block`. `len == 0` is refused with
+ * `-EINVAL` like any other bad range (the offset is checked first).
  *
  * # Safety
  * `img` a live handle; `buf` readable for `len` bytes.
@@ -455,11 +486,19 @@ int mr_image_read_ramblock(struct mr_image *img,
                            uint32_t threads);
 
 /**
- * Install a progress callback (NULL `fn` removes it). See `mr_progress_fn`.
+ * Install a progress callback (NULL `fn` removes it), also while an
+ * operation runs: its next report uses the new one. See `mr_progress_fn`.
+ *
+ * After this returns, the previous callback is never called again. Called
+ * from another thread while the previous callback runs, it waits for that
+ * call to return (so do not call it while holding a lock your callback
+ * takes). Called from inside the callback, it does not wait: the current
+ * call's return value still counts, and the removed or replaced callback
+ * is not called again, not even for the operation's final report.
  *
  * # Safety
- * `img` a live handle; `fn` callable with `opaque` until replaced, removed
- * or the image is closed.
+ * `img` a live handle; `fn` callable with `opaque` until this function
+ * replaces or removes it, or the image is closed.
  */
 int mr_image_set_progress(struct mr_image *img, mr_progress_fn func, void *opaque);
 
@@ -471,32 +510,6 @@ int mr_image_set_progress(struct mr_image *img, mr_progress_fn func, void *opaqu
  * `img` a live handle.
  */
 int mr_image_cancel(struct mr_image *img);
-
-/**
- * Write the bitmaps out and `fdatasync`.
- *
- * # Safety
- * `img` a live handle.
- */
-int mr_image_sync(struct mr_image *img);
-
-/**
- * End the stream and write the completion record, durably.
- *
- * # Safety
- * `img` a live handle.
- */
-int mr_image_finish(struct mr_image *img);
-
-/**
- * Close the image; returns a failed final sync or close as a negative
- * errno (including the channel's, when this was the channel's last
- * reference). The handle is gone even on failure. NULL is accepted.
- *
- * # Safety
- * `img` NULL or a live handle, not used again afterwards.
- */
-int mr_image_close(struct mr_image *img);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -15,9 +15,11 @@ pub const EINCOMPLETE: i32 = libc::EUCLEAN;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An operating-system call failed; the errno passes through.
-    #[error("{msg}: {source}")]
+    #[error("{msg}: {}", os_text(.source))]
     Io {
+        /// What was being done (file, offset).
         msg: String,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
@@ -43,9 +45,8 @@ pub enum Error {
     /// The operation was cancelled (`ECANCELED`).
     #[error("{0}")]
     Cancelled(String),
-    /// The handle is in a state that does not allow the call, e.g. writing to
-    /// a read-only image or after `finish` (`EPERM` for read-only,
-    /// `EINVAL` otherwise is expressed through `Invalid`).
+    /// A write to an image that was opened read-only (`EPERM`). Other calls
+    /// the handle's state does not allow are `Invalid`.
     #[error("{0}")]
     ReadOnly(String),
 }
@@ -94,6 +95,18 @@ impl Error {
     }
 }
 
+/// The words of an OS error (`strerror`), without Rust's "(os error N)".
+fn os_text(e: &io::Error) -> String {
+    let s = e.to_string();
+    match e.raw_os_error() {
+        Some(code) => s
+            .strip_suffix(&format!(" (os error {code})"))
+            .unwrap_or(&s)
+            .to_string(),
+        None => s,
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -102,14 +115,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errno_mapping() {
-        assert_eq!(Error::Corrupt("x".into()).errno(), libc::EBADMSG);
-        assert_eq!(Error::Unsupported("x".into()).errno(), libc::ENOTSUP);
-        assert_eq!(Error::NotFound("x".into()).errno(), libc::ENOENT);
-        assert_eq!(Error::OutOfRange("x".into()).errno(), libc::ERANGE);
-        assert_eq!(Error::Incomplete("x".into()).errno(), libc::EUCLEAN);
-        assert_eq!(Error::from_errno("x", libc::ENOSPC).errno(), libc::ENOSPC);
+    fn every_variant_has_its_errno() {
+        let s = || "x".to_string();
+        let cases = [
+            (Error::from_errno("x", libc::ENOSPC), libc::ENOSPC),
+            (
+                Error::io("x", io::ErrorKind::UnexpectedEof.into()),
+                libc::EIO,
+            ),
+            (
+                Error::io("x", io::ErrorKind::WriteZero.into()),
+                libc::ENOSPC,
+            ),
+            (
+                Error::io("x", io::ErrorKind::InvalidInput.into()),
+                libc::EINVAL,
+            ),
+            (
+                Error::io("x", io::ErrorKind::OutOfMemory.into()),
+                libc::ENOMEM,
+            ),
+            (Error::io("x", io::ErrorKind::Other.into()), libc::EIO),
+            (Error::Corrupt(s()), libc::EBADMSG),
+            (Error::Unsupported(s()), libc::ENOTSUP),
+            (Error::NotFound(s()), libc::ENOENT),
+            (Error::OutOfRange(s()), libc::ERANGE),
+            (Error::Invalid(s()), libc::EINVAL),
+            (Error::Incomplete(s()), libc::EUCLEAN),
+            (Error::Cancelled(s()), libc::ECANCELED),
+            (Error::ReadOnly(s()), libc::EPERM),
+        ];
+        for (e, errno) in cases {
+            assert_eq!(e.errno(), errno, "{e:?}");
+        }
+        assert_eq!(EINCOMPLETE, libc::EUCLEAN);
+    }
+
+    #[test]
+    fn os_errors_read_as_words_not_rust() {
         let e = Error::from_errno("writing /tmp/f at offset 4096", libc::EIO);
-        assert!(e.to_string().starts_with("writing /tmp/f at offset 4096: "));
+        assert_eq!(
+            e.to_string(),
+            "writing /tmp/f at offset 4096: Input/output error"
+        );
+        let e = Error::from_errno("opening /x", libc::ENOENT);
+        assert_eq!(e.to_string(), "opening /x: No such file or directory");
+        assert!(!e.to_string().contains("os error"));
     }
 }

@@ -9,6 +9,7 @@ use common::fill::{pattern, PAGE};
 use common::qemu::TestDir;
 use mappedram::compress::{Codec, ImageOptions};
 use mappedram::engine::{read_ramblock, read_ramblock_to_vec, save_ramblock};
+use mappedram::memory::{DirtyBitmap, GuestSlice, GuestSliceMut};
 use mappedram::{BlockSpec, Error, Image, ImageFlags};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -30,8 +31,7 @@ fn specs(mem: u64) -> Vec<BlockSpec> {
 
 fn save_all(img: &Image, mems: &[&[u8]], threads: u32) {
     for (i, m) in mems.iter().enumerate() {
-        // SAFETY: `m` is valid for reads of the block's length.
-        unsafe { save_ramblock(img, i, m.as_ptr(), None, threads).unwrap() };
+        save_ramblock(img, i, GuestSlice::from_slice(m), None, threads).unwrap();
     }
 }
 
@@ -179,8 +179,14 @@ fn page_writes_rewrite_chunks_in_place() {
         dirty[p / 64] |= 1 << (p % 64);
     }
     host[900 * PAGE] ^= 1; // changed but not dirty: must not be saved
-                           // SAFETY: `host` covers the block.
-    unsafe { save_ramblock(&img, 0, host.as_ptr(), Some(&dirty), 3).unwrap() };
+    save_ramblock(
+        &img,
+        0,
+        GuestSlice::from_slice(&host),
+        Some(DirtyBitmap::from_slice(&dirty)),
+        3,
+    )
+    .unwrap();
     for p in [5usize, 700, 1500] {
         mem[p * PAGE..(p + 1) * PAGE].fill(0xee);
     }
@@ -212,8 +218,7 @@ fn flip(path: &Path, off: u64) {
 
 fn expect_corrupt(img: &Image, want: &[&str]) {
     let mut host = vec![0u8; 8 << 20];
-    // SAFETY: `host` covers the block.
-    let e = unsafe { read_ramblock(img, 0, host.as_mut_ptr(), true, 2) }.unwrap_err();
+    let e = read_ramblock(img, 0, GuestSliceMut::from_mut_slice(&mut host), true, 2).unwrap_err();
     assert_eq!(e.errno(), libc::EBADMSG, "{e}");
     for w in want {
         assert!(e.to_string().contains(w), "{e} lacks {w:?}");

@@ -19,6 +19,7 @@ use common::qemu::TestDir;
 use mappedram::channel::{FaultFn, FaultOp};
 use mappedram::compress::ImageOptions;
 use mappedram::engine::save_ramblock;
+use mappedram::memory::GuestSlice;
 use mappedram::{BlockSpec, Error, Image, ImageFlags};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -81,8 +82,7 @@ fn torn_chunks_are_detected() {
     )
     .unwrap();
     let (v1, v2) = (old(), new());
-    // SAFETY: `v1` covers the block.
-    unsafe { save_ramblock(&img, 0, v1.as_ptr(), None, 2).unwrap() };
+    save_ramblock(&img, 0, GuestSlice::from_slice(&v1), None, 2).unwrap();
     img.finish().unwrap();
     img.close().unwrap();
 

@@ -30,7 +30,7 @@ mod common_faults;
 use common_faults::*;
 use mappedram::channel::{FaultFn, FaultOp};
 use mappedram::engine::save_ramblock;
-use mappedram::{Error, Image, ImageFlags};
+use mappedram::{DirtyBitmap, Error, GuestSlice, Image, ImageFlags};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -169,13 +169,29 @@ fn child_save(path: &Path, seed: u64) {
     kill_at_op(&img);
     for (b, m) in m1.iter().enumerate() {
         // SAFETY: m is valid for the block's used_length bytes.
-        unsafe { save_ramblock(&img, b, m.ptr(), None, 2) }.unwrap();
+        save_ramblock(
+            &img,
+            b,
+            unsafe { GuestSlice::new(m.ptr(), img.block_info(b).unwrap().used_length as usize) }
+                .unwrap(),
+            None,
+            2,
+        )
+        .unwrap();
     }
     say("round1");
     img.sync().unwrap();
     say("synced");
     // SAFETY: as above.
-    unsafe { save_ramblock(&img, 0, m2[0].ptr(), Some(&dirty), 2) }.unwrap();
+    save_ramblock(
+        &img,
+        0,
+        unsafe { GuestSlice::new(m2[0].ptr(), img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        Some(DirtyBitmap::from_slice(&dirty)),
+        2,
+    )
+    .unwrap();
     say("round2");
     img.finish().unwrap();
     say("finished");
@@ -499,7 +515,17 @@ fn sigkill_during_in_place_update_leaves_old_or_new_pages_or_incomplete() {
         .unwrap();
         for (b, m) in old_mem.iter().enumerate() {
             // SAFETY: m is valid for the block's used_length bytes.
-            unsafe { save_ramblock(&img, b, m.ptr(), None, 2) }.unwrap();
+            save_ramblock(
+                &img,
+                b,
+                unsafe {
+                    GuestSlice::new(m.ptr(), img.block_info(b).unwrap().used_length as usize)
+                }
+                .unwrap(),
+                None,
+                2,
+            )
+            .unwrap();
         }
         img.finish().unwrap();
         img.close().unwrap();

@@ -12,7 +12,7 @@ mod common_faults;
 
 use common_faults::*;
 use mappedram::engine::{read_ramblock_to_vec, save_ramblock};
-use mappedram::{BlockSpec, Error, Image, ImageFlags};
+use mappedram::{BlockSpec, Error, GuestSlice, Image, ImageFlags};
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::io::Write;
 use std::path::Path;
@@ -100,7 +100,14 @@ fn enospc_in_save_ramblock_reaches_the_caller() {
     )
     .expect("the headers fit");
     // SAFETY: mem is valid for len bytes.
-    let r = unsafe { save_ramblock(&img, 0, mem.ptr(), None, 2) };
+    let r = save_ramblock(
+        &img,
+        0,
+        unsafe { GuestSlice::new(mem.ptr(), img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        None,
+        2,
+    );
     assert_enospc(&r, &path, "save_ramblock");
     // Finishing an image whose save failed still fails, or completes what
     // is there; the caller was told. Here the caller gives up and closes.

@@ -10,7 +10,7 @@ mod common_faults;
 use common_faults::*;
 use mappedram::channel::{FaultFn, FaultOp};
 use mappedram::engine::{read_ramblock_to_vec, save_ramblock};
-use mappedram::{Error, Image, ImageFlags};
+use mappedram::{Error, GuestSlice, Image, ImageFlags};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -151,8 +151,10 @@ fn create(path: &Path, direct: bool) -> Image {
 
 fn save_all(img: &Image, mem: &[Aligned], threads: u32) -> mappedram::Result<()> {
     for (b, m) in mem.iter().enumerate() {
+        let len = img.block_info(b)?.used_length as usize;
         // SAFETY: m is valid for the block's used_length bytes.
-        unsafe { save_ramblock(img, b, m.ptr(), None, threads) }?;
+        let guest = unsafe { GuestSlice::new(m.ptr(), len) }?;
+        save_ramblock(img, b, guest, None, threads)?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 use mappedram::format::ramblock::{encode_pieces, BlockLayout, StreamLayout};
 use mappedram::format::stream::{completion_json, encode_header, encode_tail, Configuration};
 use mappedram::format::{CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED};
-use mappedram::{Image, ImageFlags};
+use mappedram::{GuestSlice, GuestSliceMut, Image, ImageFlags};
 
 const PS: u64 = 4096;
 
@@ -134,15 +134,13 @@ fn engine_refuses_a_skipped_block_without_touching_memory() {
     write_image(&path);
     let img = Image::open(&path, ImageFlags::default()).unwrap();
     let mut mem = vec![0x77u8; 32 * PS as usize];
-    // SAFETY: `mem` is valid for writes of the block's 32 pages.
-    let e = unsafe { read_ramblock(&img, 1, mem.as_mut_ptr(), true, 2) }.unwrap_err();
+    let e = read_ramblock(&img, 1, GuestSliceMut::from_mut_slice(&mut mem), true, 2).unwrap_err();
     assert_eq!(e.errno(), libc::ENOENT, "{e}");
     assert!(e.to_string().contains("'shared'"), "{e}");
     assert!(mem.iter().all(|&b| b == 0x77));
     // The block before it restores as usual.
     let mut ram = vec![0x11u8; 16 * PS as usize];
-    // SAFETY: `ram` is valid for writes of the block's 16 pages.
-    unsafe { read_ramblock(&img, 0, ram.as_mut_ptr(), true, 2) }.unwrap();
+    read_ramblock(&img, 0, GuestSliceMut::from_mut_slice(&mut ram), true, 2).unwrap();
     assert!(ram[3 * PS as usize..4 * PS as usize]
         .iter()
         .all(|&b| b == 0x5a));
@@ -150,7 +148,6 @@ fn engine_refuses_a_skipped_block_without_touching_memory() {
     drop(img);
 
     let img = Image::open(&path, ImageFlags::READ_WRITE).unwrap();
-    // SAFETY: `mem` is valid for reads of the block's 32 pages.
-    let e = unsafe { save_ramblock(&img, 1, mem.as_ptr(), None, 2) }.unwrap_err();
+    let e = save_ramblock(&img, 1, GuestSlice::from_slice(&mem), None, 2).unwrap_err();
     assert_eq!(e.errno(), libc::ENOENT, "{e}");
 }

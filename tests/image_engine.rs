@@ -1,8 +1,10 @@
 //! Image and engine: round trips, thread-count independence, dirty rounds,
 //! in-place updates, completion and cancellation.
 
-use mappedram::engine::{read_ramblock, read_ramblock_to_vec, save_ramblock};
-use mappedram::{BlockSpec, Error, Image, ImageFlags};
+use mappedram::engine::{
+    read_ramblock, read_ramblock_to_vec, save_ramblock, save_ramblock_with, Control,
+};
+use mappedram::{BlockSpec, DirtyBitmap, Error, GuestSlice, GuestSliceMut, Image, ImageFlags};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -209,7 +211,17 @@ fn save_with_m_threads_restore_with_n() {
             let img = Image::create(&path, "pc-q35-10.0", &specs(len), flags).unwrap();
             let mem = img.find_block("mem").unwrap();
             // SAFETY: src is valid for len bytes.
-            let st = unsafe { save_ramblock(&img, mem, src.ptr, None, m) }.unwrap();
+            let st = save_ramblock(
+                &img,
+                mem,
+                unsafe {
+                    GuestSlice::new(src.ptr, img.block_info(mem).unwrap().used_length as usize)
+                }
+                .unwrap(),
+                None,
+                m,
+            )
+            .unwrap();
             assert_eq!(st.pages_scanned, len / PS);
             assert_eq!(st.pages_data + st.pages_zero, len / PS);
             img.finish().unwrap();
@@ -219,7 +231,20 @@ fn save_with_m_threads_restore_with_n() {
                 let mut dst = Aligned::new(len as usize);
                 dst.as_mut_slice().fill(0x5a);
                 // SAFETY: dst valid for len bytes.
-                unsafe { read_ramblock(&img, mem, dst.ptr, true, n) }.unwrap();
+                read_ramblock(
+                    &img,
+                    mem,
+                    unsafe {
+                        GuestSliceMut::new(
+                            dst.ptr,
+                            img.block_info(mem).unwrap().used_length as usize,
+                        )
+                    }
+                    .unwrap(),
+                    true,
+                    n,
+                )
+                .unwrap();
                 assert!(
                     dst.as_slice() == src.as_slice(),
                     "m={m} n={n} direct={direct}"
@@ -227,7 +252,20 @@ fn save_with_m_threads_restore_with_n() {
                 // Unaligned destination.
                 let mut v = vec![0x11u8; len as usize + 1];
                 // SAFETY: v[1..] valid for len bytes.
-                unsafe { read_ramblock(&img, mem, v.as_mut_ptr().add(1), true, n) }.unwrap();
+                read_ramblock(
+                    &img,
+                    mem,
+                    unsafe {
+                        GuestSliceMut::new(
+                            v.as_mut_ptr().add(1),
+                            img.block_info(mem).unwrap().used_length as usize,
+                        )
+                    }
+                    .unwrap(),
+                    true,
+                    n,
+                )
+                .unwrap();
                 assert!(&v[1..] == src.as_slice());
             }
             img.close().unwrap();
@@ -244,7 +282,20 @@ fn save_with_m_threads_restore_with_n() {
         };
         let img = Image::create(&path, "pc-q35-10.0", &specs(len), flags).unwrap();
         // SAFETY: v[3..] valid for len bytes.
-        unsafe { save_ramblock(&img, 0, v.as_ptr().add(3), None, 3) }.unwrap();
+        save_ramblock(
+            &img,
+            0,
+            unsafe {
+                GuestSlice::new(
+                    v.as_ptr().add(3),
+                    img.block_info(0).unwrap().used_length as usize,
+                )
+            }
+            .unwrap(),
+            None,
+            3,
+        )
+        .unwrap();
         img.finish().unwrap();
         let back = read_ramblock_to_vec(&img, 0, 2).unwrap();
         assert!(back == src.as_slice());
@@ -262,7 +313,20 @@ fn absent_pages_left_untouched_without_zero_absent() {
     img.finish().unwrap();
     let mut dst = vec![0xeeu8; len as usize];
     // SAFETY: dst valid for len bytes.
-    let st = unsafe { read_ramblock(&img, 0, dst.as_mut_ptr(), false, 2) }.unwrap();
+    let st = read_ramblock(
+        &img,
+        0,
+        unsafe {
+            GuestSliceMut::new(
+                dst.as_mut_ptr(),
+                img.block_info(0).unwrap().used_length as usize,
+            )
+        }
+        .unwrap(),
+        false,
+        2,
+    )
+    .unwrap();
     assert_eq!(st.pages_data, 1);
     assert!(dst[..3 * PS as usize].iter().all(|&b| b == 0xee));
     assert!(dst[3 * PS as usize..4 * PS as usize]
@@ -288,7 +352,15 @@ fn dirty_rounds_track_data_and_allocation() {
     fill_mix(mem.as_mut_slice(), 7);
     // Round 1: everything.
     // SAFETY: mem valid for len bytes.
-    unsafe { save_ramblock(&img, 0, mem.ptr, None, 2) }.unwrap();
+    save_ramblock(
+        &img,
+        0,
+        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        None,
+        2,
+    )
+    .unwrap();
     img.sync().unwrap();
     let alloc_full = img.allocated_bytes().unwrap();
     let size_full = img.file_size().unwrap();
@@ -299,7 +371,15 @@ fn dirty_rounds_track_data_and_allocation() {
         dirty[(p / 64) as usize] |= 1 << (p % 64);
     }
     // SAFETY: as above.
-    let st = unsafe { save_ramblock(&img, 0, mem.ptr, Some(&dirty), 3) }.unwrap();
+    let st = save_ramblock(
+        &img,
+        0,
+        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        Some(DirtyBitmap::from_slice(&dirty)),
+        3,
+    )
+    .unwrap();
     assert_eq!(st.pages_scanned, pages / 2);
     assert_eq!(st.pages_zero, pages / 2);
     img.sync().unwrap();
@@ -321,7 +401,15 @@ fn dirty_rounds_track_data_and_allocation() {
     let before_last = mem.as_slice()[last..].to_vec();
     mem.as_mut_slice()[last..].fill(0x33);
     // SAFETY: as above.
-    unsafe { save_ramblock(&img, 0, mem.ptr, Some(&dirty), 8) }.unwrap();
+    save_ramblock(
+        &img,
+        0,
+        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        Some(DirtyBitmap::from_slice(&dirty)),
+        8,
+    )
+    .unwrap();
     img.finish().unwrap();
     assert!(img.file_size().unwrap() <= size_full + 4096);
     img.close().unwrap();
@@ -332,7 +420,15 @@ fn dirty_rounds_track_data_and_allocation() {
     // A too-short dirty bitmap is an error.
     let img_rw = Image::open(&path, ImageFlags::READ_WRITE).unwrap();
     // SAFETY: as above.
-    let e = unsafe { save_ramblock(&img_rw, 0, mem.ptr, Some(&[0u64; 1]), 1) }.unwrap_err();
+    let e = save_ramblock(
+        &img_rw,
+        0,
+        unsafe { GuestSlice::new(mem.ptr, img_rw.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        Some(DirtyBitmap::from_slice(&[0u64; 1])),
+        1,
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Invalid(_)), "{e}");
     img_rw.close().unwrap();
 }
@@ -348,16 +444,40 @@ fn one_page_block_and_sparse_save() {
     let img = Image::create(&path, "m", &spec, ImageFlags::DIRECT).unwrap();
     let page = Aligned::new(PS as usize);
     // SAFETY: page valid for PS bytes.
-    let st = unsafe { save_ramblock(&img, 0, page.ptr, None, 8) }.unwrap();
+    let st = save_ramblock(
+        &img,
+        0,
+        unsafe { GuestSlice::new(page.ptr, img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        None,
+        8,
+    )
+    .unwrap();
     assert_eq!((st.pages_zero, st.pages_data), (1, 0));
     let mut data = Aligned::new(PS as usize);
     data.as_mut_slice().fill(9);
     // Dirty bitmap with no bit set: nothing is touched.
     // SAFETY: as above.
-    let st = unsafe { save_ramblock(&img, 0, data.ptr, Some(&[0]), 1) }.unwrap();
+    let st = save_ramblock(
+        &img,
+        0,
+        unsafe { GuestSlice::new(data.ptr, img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        Some(DirtyBitmap::from_slice(&[0])),
+        1,
+    )
+    .unwrap();
     assert_eq!(st.pages_scanned, 0);
     // SAFETY: as above.
-    let st = unsafe { save_ramblock(&img, 0, data.ptr, Some(&[1]), 1) }.unwrap();
+    let st = save_ramblock(
+        &img,
+        0,
+        unsafe { GuestSlice::new(data.ptr, img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        Some(DirtyBitmap::from_slice(&[1])),
+        1,
+    )
+    .unwrap();
     assert_eq!(st.pages_data, 1);
     img.finish().unwrap();
     img.close().unwrap();
@@ -452,20 +572,29 @@ fn create_on_inside_a_container() {
 #[test]
 fn cancel_by_progress_and_by_other_thread() {
     let len: u64 = 64 << 20;
+    let ctl = Arc::new(Control::new());
     let mut mem = Aligned::new(len as usize);
     fill_mix(mem.as_mut_slice(), 5);
     let path = tmp("cancel.img");
     let img = Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap();
     let calls = Arc::new(AtomicU64::new(0));
     let c2 = calls.clone();
-    img.set_progress(Some(Box::new(move |done, total| {
+    ctl.set_progress(Some(Box::new(move |done, total| {
         assert!(done <= total);
         c2.fetch_add(1, Ordering::Relaxed);
         false
     })));
     // The callback is called before any work, then every 50 ms.
     // SAFETY: mem valid for len bytes.
-    let r = unsafe { save_ramblock(&img, 0, mem.ptr, None, 1) };
+    let r = save_ramblock_with(
+        &ctl,
+        &img,
+        0,
+        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        None,
+        1,
+    );
     match r {
         Err(Error::Cancelled(m)) => assert!(m.contains("progress callback"), "{m}"),
         other => panic!(
@@ -473,7 +602,7 @@ fn cancel_by_progress_and_by_other_thread() {
             calls.load(Ordering::Relaxed)
         ),
     }
-    img.set_progress(None);
+    ctl.set_progress(None);
     img.close().unwrap();
     let e = Image::open(&path, ImageFlags::default()).unwrap_err();
     assert!(matches!(e, Error::Incomplete(_)), "{e}");
@@ -482,14 +611,14 @@ fn cancel_by_progress_and_by_other_thread() {
     let img = Arc::new(Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap());
     let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let st2 = started.clone();
-    img.set_progress(Some(Box::new(move |_, _| {
+    ctl.set_progress(Some(Box::new(move |_, _| {
         st2.store(true, Ordering::Release);
         true
     })));
     let mut cancelled = 0;
     for _ in 0..20 {
         started.store(false, Ordering::Release);
-        let (i2, s2) = (img.clone(), started.clone());
+        let (i2, s2) = (ctl.clone(), started.clone());
         let canceller = std::thread::spawn(move || {
             while !s2.load(Ordering::Acquire) {
                 std::hint::spin_loop();
@@ -497,7 +626,15 @@ fn cancel_by_progress_and_by_other_thread() {
             i2.cancel();
         });
         // SAFETY: mem valid for len bytes.
-        let r = unsafe { save_ramblock(&img, 0, mem.ptr, None, 1) };
+        let r = save_ramblock_with(
+            &ctl,
+            &img,
+            0,
+            unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+                .unwrap(),
+            None,
+            1,
+        );
         canceller.join().unwrap();
         match r {
             Err(Error::Cancelled(m)) => {
@@ -510,10 +647,19 @@ fn cancel_by_progress_and_by_other_thread() {
         }
     }
     assert_eq!(cancelled, 1, "cancel from another thread stopped a save");
-    img.set_progress(None);
+    ctl.set_progress(None);
     // Later operations are not affected.
     // SAFETY: as above.
-    unsafe { save_ramblock(&img, 0, mem.ptr, None, 2) }.unwrap();
+    save_ramblock_with(
+        &ctl,
+        &img,
+        0,
+        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        None,
+        2,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -563,12 +709,13 @@ fn concurrent_writers_and_syncs() {
 #[test]
 fn cancel_single_thread_save_without_progress_callback() {
     let len: u64 = 64 << 20;
+    let ctl = Arc::new(Control::new());
     let mut mem = Aligned::new(len as usize);
     fill_mix(mem.as_mut_slice(), 11);
     let path = tmp("cancel1.img");
     let img = Arc::new(Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap());
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (i2, d2) = (img.clone(), done.clone());
+    let (i2, d2) = (ctl.clone(), done.clone());
     // Cancel continuously while the save runs on the calling thread.
     let canceller = std::thread::spawn(move || {
         while !d2.load(Ordering::Acquire) {
@@ -577,11 +724,48 @@ fn cancel_single_thread_save_without_progress_callback() {
         }
     });
     // SAFETY: mem valid for len bytes.
-    let r = unsafe { save_ramblock(&img, 0, mem.ptr, None, 1) };
+    let r = save_ramblock_with(
+        &ctl,
+        &img,
+        0,
+        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+            .unwrap(),
+        None,
+        1,
+    );
     done.store(true, Ordering::Release);
     canceller.join().unwrap();
     match r {
         Err(Error::Cancelled(m)) => assert!(m.contains("mr_image_cancel"), "{m}"),
         other => panic!("expected Cancelled, got {other:?}"),
     }
+}
+
+#[test]
+fn save_refuses_an_image_opened_read_only_on_a_writable_channel() {
+    let len: u64 = 1 << 20;
+    let path = tmp("ro-on-rw.img");
+    let img = Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap();
+    img.finish().unwrap();
+    img.close().unwrap();
+    let flags = mappedram::OpenFlags::READ | mappedram::OpenFlags::WRITE;
+    let ch = Arc::new(mappedram::Channel::open(&path, flags).unwrap());
+    let img = Image::open_on(ch, None, ImageFlags::default()).unwrap();
+    assert!(!img.is_writable());
+    let ctl = Control::new();
+    let calls = Arc::new(AtomicU64::new(0));
+    let c2 = calls.clone();
+    ctl.set_progress(Some(Box::new(move |_, _| {
+        c2.fetch_add(1, Ordering::Relaxed);
+        true
+    })));
+    let mut mem = Aligned::new(len as usize);
+    fill_mix(mem.as_mut_slice(), 3);
+    let guest = GuestSlice::from_slice(mem.as_slice());
+    let e = save_ramblock_with(&ctl, &img, 0, guest, None, 2).unwrap_err();
+    assert!(matches!(e, Error::ReadOnly(_)), "{e}");
+    assert!(e.to_string().contains("read-only"), "{e}");
+    // Refused before the operation started (no progress report).
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+    assert_eq!(img.block_info(0).unwrap().pages_present, 0);
 }

@@ -8,6 +8,7 @@ mod common;
 use common::fill::pattern;
 use common::qemu::TestDir;
 use mappedram::engine::save_ramblock;
+use mappedram::memory::GuestSlice;
 use mappedram::{BlockSpec, Image, ImageFlags};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -48,11 +49,8 @@ fn make(path: &Path, mem: &[u8], finish: bool) {
     ];
     let img = Image::create(path, "pc-i440fx-10.0", &specs, ImageFlags::default()).unwrap();
     let bios = pattern(77, 0x40000);
-    // SAFETY: the buffers cover their blocks.
-    unsafe {
-        save_ramblock(&img, 0, mem.as_ptr(), None, 2).unwrap();
-        save_ramblock(&img, 1, bios.as_ptr(), None, 1).unwrap();
-    }
+    save_ramblock(&img, 0, GuestSlice::from_slice(mem), None, 2).unwrap();
+    save_ramblock(&img, 1, GuestSlice::from_slice(&bios), None, 1).unwrap();
     if finish {
         img.finish().unwrap();
     }

@@ -13,7 +13,7 @@ use common::fill::{self, assert_same, is_zero, PAGE};
 use common::qemu::{self, MigOpts, RamBlock, Saved, TestDir};
 use common::raw;
 use mappedram::format::ramblock::BlockSpec;
-use mappedram::{engine, Error, Image, ImageFlags};
+use mappedram::{engine, Error, GuestSlice, Image, ImageFlags};
 use std::path::Path;
 
 /// Guest RAM size: small, so the whole suite stays fast.
@@ -292,7 +292,20 @@ fn copy_blocks(src: &Image, dst: &Image) {
         let data = engine::read_ramblock_to_vec(src, i, 2).unwrap();
         if info.idstr == "mem" {
             // SAFETY: `data` is valid for the block's used_length bytes.
-            let st = unsafe { engine::save_ramblock(dst, i, data.as_ptr(), None, 2) }.unwrap();
+            let st = engine::save_ramblock(
+                dst,
+                i,
+                unsafe {
+                    GuestSlice::new(
+                        data.as_ptr(),
+                        dst.block_info(i).unwrap().used_length as usize,
+                    )
+                }
+                .unwrap(),
+                None,
+                2,
+            )
+            .unwrap();
             assert_eq!(st.pages_data, info.pages_present);
         } else {
             let ps = info.page_size as usize;
@@ -483,7 +496,20 @@ fn rewrite_case(tag: &str, seed: u64, opts: MigOpts, flags: ImageFlags) {
     let img = Image::open(&file, ImageFlags::READ_WRITE | flags).unwrap();
     let blk = img.find_block("mem").unwrap();
     // SAFETY: `new` is valid for the block's used_length bytes.
-    let st = unsafe { engine::save_ramblock(&img, blk, new.as_ptr(), None, 3) }.unwrap();
+    let st = engine::save_ramblock(
+        &img,
+        blk,
+        unsafe {
+            GuestSlice::new(
+                new.as_ptr(),
+                img.block_info(blk).unwrap().used_length as usize,
+            )
+        }
+        .unwrap(),
+        None,
+        3,
+    )
+    .unwrap();
     assert_eq!(st.pages_scanned, (MEM / PAGE) as u64);
     assert_eq!(st.pages_data, data_pages as u64);
     assert_eq!(st.pages_zero, zero_pages as u64);

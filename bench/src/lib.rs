@@ -7,7 +7,7 @@
 pub mod qmp;
 
 use mappedram::engine::{self, Stats};
-use mappedram::{BlockSpec, Image, ImageFlags};
+use mappedram::{BlockSpec, DirtyBitmap, GuestSlice, GuestSliceMut, Image, ImageFlags};
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -434,7 +434,9 @@ pub fn lib_save(
     let t = Instant::now();
     let img = Image::create(path, MACHINE, &specs(mem.len(), &[]), ImageFlags::DIRECT)?;
     // SAFETY: `mem` is valid for reads of its whole length during the call.
-    let st = unsafe { engine::save_ramblock(&img, 0, mem.as_ptr(), dirty, threads)? };
+    let guest = unsafe { GuestSlice::new(mem.as_ptr(), mem.len())? };
+    let dirty = dirty.map(DirtyBitmap::from_slice);
+    let st = engine::save_ramblock(&img, 0, guest, dirty, threads)?;
     img.finish()?;
     img.close()?;
     Ok((t.elapsed(), st))
@@ -459,7 +461,8 @@ pub fn lib_restore(
         )));
     }
     // SAFETY: `dst` is valid for writes of `used_length` bytes.
-    let st = unsafe { engine::read_ramblock(&img, b, dst.as_mut_ptr(), false, threads)? };
+    let guest = unsafe { GuestSliceMut::new(dst.as_mut_ptr(), dst.len())? };
+    let st = engine::read_ramblock(&img, b, guest, false, threads)?;
     img.close()?;
     Ok((t.elapsed(), st))
 }

@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 /// cores and compresses guest memory within a few percent of level 3.
 pub const DEFAULT_LEVEL: i32 = 1;
 /// zstd's level range ("fast" negative levels through the maximum).
+/// Lowest accepted level (zstd's fast levels are negative).
 pub const MIN_LEVEL: i32 = -7;
+/// Highest accepted level.
 pub const MAX_LEVEL: i32 = 22;
 
 /// xxh3-64 of `data`.
@@ -24,6 +26,7 @@ pub struct Compressor {
 }
 
 impl Compressor {
+    /// A context for `level` (`EINVAL` outside [`MIN_LEVEL`]..=[`MAX_LEVEL`]).
     pub fn new(level: i32) -> Result<Compressor> {
         if !(MIN_LEVEL..=MAX_LEVEL).contains(&level) {
             return Err(Error::Invalid(format!(
@@ -48,6 +51,7 @@ pub struct Decompressor {
 }
 
 impl Decompressor {
+    /// A new context.
     pub fn new() -> Result<Decompressor> {
         let ctx = zstd::bulk::Decompressor::new()
             .map_err(|e| Error::io("creating a zstd decompression context", e))?;

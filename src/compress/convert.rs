@@ -14,6 +14,7 @@ use crate::format::ramblock::{self, BlockSpec};
 use crate::format::stream::encode_header;
 use crate::format::{CAP_CHUNKS, CAP_MAPPED_RAM};
 use crate::image::Image;
+use crate::memory::GuestSliceMut;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,8 +56,7 @@ impl Image {
                     return;
                 }
                 if set {
-                    // SAFETY: the run lies inside `buf`, valid for writes.
-                    res = unsafe { self.load_pages(block, s, n, buf[r].as_mut_ptr()) };
+                    res = self.load_pages(block, s, GuestSliceMut::from_mut_slice(&mut buf[r]));
                 } else {
                     buf[r].fill(0);
                 }

@@ -19,9 +19,11 @@ use std::sync::Arc;
 pub struct BlockStats {
     /// Codec new chunks are written with (`Raw` for plain images).
     pub codec: Codec,
+    /// Checksum kind of the chunk table (`None` for plain images).
     pub checksum: Checksum,
-    /// 0 for plain images.
+    /// Guest bytes per chunk; 0 for plain images.
     pub chunk_bytes: u64,
+    /// Chunks of the block; 0 for plain images.
     pub chunks: u64,
     /// Bytes of page data the table (or bitmap) accounts for: stored
     /// (compressed, padded) chunks, present raw pages.

@@ -7,6 +7,7 @@ use super::chunked::with_scratch;
 use super::slot::Chunked;
 use crate::error::Result;
 use crate::image::Image;
+use crate::memory::GuestSlice;
 
 impl Image {
     /// Read page `idx` of a chunked block (true = present).
@@ -27,21 +28,17 @@ impl Image {
         })
     }
 
-    /// Write `npages` pages from `ptr` starting at page `first` of a chunked
+    /// Write the pages of `mem` starting at page `first` of a chunked
     /// block (range already checked).
-    ///
-    /// # Safety
-    /// `ptr` must be valid for reads of `npages * page_size` bytes.
-    pub(crate) unsafe fn write_pages_chunked(
+    pub(crate) fn write_pages_chunked(
         &self,
         c: &Chunked,
         first: u64,
-        npages: u64,
-        ptr: *const u8,
+        mem: GuestSlice<'_>,
     ) -> Result<()> {
         let ps = c.b.layout.page_size;
         let cb = c.t.hdr.chunk_bytes;
-        let (start, end) = (first * ps, (first + npages) * ps);
+        let (start, end) = (first * ps, first * ps + mem.len() as u64);
         let mut i = start / cb;
         while i * cb < end {
             let clen = c.t.chunk_len(&c.b.layout, i);
@@ -53,15 +50,8 @@ impl Image {
                     self.load_chunk(c, i, s)?;
                 }
                 let dst = &mut s.data.as_mut_slice()[(a - cs) as usize..(b - cs) as usize];
-                // SAFETY: [a, b) lies inside the caller's range, which the
-                // caller guarantees readable from `ptr` (offset start).
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        ptr.add((a - start) as usize),
-                        dst.as_mut_ptr(),
-                        dst.len(),
-                    )
-                };
+                mem.subslice((a - start) as usize, (b - a) as usize)?
+                    .copy_to(dst);
                 self.store_chunk(c, i, s).map(|_| ())
             })?;
             i += 1;

@@ -29,11 +29,17 @@
 
 use crate::error::{Error, Result};
 
+/// Magic of the table header.
 pub const TABLE_MAGIC: [u8; 4] = *b"MRCT";
+/// The table version this library writes and reads.
 pub const TABLE_VERSION: u32 = 1;
+/// Bytes of the table header.
 pub const HEADER_LEN: u64 = 32;
+/// Bytes of one entry.
 pub const ENTRY_LEN: u64 = 16;
+/// Smallest chunk size.
 pub const MIN_CHUNK_BYTES: u64 = 4096;
+/// Largest chunk size (bounds the per-thread scratch buffers).
 pub const MAX_CHUNK_BYTES: u64 = 16 << 20;
 
 /// How chunks are stored.
@@ -46,12 +52,14 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// The header's codec byte for new chunks.
     pub fn byte(self) -> u8 {
         match self {
             Codec::Raw => 1,
             Codec::Zstd => 2,
         }
     }
+    /// The name reports use.
     pub fn name(self) -> &'static str {
         match self {
             Codec::Raw => "none",
@@ -63,17 +71,21 @@ impl Codec {
 /// The checksum kind recorded in the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Checksum {
+    /// No checksums (entries hold 0).
     None,
+    /// xxh3-64 of each chunk's uncompressed bytes.
     Xxh3,
 }
 
 impl Checksum {
+    /// The header's checksum byte.
     pub fn byte(self) -> u8 {
         match self {
             Checksum::None => 0,
             Checksum::Xxh3 => 1,
         }
     }
+    /// The name reports use.
     pub fn name(self) -> &'static str {
         match self {
             Checksum::None => "none",
@@ -85,10 +97,15 @@ impl Checksum {
 /// The decoded table header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableHeader {
+    /// Guest bytes per chunk.
     pub chunk_bytes: u64,
+    /// Checksum kind of the entries.
     pub checksum: Checksum,
+    /// Codec new chunks are written with.
     pub codec: Codec,
+    /// zstd level new chunks are written with.
     pub level: i8,
+    /// Number of chunks (and entries).
     pub nchunks: u64,
 }
 
@@ -116,6 +133,7 @@ pub fn check_chunk_bytes(chunk_bytes: u64, page_size: u64) -> std::result::Resul
 }
 
 impl TableHeader {
+    /// The 32 header bytes.
     pub fn encode(&self) -> [u8; HEADER_LEN as usize] {
         let mut h = [0u8; HEADER_LEN as usize];
         h[0..4].copy_from_slice(&TABLE_MAGIC);
@@ -201,9 +219,17 @@ pub enum Entry {
     /// No page of the chunk is present; nothing stored.
     Empty,
     /// Pages at their own offsets; `sum` over the chunk with absent pages as zeros.
-    Raw { sum: u64 },
+    Raw {
+        /// xxh3-64 (0 without checksums).
+        sum: u64,
+    },
     /// `stored` bytes of one zstd frame at the slot's start.
-    Zstd { stored: u32, sum: u64 },
+    Zstd {
+        /// Bytes of the frame (before padding).
+        stored: u32,
+        /// xxh3-64 of the uncompressed chunk (0 without checksums).
+        sum: u64,
+    },
 }
 
 impl Entry {
@@ -216,6 +242,7 @@ impl Entry {
         }
     }
 
+    /// The recorded checksum (0 for an empty chunk).
     pub fn sum(&self) -> u64 {
         match *self {
             Entry::Empty => 0,
@@ -223,6 +250,7 @@ impl Entry {
         }
     }
 
+    /// The 16 entry bytes.
     pub fn encode(&self) -> [u8; ENTRY_LEN as usize] {
         let mut e = [0u8; ENTRY_LEN as usize];
         let (codec, stored, sum) = match *self {
@@ -237,14 +265,20 @@ impl Entry {
     }
 }
 
-/// The raw bytes of one entry plus where it came from, for messages.
+/// Where an entry came from: what its validation needs, and what its
+/// messages name.
 pub struct EntryAt<'a> {
+    /// The block's idstr.
     pub idstr: &'a str,
+    /// Chunk index.
     pub chunk: u64,
     /// File offset of the entry.
     pub at: u64,
+    /// The table's chunk size.
     pub chunk_bytes: u64,
+    /// Guest bytes of this chunk (the last may be short).
     pub chunk_len: u64,
+    /// The table's checksum kind.
     pub checksum: Checksum,
 }
 

@@ -5,14 +5,17 @@
 //! claim units from an atomic counter. Zero pages are detected and skipped;
 //! runs of present pages are coalesced into one positional write/read
 //! straight from/to guest memory (`O_DIRECT`, zero-copy, when aligned).
+//! Guest memory comes in as [`crate::memory`] views; progress and cancel
+//! through a [`Control`] owned by the caller (the C handle holds one).
 
+mod control;
 pub(crate) mod parallel;
 mod restore;
 mod save;
 
-pub use restore::{read_ramblock, read_ramblock_to_vec};
-pub use save::save_ramblock;
-pub(crate) use save::HostPtr;
+pub use control::{Control, ProgressFn};
+pub use restore::{read_ramblock, read_ramblock_to_vec, read_ramblock_with};
+pub use save::{save_ramblock, save_ramblock_with};
 
 /// Size of one unit of work. Also the largest single write or read.
 pub const UNIT_BYTES: u64 = 4 << 20;
@@ -50,6 +53,19 @@ pub fn effective_threads(requested: u32, units: u64) -> usize {
         requested as usize
     };
     t.min(units.max(1) as usize).clamp(1, 256)
+}
+
+/// Run 4 units on 2 workers with `f` (tests of the panic boundary).
+#[cfg(test)]
+pub(crate) fn run_for_test(
+    ctl: &Control,
+    f: impl Fn(u64) + Sync,
+) -> crate::error::Result<std::ffi::c_int> {
+    parallel::run(ctl, "test", 4, 2, 4, |u| {
+        f(u);
+        Ok((Stats::default(), 1))
+    })?;
+    Ok(0)
 }
 
 /// Pages per unit for a page size.

@@ -1,22 +1,23 @@
-//! Parallel restore of a ramblock into host memory.
+//! Parallel restore of a ramblock into guest memory.
 
-use super::save::HostPtr;
+use super::control::Control;
+use super::save::host_len;
 use super::{effective_threads, parallel, unit_pages, Stats};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::Image;
+use crate::memory::GuestSliceMut;
 
-/// Restore `block` into host memory. Runs of present pages are read
-/// straight into `host` (`O_DIRECT` when aligned); absent pages are zeroed
-/// only with `zero_absent` (otherwise left untouched, for fresh memory).
-/// Works with any thread count, whatever the saver used.
-///
-/// # Safety
-/// `host` must be valid for writes of the block's `used_length` bytes for
-/// the duration of the call.
-pub unsafe fn read_ramblock(
+/// Restore `block` into guest memory `mem` (at least the block's
+/// `used_length` bytes). Runs of present pages are read straight into
+/// `mem` (`O_DIRECT` when aligned); absent pages are zeroed only with
+/// `zero_absent` (otherwise left untouched, for fresh memory). Works with
+/// any thread count, whatever the saver used. Progress and cancel through
+/// `ctl`.
+pub fn read_ramblock_with(
+    ctl: &Control,
     img: &Image,
     block: usize,
-    host: *mut u8,
+    mem: GuestSliceMut<'_>,
     zero_absent: bool,
     threads: u32,
 ) -> Result<Stats> {
@@ -24,23 +25,17 @@ pub unsafe fn read_ramblock(
     // (ENOENT) before touching the caller's memory.
     img.block_in_file(block)?;
     let info = img.block_info(block)?;
-    if host.is_null() {
-        return Err(Error::Invalid(
-            "read_ramblock: host memory pointer is NULL".into(),
-        ));
-    }
+    let mem = mem.subslice(0, host_len(info.used_length, &info.idstr)?)?;
     let ps = info.page_size;
     let pages = info.used_length / ps;
-    let host = HostPtr(host);
     if let Some(c) = img.chunked(block)? {
-        // SAFETY: forwarded caller contract.
-        return unsafe { crate::compress::engine::restore(img, &c, host, zero_absent, threads) };
+        return crate::compress::engine::restore(ctl, img, &c, mem, zero_absent, threads);
     }
     let upp = unit_pages(ps);
     let units = pages.div_ceil(upp);
     let nthreads = effective_threads(threads, units);
     let what = format!("restore of ramblock '{}'", info.idstr);
-    parallel::run(img, &what, units, nthreads, info.used_length, |u| {
+    parallel::run(ctl, &what, units, nthreads, info.used_length, |u| {
         let first = u * upp;
         let end = (first + upp).min(pages);
         let mut st = Stats::default();
@@ -50,18 +45,22 @@ pub unsafe fn read_ramblock(
                 return;
             }
             st.pages_scanned += n;
-            // SAFETY: pages s..s+n lie inside the block's host memory.
-            let dst = unsafe { host.ptr().add((s * ps) as usize) };
+            // Units partition the pages, so no two threads write one byte.
+            let dst = match mem.subslice((s * ps) as usize, (n * ps) as usize) {
+                Ok(d) => d,
+                Err(e) => {
+                    res = Err(e);
+                    return;
+                }
+            };
             if set {
-                // SAFETY: as above; units partition the pages.
-                res = unsafe { img.load_pages(block, s, n, dst) };
+                res = img.load_pages(block, s, dst);
                 st.pages_data += n;
                 st.bytes += n * ps;
             } else {
                 st.pages_zero += n;
                 if zero_absent {
-                    // SAFETY: as above.
-                    unsafe { std::ptr::write_bytes(dst, 0, (n * ps) as usize) };
+                    dst.zero();
                 }
             }
         })?;
@@ -70,16 +69,29 @@ pub unsafe fn read_ramblock(
     })
 }
 
+/// [`read_ramblock_with`] without progress or cancel.
+pub fn read_ramblock(
+    img: &Image,
+    block: usize,
+    mem: GuestSliceMut<'_>,
+    zero_absent: bool,
+    threads: u32,
+) -> Result<Stats> {
+    read_ramblock_with(&Control::new(), img, block, mem, zero_absent, threads)
+}
+
 /// Safe convenience: restore a block into a new `Vec` (absent pages zero).
 /// The allocation is the block's `used_length`, which the format layer
 /// checked against the file's size.
 pub fn read_ramblock_to_vec(img: &Image, block: usize, threads: u32) -> Result<Vec<u8>> {
     let info = img.block_info(block)?;
-    let len = usize::try_from(info.used_length).map_err(|_| {
-        Error::OutOfRange(format!("ramblock '{}' does not fit in memory", info.idstr))
-    })?;
-    let mut v = vec![0u8; len];
-    // SAFETY: `v` is valid for writes of `used_length` bytes.
-    unsafe { read_ramblock(img, block, v.as_mut_ptr(), false, threads)? };
+    let mut v = vec![0u8; host_len(info.used_length, &info.idstr)?];
+    read_ramblock(
+        img,
+        block,
+        GuestSliceMut::from_mut_slice(&mut v),
+        false,
+        threads,
+    )?;
     Ok(v)
 }

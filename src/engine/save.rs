@@ -1,44 +1,24 @@
-//! Parallel save of a ramblock from host memory.
+//! Parallel save of a ramblock from guest memory.
 
+use super::control::Control;
 use super::{effective_threads, parallel, unit_pages, Stats};
 use crate::error::{Error, Result};
-use crate::image::zero::is_zero;
 use crate::image::Image;
+use crate::memory::{DirtyBitmap, GuestSlice};
 
-/// A raw pointer that worker threads may share: the caller of
-/// [`save_ramblock`] / `read_ramblock` guarantees the memory is valid for the
-/// whole call, and each page is touched by exactly one unit.
-#[derive(Clone, Copy)]
-pub(crate) struct HostPtr(pub(crate) *mut u8);
-// SAFETY: see the type's docs: validity for the call is the caller's
-// contract; units partition the pages, so no two threads write one byte.
-unsafe impl Send for HostPtr {}
-// SAFETY: as above.
-unsafe impl Sync for HostPtr {}
-
-impl HostPtr {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    pub(crate) fn ptr(self) -> *mut u8 {
-        self.0
-    }
-}
-
-/// Save `block` from host memory `host` (`used_length` bytes). `dirty`
-/// (one bit per page, u64 words, LSB first) limits the save to those pages:
-/// both an iterative round into the same image and a sparse (virtio-mem,
-/// balloon) guest whose unpopulated pages are never touched. Zero pages are
-/// not written; a page that was present and is now zero has its bit cleared
-/// and its slot freed. `threads` 0 = a default.
-///
-/// # Safety
-/// `host` must be valid for reads of the block's `used_length` bytes for the
-/// duration of the call (other threads may change it; the saved bytes are
-/// then some mix, as with any live save).
-pub unsafe fn save_ramblock(
+/// Save `block` from guest memory `mem` (at least the block's
+/// `used_length` bytes). `dirty` (one bit per page) limits the save to
+/// those pages: both an iterative round into the same image and a sparse
+/// (virtio-mem, balloon) guest whose unpopulated pages are never touched.
+/// Zero pages are not written; a page that was present and is now zero has
+/// its bit cleared and its slot freed. `threads` 0 = a default. Progress
+/// and cancel through `ctl`.
+pub fn save_ramblock_with(
+    ctl: &Control,
     img: &Image,
     block: usize,
-    host: *const u8,
-    dirty: Option<&[u64]>,
+    mem: GuestSlice<'_>,
+    dirty: Option<DirtyBitmap<'_>>,
     threads: u32,
 ) -> Result<Stats> {
     // A block skipped by x-ignore-shared has no pages here: refuse it
@@ -47,13 +27,9 @@ pub unsafe fn save_ramblock(
     let info = img.block_info(block)?;
     let ps = info.page_size;
     let pages = info.used_length / ps;
-    if host.is_null() {
-        return Err(Error::Invalid(
-            "save_ramblock: host memory pointer is NULL".into(),
-        ));
-    }
+    let mem = mem.subslice(0, host_len(info.used_length, &info.idstr)?)?;
     if let Some(d) = dirty {
-        let need = pages.div_ceil(64);
+        let need = DirtyBitmap::words_for(pages);
         if (d.len() as u64) < need {
             return Err(Error::Invalid(format!(
                 "ramblock '{}': dirty bitmap has {} words, {need} needed for {pages} pages",
@@ -63,48 +39,56 @@ pub unsafe fn save_ramblock(
         }
     }
     // Fail early (before spawning) on a read-only image.
-    if !img
-        .channel()
-        .flags()
-        .contains(crate::channel::OpenFlags::WRITE)
-    {
+    if !img.is_writable() {
         return Err(Error::ReadOnly(format!(
             "{}: image is open read-only",
             img.channel().name()
         )));
     }
-    let host = HostPtr(host as *mut u8);
     if let Some(c) = img.chunked(block)? {
-        // SAFETY: forwarded caller contract.
-        return unsafe { crate::compress::engine::save(img, &c, host, dirty, threads) };
+        return crate::compress::engine::save(ctl, img, &c, mem, dirty, threads);
     }
     let upp = unit_pages(ps);
     let units = pages.div_ceil(upp);
     let nthreads = effective_threads(threads, units);
     let what = format!("save of ramblock '{}'", info.idstr);
-    parallel::run(img, &what, units, nthreads, info.used_length, |u| {
+    parallel::run(ctl, &what, units, nthreads, info.used_length, |u| {
         let first = u * upp;
         let end = (first + upp).min(pages);
-        // SAFETY: the caller's contract covers all pages of the block.
-        let st = unsafe { save_unit(img, block, host, ps, first, end, dirty)? };
+        let st = save_unit(img, block, mem, ps, first, end, dirty)?;
         Ok((st, (end - first) * ps))
     })
 }
 
-/// Save pages `[first, end)`.
-///
-/// # Safety
-/// As [`save_ramblock`].
-unsafe fn save_unit(
+/// [`save_ramblock_with`] without progress or cancel.
+pub fn save_ramblock(
     img: &Image,
     block: usize,
-    host: HostPtr,
+    mem: GuestSlice<'_>,
+    dirty: Option<DirtyBitmap<'_>>,
+    threads: u32,
+) -> Result<Stats> {
+    save_ramblock_with(&Control::new(), img, block, mem, dirty, threads)
+}
+
+/// A block's `used_length` as a memory length.
+pub(super) fn host_len(used_length: u64, idstr: &str) -> Result<usize> {
+    usize::try_from(used_length)
+        .map_err(|_| Error::OutOfRange(format!("ramblock '{idstr}' does not fit in memory")))
+}
+
+/// Save pages `[first, end)`; `mem` is the whole block.
+fn save_unit(
+    img: &Image,
+    block: usize,
+    mem: GuestSlice<'_>,
     ps: u64,
     first: u64,
     end: u64,
-    dirty: Option<&[u64]>,
+    dirty: Option<DirtyBitmap<'_>>,
 ) -> Result<Stats> {
     let mut st = Stats::default();
+    let pages = |s: u64, n: u64| mem.subslice((s * ps) as usize, (n * ps) as usize);
     // Current run: (start page, is zero).
     let mut run: Option<(u64, bool)> = None;
     let flush = |run: Option<(u64, bool)>, upto: u64, st: &mut Stats| -> Result<()> {
@@ -114,8 +98,7 @@ unsafe fn save_unit(
                 img.discard_pages(block, s, n)?;
                 st.pages_zero += n;
             } else {
-                // SAFETY: pages s..upto lie inside the block's host memory.
-                unsafe { img.store_pages(block, s, n, host.ptr().add((s * ps) as usize))? };
+                img.store_pages(block, s, pages(s, n)?)?;
                 st.pages_data += n;
                 st.bytes += n * ps;
             }
@@ -123,15 +106,12 @@ unsafe fn save_unit(
         Ok(())
     };
     for p in first..end {
-        if let Some(d) = dirty {
-            if d[(p / 64) as usize] & (1u64 << (p % 64)) == 0 {
-                flush(run.take(), p, &mut st)?;
-                continue;
-            }
+        if dirty.is_some_and(|d| !d.test(p)) {
+            flush(run.take(), p, &mut st)?;
+            continue;
         }
         st.pages_scanned += 1;
-        // SAFETY: page p lies inside the block's host memory.
-        let z = unsafe { is_zero(host.ptr().add((p * ps) as usize), ps as usize) };
+        let z = pages(p, 1)?.is_zero();
         match run {
             Some((_, rz)) if rz == z => {}
             _ => {

@@ -1,13 +1,15 @@
 //! `mr_channel`: a thread-safe seekable file channel.
 //!
-//! Ownership: SHARED. An `mr_channel *` is an `Arc<Channel>` turned into a
-//! raw pointer (`Arc::into_raw`); each `mr_channel *` the library hands out
-//! owns one reference. An image created or opened on a channel takes its own
+//! Ownership: [`OwnershipArc`]: each `mr_channel *` the library hands out
+//! owns one reference of an `Arc<Channel>`. An image created or opened on a channel takes its own
 //! reference, so the caller may `mr_channel_close` its handle at any time.
 //! The file's descriptors are closed when the last reference goes.
 
-use super::{arg, arg_mut, arg_str, call, call_ssize, write_out};
-use crate::channel::{Channel, OpenFlags};
+use super::handle::{
+    arc_from_handle, arc_into_handle, try_ref_from_ptr, try_str_from_ptr, Castable, OwnershipArc,
+};
+use super::{arg, arg_mut, call, call_ssize, write_out};
+use crate::channel::{Channel, OpenFlags, IOV_MAX};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int};
 use std::path::Path;
@@ -19,36 +21,9 @@ pub struct mr_channel {
     _private: [u8; 0],
 }
 
-/// Most iovecs one call takes (Linux `IOV_MAX`).
-const IOV_MAX: c_int = 1024;
-
-/// Hand a new reference to C.
-fn into_handle(ch: Arc<Channel>) -> *mut mr_channel {
-    Arc::into_raw(ch) as *mut mr_channel
-}
-
-/// Borrow the channel behind a handle.
-///
-/// # Safety
-/// `ch` must be NULL or a live handle from this module.
-pub(crate) unsafe fn channel_ref<'a>(ch: *const mr_channel) -> Result<&'a Channel> {
-    // SAFETY: a live handle points at the `Channel` inside its Arc.
-    unsafe { arg(ch.cast::<Channel>(), "ch") }
-}
-
-/// A new `Arc` reference to the channel behind a handle (the handle keeps its
-/// own).
-///
-/// # Safety
-/// `ch` must be NULL or a live handle from this module.
-pub(crate) unsafe fn channel_arc(ch: *const mr_channel) -> Result<Arc<Channel>> {
-    let p = super::arg_ptr(ch, "ch")?.cast::<Channel>();
-    // SAFETY: `p` came from `Arc::into_raw` and the handle still owns its
-    // reference, so the count is >= 1; we add one and adopt it.
-    unsafe {
-        Arc::increment_strong_count(p);
-        Ok(Arc::from_raw(p))
-    }
+impl Castable for mr_channel {
+    type Ownership = OwnershipArc;
+    type RustType = Channel;
 }
 
 /// Build the iovec slice for a vectored call.
@@ -56,16 +31,15 @@ pub(crate) unsafe fn channel_arc(ch: *const mr_channel) -> Result<Arc<Channel>> 
 /// # Safety
 /// When `iovcnt > 0`, `iov` must point to `iovcnt` iovecs valid for `'a`.
 unsafe fn iov_slice<'a>(iov: *const libc::iovec, iovcnt: c_int) -> Result<&'a [libc::iovec]> {
-    if !(0..=IOV_MAX).contains(&iovcnt) {
-        return Err(Error::Invalid(format!(
-            "iovcnt {iovcnt} out of range (0..={IOV_MAX})"
-        )));
-    }
-    if iovcnt == 0 {
+    let n = usize::try_from(iovcnt)
+        .ok()
+        .filter(|&n| n <= IOV_MAX)
+        .ok_or_else(|| Error::Invalid(format!("iovcnt {iovcnt} out of range (0..={IOV_MAX})")))?;
+    if n == 0 {
         return Ok(&[]);
     }
     // SAFETY: non-NULL checked; `iovcnt` entries per the caller's contract.
-    Ok(unsafe { std::slice::from_raw_parts(arg(iov, "iov")?, iovcnt as usize) })
+    Ok(unsafe { std::slice::from_raw_parts(arg(iov, "iov")?, n) })
 }
 
 /// Open `path` with `MR_OPEN_*` flags. Files are created with mode 0600.
@@ -81,13 +55,12 @@ pub unsafe extern "C" fn mr_channel_open(
     out: *mut *mut mr_channel,
 ) -> c_int {
     call("mr_channel_open", || {
-        // SAFETY: per this function's contract.
-        let path = unsafe { arg_str(path, "path") }?;
+        let path = try_str_from_ptr!(path)?;
         let out = arg_mut(out, "out")?;
         let flags = OpenFlags::from_bits(flags)?;
         let ch = Channel::open(Path::new(path), flags)?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, into_handle(Arc::new(ch))) };
+        unsafe { write_out(out, arc_into_handle(Arc::new(ch))) };
         Ok(0)
     })
 }
@@ -108,7 +81,7 @@ pub unsafe extern "C" fn mr_channel_from_fd(
         let flags = OpenFlags::from_bits(flags)?;
         let ch = Channel::from_fd(fd, flags)?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, into_handle(Arc::new(ch))) };
+        unsafe { write_out(out, arc_into_handle(Arc::new(ch))) };
         Ok(0)
     })
 }
@@ -128,8 +101,7 @@ pub unsafe extern "C" fn mr_channel_pwritev(
     offset: u64,
 ) -> libc::ssize_t {
     call_ssize("mr_channel_pwritev", || {
-        // SAFETY: per this function's contract.
-        let ch = unsafe { channel_ref(ch) }?;
+        let ch = try_ref_from_ptr!(ch)?;
         // SAFETY: per this function's contract.
         let iov = unsafe { iov_slice(iov, iovcnt) }?;
         // SAFETY: the iovec buffers are readable per the contract.
@@ -152,8 +124,7 @@ pub unsafe extern "C" fn mr_channel_preadv(
     offset: u64,
 ) -> libc::ssize_t {
     call_ssize("mr_channel_preadv", || {
-        // SAFETY: per this function's contract.
-        let ch = unsafe { channel_ref(ch) }?;
+        let ch = try_ref_from_ptr!(ch)?;
         // SAFETY: per this function's contract.
         let iov = unsafe { iov_slice(iov, iovcnt) }?;
         // SAFETY: the iovec buffers are writable per the contract.
@@ -169,8 +140,7 @@ pub unsafe extern "C" fn mr_channel_preadv(
 #[no_mangle]
 pub unsafe extern "C" fn mr_channel_sync(ch: *mut mr_channel) -> c_int {
     call("mr_channel_sync", || {
-        // SAFETY: per this function's contract.
-        unsafe { channel_ref(ch) }?.sync()?;
+        try_ref_from_ptr!(ch)?.sync()?;
         Ok(0)
     })
 }
@@ -182,8 +152,7 @@ pub unsafe extern "C" fn mr_channel_sync(ch: *mut mr_channel) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn mr_channel_size(ch: *mut mr_channel, out: *mut u64) -> c_int {
     call("mr_channel_size", || {
-        // SAFETY: per this function's contract.
-        let ch = unsafe { channel_ref(ch) }?;
+        let ch = try_ref_from_ptr!(ch)?;
         let out = arg_mut(out, "out")?;
         let size = ch.size()?;
         // SAFETY: checked non-NULL; writable per the contract.
@@ -199,8 +168,7 @@ pub unsafe extern "C" fn mr_channel_size(ch: *mut mr_channel, out: *mut u64) -> 
 #[no_mangle]
 pub unsafe extern "C" fn mr_channel_truncate(ch: *mut mr_channel, len: u64) -> c_int {
     call("mr_channel_truncate", || {
-        // SAFETY: per this function's contract.
-        unsafe { channel_ref(ch) }?.set_len(len)?;
+        try_ref_from_ptr!(ch)?.set_len(len)?;
         Ok(0)
     })
 }
@@ -217,8 +185,7 @@ pub unsafe extern "C" fn mr_channel_punch_hole(
     len: u64,
 ) -> c_int {
     call("mr_channel_punch_hole", || {
-        // SAFETY: per this function's contract.
-        unsafe { channel_ref(ch) }?.punch_hole(offset, len)?;
+        try_ref_from_ptr!(ch)?.punch_hole(offset, len)?;
         Ok(0)
     })
 }
@@ -236,8 +203,7 @@ pub unsafe extern "C" fn mr_channel_dio_align(
     offset_align: *mut u32,
 ) -> c_int {
     call("mr_channel_dio_align", || {
-        // SAFETY: per this function's contract.
-        let ch = unsafe { channel_ref(ch) }?;
+        let ch = try_ref_from_ptr!(ch)?;
         let mem_align = arg_mut(mem_align, "mem_align")?;
         let offset_align = arg_mut(offset_align, "offset_align")?;
         let a = ch.dio_align().ok_or_else(|| {
@@ -268,12 +234,10 @@ pub unsafe extern "C" fn mr_channel_dio_align(
 #[no_mangle]
 pub unsafe extern "C" fn mr_channel_close(ch: *mut mr_channel) -> c_int {
     call("mr_channel_close", || {
-        if ch.is_null() {
+        // SAFETY: NULL or a live handle, given up per the contract.
+        let Some(arc) = (unsafe { arc_from_handle(ch) }) else {
             return Ok(0);
-        }
-        // SAFETY: a live handle owns one reference from `Arc::into_raw`; we
-        // take it back exactly once.
-        let arc = unsafe { Arc::from_raw(ch.cast_const().cast::<Channel>()) };
+        };
         // Sync first when writable, so the error reaches this caller even
         // when an image still holds the channel.
         let synced = if arc.flags().contains(OpenFlags::WRITE) {

@@ -31,6 +31,9 @@ pub const MR_READ_ZERO_ABSENT: u32 = 0x1;
 /// The errno (`EUCLEAN`) returned, negated, for an image that was never
 /// finished (or whose in-place update was interrupted).
 pub const MR_EINCOMPLETE: c_int = 117;
+// The header needs a literal; the build fails where it is not the
+// platform's EUCLEAN.
+const _: () = assert!(MR_EINCOMPLETE == libc::EUCLEAN);
 
 /// `mr_image_open_on` offset: detect (a libvirt save-image header, or 0).
 pub const MR_OFFSET_DETECT: u64 = u64::MAX;

@@ -1,26 +1,40 @@
 //! `mr_image`: a mapped-ram image.
 //!
-//! Ownership: BOXED. An `mr_image *` is a `Box<mr_image>` owned by the
-//! caller until `mr_image_close`. The strings the query functions return are
+//! Ownership: [`OwnershipBox`]: an `mr_image *` is a boxed [`ImageHandle`]
+//! (the image and its [`Control`]) owned by the caller until
+//! `mr_image_close`. The strings the query functions return are
 //! cached in the handle when it is made, so they live as long as the image.
 //! All page calls take `const`/shared access and are safe from many threads
 //! at once on one handle.
 
-use super::channel::{channel_arc, mr_channel};
-use super::{
-    arg, arg_mut, arg_ptr, arg_str, call, call_ptr, check_flags, write_out, MR_OFFSET_DETECT,
-    MR_READ_ZERO_ABSENT,
+use super::channel::mr_channel;
+use super::handle::{
+    box_from_handle, box_into_handle, clone_arc, try_ref_from_ptr, try_str_from_ptr, Castable,
+    OwnershipBox,
 };
-use crate::engine;
+use super::{arg, arg_mut, arg_str, call, call_ptr, write_out, MR_OFFSET_DETECT};
+use crate::engine::Control;
 use crate::error::{Error, Result};
-use crate::format::ramblock::{BlockLayout, BlockSpec};
+use crate::format::ramblock::BlockSpec;
 use crate::image::{Image, ImageFlags};
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::{c_char, c_int, CString};
 use std::path::Path;
 
 /// A mapped-ram image (opaque).
 pub struct mr_image {
-    inner: Image,
+    _private: [u8; 0],
+}
+
+impl Castable for mr_image {
+    type Ownership = OwnershipBox;
+    type RustType = ImageHandle;
+}
+
+/// What an `mr_image *` points to.
+pub(crate) struct ImageHandle {
+    pub(super) inner: Image,
+    /// Progress callback and cancel of the operations on this handle.
+    pub(super) control: Control,
     machine_type: CString,
     capabilities: Vec<CString>,
 }
@@ -51,12 +65,6 @@ pub struct mr_ramblock_info {
     pub pages_present: u64,
 }
 
-/// Progress callback for `mr_image_save_ramblock` / `mr_image_read_ramblock`:
-/// called on the thread that started the operation with bytes done and bytes
-/// total; a nonzero return cancels the operation (it returns `-ECANCELED`).
-pub type mr_progress_fn =
-    Option<unsafe extern "C" fn(opaque: *mut c_void, done: u64, total: u64) -> c_int>;
-
 /// Box a new image with its cached strings and hand it to C.
 fn into_handle(img: Image) -> Result<*mut mr_image> {
     let c = |s: &str, what: &str| {
@@ -68,20 +76,12 @@ fn into_handle(img: Image) -> Result<*mut mr_image> {
         .iter()
         .map(|s| c(s, "capability"))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Box::into_raw(Box::new(mr_image {
+    Ok(box_into_handle(ImageHandle {
         inner: img,
+        control: Control::new(),
         machine_type,
         capabilities,
-    })))
-}
-
-/// Borrow the image behind a handle.
-///
-/// # Safety
-/// `img` must be NULL or a live handle from this module.
-unsafe fn image_ref<'a>(img: *const mr_image) -> Result<&'a mr_image> {
-    // SAFETY: per this function's contract.
-    unsafe { arg(img, "img") }
+    }))
 }
 
 /// Read the C block descriptions.
@@ -123,8 +123,7 @@ unsafe fn query_u64(
     f: impl FnOnce(&Image) -> Result<u64>,
 ) -> c_int {
     call(func, || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
+        let img = &try_ref_from_ptr!(img)?.inner;
         let out = arg_mut(out, "out")?;
         let v = f(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
@@ -133,22 +132,10 @@ unsafe fn query_u64(
     })
 }
 
-fn block_index(img: &Image, block: u32) -> Result<usize> {
-    block_layout(img, block).map(|(i, _)| i)
-}
-
-/// The index and layout of ramblock `block` (cheap: no bitmap count).
-fn block_layout(img: &Image, block: u32) -> Result<(usize, &BlockLayout)> {
-    let blocks = &img.layout().blocks;
-    blocks
-        .get(block as usize)
-        .map(|l| (block as usize, l))
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "ramblock index {block} out of range (the image has {})",
-                blocks.len()
-            ))
-        })
+/// A length from C as a memory length.
+pub(super) fn mem_len(len: u64) -> Result<usize> {
+    usize::try_from(len)
+        .map_err(|_| Error::OutOfRange(format!("length {len} does not fit in memory")))
 }
 
 /// Create a new image file at `path` (mode 0600, truncated) for
@@ -167,10 +154,8 @@ pub unsafe extern "C" fn mr_image_create(
     out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_create", || {
-        // SAFETY: per this function's contract.
-        let path = unsafe { arg_str(path, "path") }?;
-        // SAFETY: per this function's contract.
-        let machine_type = unsafe { arg_str(machine_type, "machine_type") }?;
+        let path = try_str_from_ptr!(path)?;
+        let machine_type = try_str_from_ptr!(machine_type)?;
         // SAFETY: per this function's contract.
         let specs = unsafe { block_specs(blocks, nblocks) }?;
         let out = arg_mut(out, "out")?;
@@ -201,13 +186,12 @@ pub unsafe extern "C" fn mr_image_create_on(
     out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_create_on", || {
-        // SAFETY: per this function's contract.
-        let machine_type = unsafe { arg_str(machine_type, "machine_type") }?;
+        let machine_type = try_str_from_ptr!(machine_type)?;
         // SAFETY: per this function's contract.
         let specs = unsafe { block_specs(blocks, nblocks) }?;
         let out = arg_mut(out, "out")?;
         // SAFETY: per this function's contract.
-        let ch = unsafe { channel_arc(ch) }?;
+        let ch = unsafe { clone_arc(ch, "ch") }?;
         let img = Image::create_on(ch, offset, machine_type, &specs, ImageFlags(flags))?;
         let h = into_handle(img)?;
         // SAFETY: checked non-NULL; writable per the contract.
@@ -229,8 +213,7 @@ pub unsafe extern "C" fn mr_image_open(
     out: *mut *mut mr_image,
 ) -> c_int {
     call("mr_image_open", || {
-        // SAFETY: per this function's contract.
-        let path = unsafe { arg_str(path, "path") }?;
+        let path = try_str_from_ptr!(path)?;
         let out = arg_mut(out, "out")?;
         let img = Image::open(Path::new(path), ImageFlags(flags))?;
         let h = into_handle(img)?;
@@ -256,7 +239,7 @@ pub unsafe extern "C" fn mr_image_open_on(
     call("mr_image_open_on", || {
         let out = arg_mut(out, "out")?;
         // SAFETY: per this function's contract.
-        let ch = unsafe { channel_arc(ch) }?;
+        let ch = unsafe { clone_arc(ch, "ch") }?;
         let base = (offset != MR_OFFSET_DETECT).then_some(offset);
         let img = Image::open_on(ch, base, ImageFlags(flags))?;
         let h = into_handle(img)?;
@@ -273,8 +256,7 @@ pub unsafe extern "C" fn mr_image_open_on(
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_ramblock_count(img: *const mr_image) -> c_int {
     call("mr_image_ramblock_count", || {
-        // SAFETY: per this function's contract.
-        let n = unsafe { image_ref(img) }?.inner.block_count();
+        let n = try_ref_from_ptr!(img)?.inner.block_count();
         c_int::try_from(n).map_err(|_| Error::Unsupported(format!("{n} ramblocks")))
     })
 }
@@ -290,18 +272,13 @@ pub unsafe extern "C" fn mr_image_ramblock_info(
     out: *mut mr_ramblock_info,
 ) -> c_int {
     call("mr_image_ramblock_info", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
+        let img = &try_ref_from_ptr!(img)?.inner;
         let out = arg_mut(out, "out")?;
-        let info = img.block_info(block_index(img, block)?)?;
+        let info = img.block_info(block as usize)?;
         let mut idstr = [0 as c_char; 256];
-        let bytes = info.idstr.as_bytes();
-        if bytes.len() > 255 {
-            return Err(Error::Corrupt(format!(
-                "ramblock idstr is {} bytes (at most 255)",
-                bytes.len()
-            )));
-        }
+        // An idstr is at most 255 bytes (a u8 length on disk, checked by the
+        // format layer), so the last byte stays NUL.
+        let bytes = info.idstr.as_bytes().iter().take(255);
         for (d, s) in idstr.iter_mut().zip(bytes) {
             *d = *s as c_char;
         }
@@ -333,10 +310,8 @@ pub unsafe extern "C" fn mr_image_find_ramblock(
     idstr: *const c_char,
 ) -> c_int {
     call("mr_image_find_ramblock", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        // SAFETY: per this function's contract.
-        let idstr = unsafe { arg_str(idstr, "idstr") }?;
+        let img = &try_ref_from_ptr!(img)?.inner;
+        let idstr = try_str_from_ptr!(idstr)?;
         let i = img.find_block(idstr)?;
         c_int::try_from(i).map_err(|_| Error::Unsupported(format!("ramblock index {i}")))
     })
@@ -350,8 +325,7 @@ pub unsafe extern "C" fn mr_image_find_ramblock(
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_machine_type(img: *const mr_image) -> *const c_char {
     call_ptr("mr_image_machine_type", || {
-        // SAFETY: per this function's contract.
-        Ok(unsafe { image_ref(img) }?.machine_type.as_ptr())
+        Ok(try_ref_from_ptr!(img)?.machine_type.as_ptr())
     })
 }
 
@@ -362,8 +336,7 @@ pub unsafe extern "C" fn mr_image_machine_type(img: *const mr_image) -> *const c
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_capability_count(img: *const mr_image) -> c_int {
     call("mr_image_capability_count", || {
-        // SAFETY: per this function's contract.
-        let n = unsafe { image_ref(img) }?.capabilities.len();
+        let n = try_ref_from_ptr!(img)?.capabilities.len();
         c_int::try_from(n).map_err(|_| Error::Unsupported(format!("{n} capabilities")))
     })
 }
@@ -376,11 +349,10 @@ pub unsafe extern "C" fn mr_image_capability_count(img: *const mr_image) -> c_in
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_capability(img: *const mr_image, i: u32) -> *const c_char {
     call_ptr("mr_image_capability", || {
-        // SAFETY: per this function's contract.
-        let caps = &unsafe { image_ref(img) }?.capabilities;
+        let caps = &try_ref_from_ptr!(img)?.capabilities;
         caps.get(i as usize).map(|c| c.as_ptr()).ok_or_else(|| {
-            Error::OutOfRange(format!(
-                "capability index {i} out of range (the image has {})",
+            Error::NotFound(format!(
+                "no capability with index {i} (the image has {})",
                 caps.len()
             ))
         })
@@ -395,8 +367,7 @@ pub unsafe extern "C" fn mr_image_capability(img: *const mr_image, i: u32) -> *c
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_is_complete(img: *const mr_image) -> c_int {
     call("mr_image_is_complete", || {
-        // SAFETY: per this function's contract.
-        Ok(c_int::from(unsafe { image_ref(img) }?.inner.is_complete()))
+        Ok(c_int::from(try_ref_from_ptr!(img)?.inner.is_complete()))
     })
 }
 
@@ -437,209 +408,6 @@ pub unsafe extern "C" fn mr_image_allocated_bytes(img: *const mr_image, out: *mu
     unsafe { query_u64("mr_image_allocated_bytes", img, out, Image::allocated_bytes) }
 }
 
-/// Write one page at byte `offset` (page aligned) inside `block`. An
-/// all-zero page clears the page's bit and frees its slot.
-///
-/// # Safety
-/// `img` a live handle; `page` readable for the block's page size.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_write_page(
-    img: *mut mr_image,
-    block: u32,
-    offset: u64,
-    page: *const c_void,
-) -> c_int {
-    call("mr_image_write_page", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let (b, layout) = block_layout(img, block)?;
-        let page_size = layout.page_size;
-        let page = arg_ptr(page.cast::<u8>(), "page")?;
-        // SAFETY: readable for page_size bytes per the contract.
-        unsafe { img.write_pages_raw(b, offset, page, page_size) }?;
-        Ok(0)
-    })
-}
-
-/// Write `len` bytes (a multiple of the page size) of whole pages from `buf`
-/// at `offset` inside `block`.
-///
-/// # Safety
-/// `img` a live handle; `buf` readable for `len` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_write_pages(
-    img: *mut mr_image,
-    block: u32,
-    offset: u64,
-    buf: *const c_void,
-    len: u64,
-) -> c_int {
-    call("mr_image_write_pages", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let (b, layout) = block_layout(img, block)?;
-        let page_size = layout.page_size;
-        if page_size == 0 || len % page_size != 0 {
-            return Err(Error::Invalid(format!(
-                "length {len} is not a multiple of the page size {page_size}"
-            )));
-        }
-        if len == 0 {
-            return Ok(0);
-        }
-        let buf = arg_ptr(buf.cast::<u8>(), "buf")?;
-        // SAFETY: readable for `len` bytes per the contract.
-        unsafe { img.write_pages_raw(b, offset, buf, len) }?;
-        Ok(0)
-    })
-}
-
-/// Read one page at `offset` inside `block` into `page`. Returns 1 when the
-/// page is present, 0 when it is a zero page (`page` is then zero-filled).
-///
-/// # Safety
-/// `img` a live handle; `page` writable for the block's page size.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_read_page(
-    img: *mut mr_image,
-    block: u32,
-    offset: u64,
-    page: *mut c_void,
-) -> c_int {
-    call("mr_image_read_page", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let (b, layout) = block_layout(img, block)?;
-        let page_size = layout.page_size;
-        let page = arg_mut(page.cast::<u8>(), "page")?;
-        let len = usize::try_from(page_size)
-            .map_err(|_| Error::Unsupported(format!("page size {page_size}")))?;
-        // SAFETY: writable for page_size bytes per the contract; the caller
-        // does not touch it during the call.
-        let buf = unsafe { std::slice::from_raw_parts_mut(page, len) };
-        Ok(c_int::from(img.read_page(b, offset, buf)?))
-    })
-}
-
-/// Save `block` from host memory `host` (the block's `used_length` bytes)
-/// with `threads` threads (0 = a default). `dirty`: NULL saves every page,
-/// else one bit per page (ceil(pages / 64) `uint64_t` words, LSB first)
-/// limits the save to the set pages. `-ECANCELED` when cancelled.
-///
-/// # Safety
-/// `img` a live handle; `host` readable for `used_length` bytes; `dirty`
-/// NULL or readable for ceil(pages / 64) words.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_save_ramblock(
-    img: *mut mr_image,
-    block: u32,
-    host: *const c_void,
-    dirty: *const u64,
-    threads: u32,
-) -> c_int {
-    call("mr_image_save_ramblock", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let (b, layout) = block_layout(img, block)?;
-        let host = arg_ptr(host.cast::<u8>(), "host")?;
-        let dirty = if dirty.is_null() {
-            None
-        } else {
-            let pages = layout.used_length.div_ceil(layout.page_size.max(1));
-            let words = usize::try_from(pages.div_ceil(64))
-                .map_err(|_| Error::Unsupported(format!("{pages} pages")))?;
-            // SAFETY: readable for ceil(pages / 64) words per the contract.
-            Some(unsafe { std::slice::from_raw_parts(dirty, words) })
-        };
-        // SAFETY: `host` readable for used_length bytes per the contract.
-        unsafe { engine::save_ramblock(img, b, host, dirty, threads) }?;
-        Ok(0)
-    })
-}
-
-/// Restore `block` into host memory `host` (the block's `used_length`
-/// bytes) with `threads` threads (0 = a default). Present pages are read;
-/// with `MR_READ_ZERO_ABSENT` absent pages are zeroed, else left alone.
-/// `-ECANCELED` when cancelled.
-///
-/// # Safety
-/// `img` a live handle; `host` writable for `used_length` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_read_ramblock(
-    img: *mut mr_image,
-    block: u32,
-    host: *mut c_void,
-    flags: u32,
-    threads: u32,
-) -> c_int {
-    call("mr_image_read_ramblock", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        check_flags(flags, MR_READ_ZERO_ABSENT, "mr_image_read_ramblock")?;
-        let b = block_index(img, block)?;
-        let host = arg_mut(host.cast::<u8>(), "host")?;
-        let zero_absent = flags & MR_READ_ZERO_ABSENT != 0;
-        // SAFETY: `host` writable for used_length bytes per the contract.
-        unsafe { engine::read_ramblock(img, b, host, zero_absent, threads) }?;
-        Ok(0)
-    })
-}
-
-/// The C callback and its opaque pointer, moved into the image.
-struct CProgress {
-    func: unsafe extern "C" fn(*mut c_void, u64, u64) -> c_int,
-    opaque: *mut c_void,
-}
-
-// SAFETY: the image calls the progress callback only on the thread that
-// started the operation (documented in the C contract); the C caller is
-// responsible for `opaque` being usable from that thread.
-unsafe impl Send for CProgress {}
-
-/// Install a progress callback (NULL `fn` removes it). See `mr_progress_fn`.
-///
-/// # Safety
-/// `img` a live handle; `fn` callable with `opaque` until replaced, removed
-/// or the image is closed.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_set_progress(
-    img: *mut mr_image,
-    func: mr_progress_fn,
-    opaque: *mut c_void,
-) -> c_int {
-    call("mr_image_set_progress", || {
-        // SAFETY: per this function's contract.
-        let img = &unsafe { image_ref(img) }?.inner;
-        let cb = func.map(|func| {
-            let p = CProgress { func, opaque };
-            Box::new(move |done: u64, total: u64| {
-                // Capture the whole struct (not its fields) so the closure
-                // is Send through CProgress.
-                let p = &p;
-                // SAFETY: callable with `opaque` per mr_image_set_progress's
-                // contract.
-                unsafe { (p.func)(p.opaque, done, total) == 0 }
-            }) as crate::image::ProgressFn
-        });
-        img.set_progress(cb);
-        Ok(0)
-    })
-}
-
-/// Cancel the save/restore operations running on `img` (they return
-/// `-ECANCELED`); later operations are not affected. Any thread may call it.
-///
-/// # Safety
-/// `img` a live handle.
-#[no_mangle]
-pub unsafe extern "C" fn mr_image_cancel(img: *mut mr_image) -> c_int {
-    call("mr_image_cancel", || {
-        // SAFETY: per this function's contract.
-        unsafe { image_ref(img) }?.inner.cancel();
-        Ok(0)
-    })
-}
-
 /// Write the bitmaps out and `fdatasync`.
 ///
 /// # Safety
@@ -647,8 +415,7 @@ pub unsafe extern "C" fn mr_image_cancel(img: *mut mr_image) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_sync(img: *mut mr_image) -> c_int {
     call("mr_image_sync", || {
-        // SAFETY: per this function's contract.
-        unsafe { image_ref(img) }?.inner.sync()?;
+        try_ref_from_ptr!(img)?.inner.sync()?;
         Ok(0)
     })
 }
@@ -660,8 +427,7 @@ pub unsafe extern "C" fn mr_image_sync(img: *mut mr_image) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_finish(img: *mut mr_image) -> c_int {
     call("mr_image_finish", || {
-        // SAFETY: per this function's contract.
-        unsafe { image_ref(img) }?.inner.finish()?;
+        try_ref_from_ptr!(img)?.inner.finish()?;
         Ok(0)
     })
 }
@@ -675,11 +441,10 @@ pub unsafe extern "C" fn mr_image_finish(img: *mut mr_image) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn mr_image_close(img: *mut mr_image) -> c_int {
     call("mr_image_close", || {
-        if img.is_null() {
+        // SAFETY: NULL or a live handle, given up per the contract.
+        let Some(img) = (unsafe { box_from_handle(img) }) else {
             return Ok(0);
-        }
-        // SAFETY: a live handle came from `Box::into_raw`; taken back once.
-        let img = unsafe { Box::from_raw(img) };
+        };
         img.inner.close()?;
         Ok(0)
     })

@@ -1,28 +1,33 @@
-//! The C ABI: pointer validation, panic boundary, handle ownership, error
-//! mapping. No logic lives here.
+//! The C ABI: argument conversion, panic boundary, handle ownership, error
+//! mapping. Rules (ranges, block indexes, lengths) belong to the layers
+//! below; a function here converts its arguments and calls one of them.
 //!
-//! One module per C type ([`channel`] for `mr_channel`, [`image`] for
-//! `mr_image`); this module holds the private helpers every exported function
-//! goes through:
-//! - [`call`] / [`call_ssize`] run the body inside `catch_unwind`, turn an
-//!   `Err` into a negative errno and a panic into `-EIO`, and record the
-//!   message in the thread-local last error;
-//! - [`arg`] / [`arg_mut`] / [`arg_str`] reject NULL (and non-UTF-8 strings)
-//!   with `-EINVAL` and a message naming the parameter;
-//! - [`out`] writes an out-parameter (only ever on success).
+//! Modules per C type ([`channel`] for `mr_channel`; [`image`] and
+//! [`image_io`] for `mr_image`), `handle` for the ownership model of every
+//! handle type; this module holds the private helpers every exported
+//! function goes through:
+//! - [`call`] / [`call_ssize`] / [`call_ptr`] run the body inside
+//!   `catch_unwind`, turn an `Err` into a negative errno and a panic into
+//!   `-EIO` (printing nothing), and record the message in the thread-local
+//!   last error;
+//! - [`arg`] / [`arg_mut`] / [`arg_ptr`] / [`arg_str`] reject NULL (and
+//!   non-UTF-8 strings) with `-EINVAL` and a message naming the parameter;
+//! - [`write_out`] writes an out-parameter (only ever on success).
 //!
 //! Integers, never Rust enums, come in from C: flags are `u32` validated here
 //! or by the layer below.
 
 // The C names are the contract; they are not Rust names.
 #![allow(non_camel_case_types)]
-#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod channel;
 mod constants;
+mod handle;
 pub mod image;
+pub mod image_io;
 
 use crate::error::{Error, Result};
+use crate::silent_panic;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -62,9 +67,15 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 
 /// Run an exported function's body: `Ok(n)` returns `n`, `Err(e)` returns
 /// `-errno` and records "`func`: message"; a panic returns `-EIO` with
-/// "`func`: internal error: panic: ...". Nothing unwinds into C.
+/// "`func`: internal error (a bug in libmappedram): ..." and prints
+/// nothing. Nothing unwinds into C.
 fn call_with<T>(func: &str, fail: impl Fn(i32) -> T, body: impl FnOnce() -> Result<T>) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    // A caught panic must not print to the host's stderr.
+    silent_panic::install();
+    let quiet = silent_panic::enter();
+    let res = catch_unwind(AssertUnwindSafe(body));
+    drop(quiet);
+    match res {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             set_last_error(format!("{func}: {e}"));
@@ -72,7 +83,7 @@ fn call_with<T>(func: &str, fail: impl Fn(i32) -> T, body: impl FnOnce() -> Resu
         }
         Err(payload) => {
             set_last_error(format!(
-                "{func}: internal error: panic: {}",
+                "{func}: internal error (a bug in libmappedram): {}",
                 panic_message(payload.as_ref())
             ));
             fail(-libc::EIO)
@@ -176,7 +187,7 @@ pub extern "C" fn mr_last_error() -> *const c_char {
             None => c"".as_ptr(),
         })
     });
-    p.unwrap_or(c"internal error: panic in mr_last_error".as_ptr())
+    p.unwrap_or(c"internal error (a bug in libmappedram) in mr_last_error".as_ptr())
 }
 
 /// The library version ("MAJOR.MINOR.PATCH"), a static string.
@@ -231,15 +242,55 @@ mod tests {
             assert_eq!(last_error(), "mr_test: no ramblock `x`");
             let r = call("mr_boom", || -> Result<c_int> { panic!("kaboom {}", 42) });
             assert_eq!(r, -libc::EIO);
-            assert_eq!(last_error(), "mr_boom: internal error: panic: kaboom 42");
+            assert_eq!(
+                last_error(),
+                "mr_boom: internal error (a bug in libmappedram): kaboom 42"
+            );
             let r = call_ssize("mr_boom", || -> Result<libc::ssize_t> { panic!("static") });
             assert_eq!(r, -(libc::EIO as libc::ssize_t));
-            assert_eq!(last_error(), "mr_boom: internal error: panic: static");
+            assert_eq!(
+                last_error(),
+                "mr_boom: internal error (a bug in libmappedram): static"
+            );
             let p: *const u8 = call_ptr("mr_null", || Err(Error::Invalid("bad".into())));
             assert!(p.is_null());
         })
         .join()
         .unwrap();
+    }
+
+    /// Run in a child process (see below): a panic inside the boundary,
+    /// also in an engine worker thread, must print nothing.
+    #[test]
+    fn quiet_panic_child() {
+        if std::env::var_os("MR_QUIET_PANIC_CHILD").is_none() {
+            return;
+        }
+        let r = call("mr_boom", || -> Result<c_int> { panic!("kaboom-main") });
+        assert_eq!(r, -libc::EIO);
+        let r = call("mr_boom", || -> Result<c_int> {
+            let ctl = crate::engine::Control::new();
+            crate::engine::run_for_test(&ctl, |u| assert!(u != 1, "kaboom-worker"))
+        });
+        assert_eq!(r, -libc::EIO);
+        assert!(last_error().contains("kaboom-worker") || last_error().contains("panicked"));
+    }
+
+    #[test]
+    fn a_caught_panic_prints_nothing() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "ffi::tests::quiet_panic_child", "--nocapture"])
+            .env("MR_QUIET_PANIC_CHILD", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "child failed: {stderr}");
+        assert!(
+            !stderr.contains("kaboom"),
+            "a caught panic printed: {stderr}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("1 passed"), "{stdout}");
     }
 
     #[test]

@@ -61,14 +61,17 @@ impl AtomicBitmap {
         out
     }
 
+    /// Number of bits.
     pub fn len(&self) -> u64 {
         self.bits
     }
 
+    /// True when there are no bits.
     pub fn is_empty(&self) -> bool {
         self.bits == 0
     }
 
+    /// Whether bit `i` is set.
     pub fn test(&self, i: u64) -> bool {
         debug_assert!(i < self.bits);
         self.words[(i / 64) as usize].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0

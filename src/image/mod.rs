@@ -27,7 +27,6 @@ pub(crate) use pages::context;
 use parking_lot::{Mutex, RwLock};
 pub(crate) use state::DiskState;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Flags for [`Image::open`] / [`Image::create`]; values are the C `MR_IMAGE_*`.
@@ -43,6 +42,7 @@ impl ImageFlags {
     pub const RECOVER: ImageFlags = ImageFlags(0x4);
     const ALL: u32 = 0x7;
 
+    /// Whether every flag of `o` is set.
     pub fn contains(self, o: ImageFlags) -> bool {
         self.0 & o.0 == o.0
     }
@@ -74,16 +74,19 @@ impl std::ops::BitOr for ImageFlags {
 /// What a caller may know about one ramblock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockInfo {
+    /// The block's name (QEMU's idstr).
     pub idstr: String,
+    /// Bytes of guest memory in the block.
     pub used_length: u64,
+    /// Target page size.
     pub page_size: u64,
+    /// Absolute file offset of the block's bitmap.
     pub bitmap_offset: u64,
+    /// Absolute file offset of the block's first page.
     pub pages_offset: u64,
+    /// Pages whose bit is set.
     pub pages_present: u64,
 }
-
-/// Progress callback: (bytes done, bytes total) -> keep going.
-pub type ProgressFn = Box<dyn FnMut(u64, u64) -> bool + Send>;
 
 pub(crate) struct Block {
     pub(crate) layout: BlockLayout,
@@ -124,8 +127,6 @@ pub struct Image {
     state: Mutex<DiskState>,
     /// Serialises sync/finish/close.
     sync_lock: Mutex<()>,
-    cancel_epoch: AtomicU64,
-    progress: Mutex<Option<ProgressFn>>,
 }
 
 /// Reads of the image's channel for the format layer.
@@ -338,11 +339,10 @@ impl Image {
             gate: RwLock::new(()),
             state: Mutex::new(state),
             sync_lock: Mutex::new(()),
-            cancel_epoch: AtomicU64::new(0),
-            progress: Mutex::new(None),
         }
     }
 
+    /// Number of ramblocks.
     pub fn block_count(&self) -> usize {
         self.blocks.len()
     }
@@ -376,6 +376,7 @@ impl Image {
         Ok(b)
     }
 
+    /// What is known about ramblock `block` (`NotFound` past the last).
     pub fn block_info(&self, block: usize) -> Result<BlockInfo> {
         let b = self.block(block)?;
         Ok(BlockInfo {
@@ -388,6 +389,7 @@ impl Image {
         })
     }
 
+    /// Index of the ramblock named `idstr`.
     pub fn find_block(&self, idstr: &str) -> Result<usize> {
         self.blocks
             .iter()
@@ -404,10 +406,12 @@ impl Image {
             })
     }
 
+    /// The machine type the image was saved for.
     pub fn machine_type(&self) -> &str {
         &self.layout.config.machine_type
     }
 
+    /// The migration capabilities recorded in the image.
     pub fn capabilities(&self) -> &[String] {
         &self.layout.config.capabilities
     }
@@ -462,33 +466,10 @@ impl Image {
         Ok(b.bitmap.test(index))
     }
 
-    /// Cancel the save/restore operations running on this image (they
-    /// return `Error::Cancelled`); later operations are not affected.
-    pub fn cancel(&self) {
-        self.cancel_epoch.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn cancel_epoch(&self) -> u64 {
-        self.cancel_epoch.load(Ordering::Acquire)
-    }
-
-    /// Install (or remove) a progress callback for save/restore: called
-    /// with (bytes done, bytes total) on the thread that started the
-    /// operation; returning false cancels it. While one operation runs, a
-    /// concurrent one on the same image gets no callbacks.
-    pub fn set_progress(&self, cb: Option<ProgressFn>) {
-        *self.progress.lock() = cb;
-    }
-
-    pub(crate) fn take_progress(&self) -> Option<ProgressFn> {
-        self.progress.lock().take()
-    }
-
-    pub(crate) fn restore_progress(&self, cb: Option<ProgressFn>) {
-        let mut p = self.progress.lock();
-        if p.is_none() {
-            *p = cb;
-        }
+    /// Whether the image was created, or opened with
+    /// [`ImageFlags::READ_WRITE`], so that page writes are allowed.
+    pub fn is_writable(&self) -> bool {
+        self.writable
     }
 }
 

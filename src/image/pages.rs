@@ -6,9 +6,9 @@
 //! bit and frees its slot (punch hole); a clear bit reads as a zero page
 //! whatever the slot holds.
 
-use super::zero::is_zero;
 use super::{Block, Image};
 use crate::error::{Error, Result};
+use crate::memory::{GuestSlice, GuestSliceMut};
 
 impl Image {
     /// Check `[offset, offset+len)` against block `block`: page aligned,
@@ -66,74 +66,61 @@ impl Image {
 
     /// Write whole pages from `buf` (length a multiple of the page size).
     pub fn write_pages(&self, block: usize, offset: u64, buf: &[u8]) -> Result<()> {
-        // SAFETY: `buf` is valid for reads of its length for this call.
-        unsafe { self.write_pages_raw(block, offset, buf.as_ptr(), buf.len() as u64) }
+        self.write_guest_pages(block, offset, GuestSlice::from_slice(buf))
     }
 
-    /// Write whole pages from raw memory. Zero pages clear their bits (and
-    /// free their slots); runs of data pages go out in one write each.
-    ///
-    /// # Safety
-    /// `ptr` must be valid for reads of `len` bytes for the call's duration.
-    pub unsafe fn write_pages_raw(
-        &self,
-        block: usize,
-        offset: u64,
-        ptr: *const u8,
-        len: u64,
-    ) -> Result<()> {
-        let b = self.check_range(block, offset, len)?;
+    /// Write whole pages from guest memory (its length a non-zero multiple
+    /// of the page size). Zero pages clear their bits (and free their
+    /// slots); runs of data pages go out in one write each.
+    pub fn write_guest_pages(&self, block: usize, offset: u64, mem: GuestSlice<'_>) -> Result<()> {
+        let b = self.check_range(block, offset, mem.len() as u64)?;
         let ps = b.layout.page_size;
         let first = offset / ps;
-        let n = len / ps;
+        let n = mem.len() as u64 / ps;
         if let Some(c) = self.chunked(block)? {
-            // SAFETY: forwarded caller contract.
-            return unsafe { self.write_pages_chunked(&c, first, n, ptr) };
+            return self.write_pages_chunked(&c, first, mem);
         }
-        let page_zero = |i: u64| {
-            // SAFETY: i < n, so the page lies inside the caller's buffer.
-            unsafe { is_zero(ptr.add((i * ps) as usize), ps as usize) }
-        };
+        let pages = |i: u64, k: u64| mem.subslice((i * ps) as usize, (k * ps) as usize);
         let mut i = 0;
         while i < n {
-            let z = page_zero(i);
+            let z = pages(i, 1)?.is_zero();
             let mut j = i + 1;
-            while j < n && page_zero(j) == z {
+            while j < n && pages(j, 1)?.is_zero() == z {
                 j += 1;
             }
             if z {
                 self.discard_pages(block, first + i, j - i)?;
             } else {
-                // SAFETY: pages i..j lie inside the caller's buffer.
-                unsafe { self.store_pages(block, first + i, j - i, ptr.add((i * ps) as usize))? };
+                self.store_pages(block, first + i, pages(i, j - i)?)?;
             }
             i = j;
         }
         Ok(())
     }
 
-    /// Write `npages` data pages from `ptr` into their slots, then set their
-    /// bits. No zero check (the engine scans first).
-    ///
-    /// # Safety
-    /// `ptr` must be valid for reads of `npages * page_size` bytes.
-    pub(crate) unsafe fn store_pages(
+    /// Write whole data pages from `mem` into their slots starting at page
+    /// `first_page`, then set their bits. No zero check (the engine scans
+    /// first).
+    pub(crate) fn store_pages(
         &self,
         block: usize,
         first_page: u64,
-        npages: u64,
-        ptr: *const u8,
+        mem: GuestSlice<'_>,
     ) -> Result<()> {
         let b = self.plain_block(block)?;
         let l = &b.layout;
         let _gate = self.write_gate()?;
-        let len = npages * l.page_size;
+        let len = mem.len() as u64;
+        let npages = len / l.page_size;
         let off = l.pages_offset + first_page * l.page_size;
         let iov = [libc::iovec {
-            iov_base: ptr as *mut libc::c_void,
-            iov_len: len as usize,
+            // `pwritev` only reads through it: the const is not cast away
+            // for a write.
+            iov_base: mem.as_ptr().cast_mut().cast(),
+            iov_len: mem.len(),
         }];
-        // SAFETY: the caller guarantees `ptr` is readable for `len` bytes.
+        // SAFETY: `mem` is readable for its length (its constructor's
+        // contract), and `pwritev_raw` only reads the iovec buffers.
         let res = unsafe { self.ch.pwritev_raw(&iov, off) }
             .map_err(|e| {
                 context(
@@ -222,31 +209,29 @@ impl Image {
             page.fill(0);
             return Ok(false);
         }
-        // SAFETY: `page` is valid for writes of `ps` bytes.
-        unsafe { self.load_pages(block, idx, 1, page.as_mut_ptr())? };
+        self.load_pages(block, idx, GuestSliceMut::from_mut_slice(page))?;
         Ok(true)
     }
 
-    /// Read `npages` slots into `ptr` regardless of their bits.
-    ///
-    /// # Safety
-    /// `ptr` must be valid for writes of `npages * page_size` bytes.
-    pub(crate) unsafe fn load_pages(
+    /// Read the slots of pages from `first_page` into `mem` (a whole
+    /// number of pages) regardless of their bits.
+    pub(crate) fn load_pages(
         &self,
         block: usize,
         first_page: u64,
-        npages: u64,
-        ptr: *mut u8,
+        mem: GuestSliceMut<'_>,
     ) -> Result<()> {
         let b = self.plain_block(block)?;
         let l = &b.layout;
-        let len = npages * l.page_size;
+        let len = mem.len() as u64;
+        let npages = len / l.page_size;
         let off = l.pages_offset + first_page * l.page_size;
         let iov = [libc::iovec {
-            iov_base: ptr as *mut libc::c_void,
-            iov_len: len as usize,
+            iov_base: mem.as_mut_ptr().cast(),
+            iov_len: mem.len(),
         }];
-        // SAFETY: the caller guarantees `ptr` is writable for `len` bytes.
+        // SAFETY: `mem` is writable for its length (its constructor's
+        // contract).
         let n = unsafe { self.ch.preadv_raw(&iov, off) }.map_err(|e| {
             context(
                 e,

@@ -8,7 +8,7 @@
 //! throughput and file figures. Exits non-zero on any mismatch or error.
 
 use mappedram::engine;
-use mappedram::{Image, ImageFlags};
+use mappedram::{GuestSlice, GuestSliceMut, Image, ImageFlags};
 use mappedram_bench::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -137,13 +137,37 @@ fn demo(a: &Args, path: &std::path::Path) -> Result<(), String> {
     let img = Image::create(path, MACHINE, &specs, ImageFlags::DIRECT)
         .map_err(|e| format!("create: {e}"))?;
     // SAFETY: `mem` is valid for reads of its whole length during the call.
-    let st = unsafe { engine::save_ramblock(&img, 0, mem.as_ptr(), None, a.threads) }
-        .map_err(|e| format!("save 'mem': {e}"))?;
+    let st = engine::save_ramblock(
+        &img,
+        0,
+        unsafe {
+            GuestSlice::new(
+                mem.as_ptr(),
+                img.block_info(0).unwrap().used_length as usize,
+            )
+        }
+        .unwrap(),
+        None,
+        a.threads,
+    )
+    .map_err(|e| format!("save 'mem': {e}"))?;
     let t_mem = t.elapsed();
     for (i, m) in rom_mem.iter().enumerate() {
-        // SAFETY: `m` is valid for reads of its whole length.
-        unsafe { engine::save_ramblock(&img, i + 1, m.as_ptr(), None, a.threads) }
-            .map_err(|e| format!("save '{}': {e}", roms[i].0))?;
+        engine::save_ramblock(
+            &img,
+            i + 1,
+            // SAFETY: `m` is valid for reads of the block's used_length.
+            unsafe {
+                GuestSlice::new(
+                    m.as_ptr(),
+                    img.block_info(i + 1).unwrap().used_length as usize,
+                )
+            }
+            .unwrap(),
+            None,
+            a.threads,
+        )
+        .map_err(|e| format!("save '{}': {e}", roms[i].0))?;
     }
     img.finish().map_err(|e| format!("finish: {e}"))?;
     img.close().map_err(|e| format!("close: {e}"))?;
@@ -189,13 +213,37 @@ fn demo(a: &Args, path: &std::path::Path) -> Result<(), String> {
     let b = img.find_block("mem").map_err(|e| e.to_string())?;
     let info = img.block_info(b).map_err(|e| e.to_string())?;
     // SAFETY: `dst` is valid for writes of its whole length.
-    let rst = unsafe { engine::read_ramblock(&img, b, dst.as_mut_ptr(), false, restore_threads) }
-        .map_err(|e| format!("restore 'mem': {e}"))?;
+    let rst = engine::read_ramblock(
+        &img,
+        b,
+        unsafe {
+            GuestSliceMut::new(
+                dst.as_mut_ptr(),
+                img.block_info(b).unwrap().used_length as usize,
+            )
+        }
+        .unwrap(),
+        false,
+        restore_threads,
+    )
+    .map_err(|e| format!("restore 'mem': {e}"))?;
     for (i, m) in rom_dst.iter_mut().enumerate() {
         let bi = img.find_block(&roms[i].0).map_err(|e| e.to_string())?;
-        // SAFETY: `m` is valid for writes of its whole length.
-        unsafe { engine::read_ramblock(&img, bi, m.as_mut_ptr(), false, restore_threads) }
-            .map_err(|e| format!("restore '{}': {e}", roms[i].0))?;
+        engine::read_ramblock(
+            &img,
+            bi,
+            // SAFETY: `m` is valid for writes of the block's used_length.
+            unsafe {
+                GuestSliceMut::new(
+                    m.as_mut_ptr(),
+                    img.block_info(bi).unwrap().used_length as usize,
+                )
+            }
+            .unwrap(),
+            false,
+            restore_threads,
+        )
+        .map_err(|e| format!("restore '{}': {e}", roms[i].0))?;
     }
     img.close()
         .map_err(|e| format!("close after restore: {e}"))?;

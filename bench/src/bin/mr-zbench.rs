@@ -23,7 +23,7 @@
 use mappedram::compress::convert::convert;
 use mappedram::compress::ImageOptions;
 use mappedram::engine;
-use mappedram::{Image, ImageFlags};
+use mappedram::{GuestSlice, GuestSliceMut, Image, ImageFlags};
 use mappedram_bench::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -169,14 +169,14 @@ fn main() -> ExitCode {
             let t = Instant::now();
             let img = Image::create_with(&img_path, MACHINE, &spec, ImageFlags::DIRECT, &opts)
                 .expect("create");
-            // SAFETY: `mem` covers the block.
-            unsafe { engine::save_ramblock(&img, 0, mem.as_ptr(), None, 2).expect("save") };
+            engine::save_ramblock(&img, 0, GuestSlice::from_slice(mem.as_slice()), None, 2)
+                .expect("save");
             img.finish().expect("finish");
             img.close().expect("close");
             sv.push(t.elapsed().as_secs_f64());
             // (a) cold, O_DIRECT, fresh memory; (b) cached, fresh memory;
-            // (c) cached, populated memory, absent pages zeroed (the
-            // decompress-in-place path; zstd to /dev/null writes no memory).
+            // (c) cached, populated memory, absent pages zeroed (whole
+            // chunks copied; zstd to /dev/null writes no memory).
             for (k, v) in [&mut rs, &mut rsd, &mut rsp].into_iter().enumerate() {
                 let mut out = Mem::anon(size).expect("mmap");
                 let flags = if k == 0 {
@@ -194,10 +194,8 @@ fn main() -> ExitCode {
                 }
                 let t = Instant::now();
                 let img = Image::open(&img_path, flags).expect("open");
-                // SAFETY: `out` covers the block.
-                unsafe {
-                    engine::read_ramblock(&img, 0, out.as_mut_ptr(), k == 2, 2).expect("restore")
-                };
+                let dst = GuestSliceMut::from_mut_slice(out.as_mut_slice());
+                engine::read_ramblock(&img, 0, dst, k == 2, 2).expect("restore");
                 v.push(t.elapsed().as_secs_f64());
                 assert!(out.as_slice() == mem.as_slice(), "restore differs");
             }
@@ -211,8 +209,8 @@ fn main() -> ExitCode {
             let mut out = Mem::anon(size).expect("mmap");
             let img = Image::open(&img_path, ImageFlags::default()).expect("open");
             let t = Instant::now();
-            // SAFETY: `out` covers the block.
-            unsafe { engine::read_ramblock(&img, 0, out.as_mut_ptr(), false, 1).expect("restore") };
+            let dst = GuestSliceMut::from_mut_slice(out.as_mut_slice());
+            engine::read_ramblock(&img, 0, dst, false, 1).expect("restore");
             println!(
                 "1-thread restore: {:.0} MiB/s",
                 size as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64
