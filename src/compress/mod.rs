@@ -70,6 +70,44 @@ impl ImageOptions {
         self.codec != Codec::Raw || self.checksums
     }
 
+    /// Options from the C encoding (`mr_image_options`): `codec` 0 none /
+    /// 1 zstd; `level` 0 = [`codec::DEFAULT_LEVEL`]; `flags` bit 0 forces
+    /// checksums on, bit 1 off (zstd has them unless bit 1 is set; raw only
+    /// with bit 0); `chunk_bytes` 0 = [`DEFAULT_CHUNK_BYTES`]. Unknown
+    /// values are `EINVAL`.
+    pub fn from_c(codec: u32, level: i32, flags: u32, chunk_bytes: u64) -> Result<ImageOptions> {
+        const ON: u32 = 0x1;
+        const OFF: u32 = 0x2;
+        if flags & !(ON | OFF) != 0 || flags == ON | OFF {
+            return Err(Error::Invalid(format!(
+                "image option flags 0x{flags:x}: unknown bits, or checksums both on and off"
+            )));
+        }
+        let codec = match codec {
+            0 => Codec::Raw,
+            1 => Codec::Zstd,
+            c => {
+                return Err(Error::Invalid(format!(
+                    "unknown codec {c} (0 none, 1 zstd)"
+                )))
+            }
+        };
+        Ok(ImageOptions {
+            codec,
+            level: if level == 0 {
+                codec::DEFAULT_LEVEL
+            } else {
+                level
+            },
+            checksums: flags & ON != 0 || (codec == Codec::Zstd && flags & OFF == 0),
+            chunk_bytes: if chunk_bytes == 0 {
+                DEFAULT_CHUNK_BYTES
+            } else {
+                chunk_bytes
+            },
+        })
+    }
+
     /// Validate against a page size.
     pub fn check(&self, page_size: u64) -> Result<()> {
         if self.codec == Codec::Zstd {

@@ -66,7 +66,7 @@ pub struct mr_ramblock_info {
 }
 
 /// Box a new image with its cached strings and hand it to C.
-fn into_handle(img: Image) -> Result<*mut mr_image> {
+pub(super) fn into_handle(img: Image) -> Result<*mut mr_image> {
     let c = |s: &str, what: &str| {
         CString::new(s).map_err(|_| Error::Corrupt(format!("{what} `{s}` contains a NUL byte")))
     };
@@ -88,7 +88,10 @@ fn into_handle(img: Image) -> Result<*mut mr_image> {
 ///
 /// # Safety
 /// `blocks` must point to `nblocks` descriptors with valid strings.
-unsafe fn block_specs(blocks: *const mr_ramblock_desc, nblocks: u32) -> Result<Vec<BlockSpec>> {
+pub(super) unsafe fn block_specs(
+    blocks: *const mr_ramblock_desc,
+    nblocks: u32,
+) -> Result<Vec<BlockSpec>> {
     if nblocks == 0 {
         return Err(Error::Invalid(
             "an image needs at least one ramblock".into(),

@@ -25,6 +25,7 @@ mod constants;
 mod handle;
 pub mod image;
 pub mod image_io;
+pub mod options;
 
 use crate::error::{Error, Result};
 use crate::silent_panic;
