@@ -133,3 +133,41 @@ fn qemu_refuses_compressed_and_restores_expanded() {
         "QEMU restored different memory from the expanded file"
     );
 }
+
+/// The same inside a libvirt save image (QEMU wrote the stream at an
+/// offset, libvirt's header + XML before it): the header and XML survive
+/// compress and expand verbatim, and QEMU restores the expanded file at
+/// the same offset.
+#[test]
+fn libvirt_save_image_round_trips() {
+    let dir = TestDir::new("cmp-libvirt");
+    let mem = pattern(43, MEM);
+    let f = dir.join("libvirt.img");
+    let offset = 8192;
+    save(&dir, &mem, &MigOpts::plain(), &f, offset);
+    common::write_at_start(&f, &common::libvirt_header(true, offset));
+
+    let src = Image::open(&f, ImageFlags::default()).unwrap();
+    assert!(src.libvirt_header().is_some());
+    let c = dir.join("c.img");
+    convert(&src, &c, &ImageOptions::zstd(1), 2, &no_progress).unwrap();
+    let ci = Image::open(&c, ImageFlags::default()).unwrap();
+    assert_eq!(ci.stream_offset(), offset);
+    assert!(ci.libvirt_header().is_some_and(|h| h.complete));
+    assert!(read_ramblock_to_vec(&ci, ci.find_block("mem").unwrap(), 2).unwrap() == mem);
+    let cb = std::fs::read(&c).unwrap();
+    let fb = std::fs::read(&f).unwrap();
+    assert!(
+        cb[..offset as usize] == fb[..offset as usize],
+        "libvirt header + XML changed"
+    );
+
+    let e = dir.join("e.img");
+    convert(&ci, &e, &ImageOptions::default(), 2, &no_progress).unwrap();
+    same_image(&fb, &std::fs::read(&e).unwrap(), &src);
+    let back = restore(&dir, &e, offset, MEM, &MigOpts::plain());
+    assert!(
+        back == mem,
+        "QEMU restored different memory from the expanded libvirt image"
+    );
+}
