@@ -255,6 +255,67 @@ const char *mr_last_error(void);
 const char *mr_version(void);
 
 /**
+ * Store `len` bytes at `data` as blob `name` (1 to 255 bytes, no NUL),
+ * replacing a blob of that name. The image must be writable and its
+ * stream end this library's (`-ENOTSUP` for a file QEMU ended: its device
+ * state must stay). A new image writes its blobs in `mr_image_finish`; a
+ * complete image opened `MR_IMAGE_READ_WRITE` is marked as being updated
+ * and rewrites its blobs in the next `mr_image_sync`, `mr_image_finish`
+ * or `mr_image_close`. All blobs together hold at most 256 MiB. `data`
+ * may be NULL when `len` is 0.
+ *
+ * # Safety
+ * `img` a live handle; `name` NUL-terminated; `data` readable for `len`
+ * bytes.
+ */
+int mr_image_put_blob(struct mr_image *img, const char *name, const void *data, uint64_t len);
+
+/**
+ * Copy blob `name` into `buf` and write its length to `*blob_len`.
+ * With `buf` NULL and `buf_len` 0, only the length is written (a query).
+ * `-ENOENT` when there is no such blob, `-ENOBUFS` when `buf_len` is
+ * smaller than the blob (the message gives its length), `-EBADMSG` when
+ * its checksum does not match (the message names blob, offset, expected
+ * and found).
+ *
+ * # Safety
+ * `img` a live handle; `name` NUL-terminated; `buf` writable for
+ * `buf_len` bytes; `blob_len` writable.
+ */
+int mr_image_get_blob(struct mr_image *img,
+                      const char *name,
+                      void *buf,
+                      uint64_t buf_len,
+                      uint64_t *blob_len);
+
+/**
+ * Remove blob `name` (`-ENOENT` when there is none); written out like
+ * [`mr_image_put_blob`].
+ *
+ * # Safety
+ * `img` a live handle; `name` NUL-terminated.
+ */
+int mr_image_remove_blob(struct mr_image *img, const char *name);
+
+/**
+ * Number of blobs in the image.
+ *
+ * # Safety
+ * `img` a live handle.
+ */
+int mr_image_blob_count(const struct mr_image *img);
+
+/**
+ * Copy the name of blob `index` (0 .. `mr_image_blob_count`) into `name`
+ * (256 bytes: at most 255 and a NUL); returns the name's length.
+ * `-ENOENT` for an index past the last blob.
+ *
+ * # Safety
+ * `img` a live handle; `name` writable for 256 bytes.
+ */
+int mr_image_blob_name(const struct mr_image *img, uint32_t index, char *name);
+
+/**
  * Open `path` with `MR_OPEN_*` flags. Files are created with mode 0600.
  * On success stores a new handle in `*out` and returns 0; otherwise a
  * negative errno (`*out` untouched).

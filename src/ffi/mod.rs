@@ -20,6 +20,7 @@
 // The C names are the contract; they are not Rust names.
 #![allow(non_camel_case_types)]
 
+pub mod blob;
 pub mod channel;
 mod constants;
 mod handle;

@@ -10,6 +10,7 @@
 //!   [`stream::completion`] tells whether the stream visibly ended;
 //!   [`libvirt::parse`] recognises libvirt's save-image header.
 
+pub mod blobs;
 mod cursor;
 pub mod libvirt;
 mod ram_parse;

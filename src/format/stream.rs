@@ -148,12 +148,26 @@ pub fn encode_footer(section_id: u32) -> Vec<u8> {
 /// [`encode_pieces`](super::ramblock::encode_pieces) also writes, so both
 /// write the same 5 bytes there.
 pub fn encode_tail(ram_section_id: u32, json: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(32 + json.len());
+    encode_tail_with_blobs(ram_section_id, &[], json)
+}
+
+/// Bytes of the setup footer plus the RAM `END` section at the start of the
+/// tail: a blob section, when there is one, starts this far into the tail.
+pub const TAIL_BLOBS_AT: u64 =
+    super::SECTION_FOOTER_LEN + 1 + 4 + super::RAM_EOS_LEN + super::SECTION_FOOTER_LEN;
+
+/// [`encode_tail`] with an encoded blob section
+/// ([`blobs::encode_section`](super::blobs::encode_section), empty for
+/// none) between the RAM `END` section and the `EOF` byte.
+pub fn encode_tail_with_blobs(ram_section_id: u32, blobs: &[u8], json: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32 + blobs.len() + json.len());
     v.extend_from_slice(&encode_footer(ram_section_id));
     v.push(section::END);
     v.extend_from_slice(&ram_section_id.to_be_bytes());
     v.extend_from_slice(&super::RAM_SAVE_FLAG_EOS.to_be_bytes());
     v.extend_from_slice(&encode_footer(ram_section_id));
+    debug_assert_eq!(v.len() as u64, TAIL_BLOBS_AT);
+    v.extend_from_slice(blobs);
     v.push(section::EOF);
     v.push(section::VMDESCRIPTION);
     v.extend_from_slice(&(json.len() as u32).to_be_bytes());

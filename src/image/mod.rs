@@ -12,6 +12,7 @@
 //! an image that opens as incomplete rather than one with torn pages.
 
 pub mod bitmap;
+mod blobs;
 mod pages;
 mod state;
 pub mod zero;
@@ -127,6 +128,8 @@ pub struct Image {
     state: Mutex<DiskState>,
     /// Serialises sync/finish/close.
     sync_lock: Mutex<()>,
+    /// Named blobs (a VMM's own state) carried in the stream's tail.
+    blobs: blobs::BlobStore,
 }
 
 /// Reads of the image's channel for the format layer.
@@ -267,6 +270,21 @@ impl Image {
         let layout = ramblock::parse(&src, base)?;
         let completion = stream::completion(&src, layout.setup_end())?;
         let name = ch.name().to_string();
+        // Blobs live only in a stream end this library wrote.
+        let blob_end = match completion {
+            Completion::Complete {
+                vmdesc_offset,
+                ours,
+                ..
+            }
+            | Completion::Updating {
+                vmdesc_offset,
+                ours,
+                ..
+            } => Some((vmdesc_offset, ours)),
+            Completion::Incomplete(_) => None,
+        };
+        let blob_store = blobs::BlobStore::open(&src, &layout, blob_end)?;
         let state = match completion {
             Completion::Complete { vmdesc_offset, .. } => match &libvirt {
                 Some(h) if !h.complete => {
@@ -317,9 +335,9 @@ impl Image {
             ));
         }
         crate::compress::attach_tables(&ch, &layout, &mut blocks)?;
-        Ok(Image::assemble(
-            ch, libvirt, layout, blocks, writable, state,
-        ))
+        let mut img = Image::assemble(ch, libvirt, layout, blocks, writable, state);
+        img.blobs = blob_store;
+        Ok(img)
     }
 
     pub(crate) fn assemble(
@@ -339,6 +357,7 @@ impl Image {
             gate: RwLock::new(()),
             state: Mutex::new(state),
             sync_lock: Mutex::new(()),
+            blobs: blobs::BlobStore::default(),
         }
     }
 

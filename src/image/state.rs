@@ -19,8 +19,8 @@
 use super::pages::context;
 use super::Image;
 use crate::error::{Error, Result};
-use crate::format::section;
 use crate::format::stream::{self, UPDATING_MARK};
+use crate::format::{blobs, section};
 use parking_lot::RwLockReadGuard;
 use std::sync::Arc;
 
@@ -79,7 +79,7 @@ impl Image {
         Ok(())
     }
 
-    fn require_writable(&self, what: &str) -> Result<()> {
+    pub(super) fn require_writable(&self, what: &str) -> Result<()> {
         if self.writable {
             Ok(())
         } else {
@@ -203,9 +203,14 @@ impl Image {
         }
         let _g = self.gate.write();
         let mut st = self.state.lock();
-        if let DiskState::Updating { vmdesc_offset } = *st {
+        if let DiskState::Updating { mut vmdesc_offset } = *st {
             self.flush_bitmaps()?;
             self.check_no_failed_pages()?;
+            if self.blobs.changed() {
+                vmdesc_offset = self.rewrite_tail_marked()?;
+                *st = DiskState::Updating { vmdesc_offset };
+                self.blobs.mark_written();
+            }
             self.ch
                 .write_all_at(&[section::VMDESCRIPTION], vmdesc_offset + 1)
                 .and_then(|_| self.ch.sync())
@@ -250,17 +255,37 @@ impl Image {
         }
     }
 
-    fn tail_bytes(&self) -> (Vec<u8>, usize) {
+    /// The stream end this library writes (with the blob section) and the
+    /// index of its VMDESCRIPTION type byte.
+    fn tail_bytes(&self) -> Result<(Vec<u8>, usize)> {
         let l0 = self.layout.blocks.first();
         let json = stream::completion_json(
             l0.map(|b| b.page_size).unwrap_or(4096),
             &self.layout.config.machine_type,
             self.layout.blocks.len(),
         );
-        let tail = stream::encode_tail(self.layout.ram_section_id, &json);
+        let blobs = self.blobs.encode(&self.ch, self.blob_section_id())?;
+        let tail = stream::encode_tail_with_blobs(self.layout.ram_section_id, &blobs, &json);
         // The VMDESCRIPTION record (type, be32 length, JSON) ends the tail.
         let split = tail.len() - (1 + 4 + json.len());
-        (tail, split)
+        Ok((tail, split))
+    }
+
+    /// Rewrite the stream end of an image being updated (its blob set
+    /// changed) with the update mark in place of the VMDESCRIPTION byte,
+    /// durably; returns the new EOF byte's offset. A crash during the write
+    /// leaves a file without a valid end (incomplete) or still marked.
+    fn rewrite_tail_marked(&self) -> Result<u64> {
+        let start = self.layout.tail_offset();
+        let (mut tail, split) = self.tail_bytes()?;
+        tail[split] = UPDATING_MARK;
+        let res = self
+            .ch
+            .write_all_at(&tail, start)
+            .and_then(|_| self.ch.set_len(start + tail.len() as u64))
+            .and_then(|_| self.ch.sync());
+        res.map_err(|e| context(e, "rewriting the stream end with the new blobs"))?;
+        Ok(start + split as u64 - 1)
     }
 
     /// Whether everything after the setup payload's EOS is a prefix of the
@@ -268,13 +293,21 @@ impl Image {
     fn tail_is_ours_or_empty(&self) -> Result<bool> {
         let start = self.layout.eos_offset + 8;
         let size = self.ch.size()?;
-        let (tail, _) = self.tail_bytes();
-        if size < start || size - start > tail.len() as u64 {
+        let fixed = stream::encode_tail(self.layout.ram_section_id, "");
+        let fixed = &fixed[..stream::TAIL_BLOBS_AT as usize];
+        // Past the RAM END section a save of ours wrote a blob section and
+        // the EOF byte, which `finish` rewrites; bound what is read.
+        if size < start || size - start > blobs::MAX_BLOB_BYTES + (1 << 20) {
             return Ok(false);
         }
-        let mut buf = vec![0u8; (size - start) as usize];
+        let mut buf = vec![0u8; (size - start).min(fixed.len() as u64 + 1) as usize];
         let n = self.ch.read_at(&mut buf, start)?;
-        Ok(n == buf.len() && tail.starts_with(&buf))
+        if n != buf.len() {
+            return Ok(false);
+        }
+        let (head, rest) = buf.split_at(buf.len().min(fixed.len()));
+        Ok(fixed.starts_with(head)
+            && (rest.is_empty() || rest[0] == section::FULL || rest[0] == section::EOF))
     }
 
     fn write_stream_end(&self) -> Result<()> {
@@ -285,7 +318,7 @@ impl Image {
         // then the record.
         self.flush_bitmaps_then(false)?;
         let start = self.layout.eos_offset + 8;
-        let (tail, split) = self.tail_bytes();
+        let (tail, split) = self.tail_bytes()?;
         let vmdesc_offset = start + split as u64 - 1;
         let res = (|| {
             self.ch.write_all_at(&tail[..split], start)?;
@@ -296,6 +329,7 @@ impl Image {
         })();
         res.map_err(|e| context(e, "writing the end of stream and completion record"))?;
         *self.state.lock() = DiskState::Complete { vmdesc_offset };
+        self.blobs.mark_written();
         Ok(())
     }
 

@@ -298,17 +298,30 @@ impl Vm {
     /// Poll `query-migrate` until `completed`; `failed`/`cancelled` or the
     /// timeout fail the test. Returns the final reply.
     pub fn wait_migration(&mut self, what: &str) -> Json {
+        match self.try_wait_migration(what) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}; stderr: {}", self.stderr_text()),
+        }
+    }
+
+    /// As [`wait_migration`](Self::wait_migration), but `failed` or
+    /// `cancelled` come back as `Err` with QEMU's `error-desc`.
+    pub fn try_wait_migration(&mut self, what: &str) -> Result<Json, String> {
         let t0 = Instant::now();
         loop {
-            let r = self.qmp("query-migrate", None);
+            // A QEMU whose incoming migration failed may exit at once.
+            let r = self
+                .try_qmp("query-migrate", None)
+                .map_err(|e| format!("QEMU {} {what}: query-migrate: {e}", self.name))?;
             match r.get("status").and_then(Json::as_str) {
-                Some("completed") => return r,
-                Some(s @ ("failed" | "cancelled")) => panic!(
-                    "QEMU {} {what}: {s}: {}; stderr: {}",
-                    self.name,
-                    r.get("error-desc").and_then(Json::as_str).unwrap_or("?"),
-                    self.stderr_text()
-                ),
+                Some("completed") => return Ok(r),
+                Some(s @ ("failed" | "cancelled")) => {
+                    return Err(format!(
+                        "QEMU {} {what}: {s}: {}",
+                        self.name,
+                        r.get("error-desc").and_then(Json::as_str).unwrap_or("?")
+                    ))
+                }
                 _ => {}
             }
             if t0.elapsed() > MIGRATION_TIMEOUT {
@@ -396,6 +409,21 @@ pub fn save(dir: &TestDir, mem: &[u8], opts: &MigOpts, file: &Path, offset: u64)
 /// Start a fresh QEMU with `mem_len` bytes of new, zero RAM, restore `file`
 /// (stream at `offset`) into it, and return its RAM (the `mem` block).
 pub fn restore(dir: &TestDir, file: &Path, offset: u64, mem_len: usize, opts: &MigOpts) -> Vec<u8> {
+    match try_restore(dir, file, offset, mem_len, opts) {
+        Ok(ram) => ram,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// As [`restore`], but a failed incoming migration is returned as its
+/// `error-desc` plus QEMU's stderr instead of failing the test.
+pub fn try_restore(
+    dir: &TestDir,
+    file: &Path,
+    offset: u64,
+    mem_len: usize,
+    opts: &MigOpts,
+) -> Result<Vec<u8>, String> {
     let n = seq();
     let backing = dir.join(&format!("dst{n}.ram"));
     let f = fs::File::create(&backing).unwrap();
@@ -407,11 +435,15 @@ pub fn restore(dir: &TestDir, file: &Path, offset: u64, mem_len: usize, opts: &M
         "migrate-incoming",
         Some(&format!("{{\"uri\": {}}}", quote(&file_uri(file, offset)))),
     );
-    vm.wait_migration("restore");
+    let res = vm.try_wait_migration("restore");
+    let stderr = vm.stderr_text();
     vm.quit();
     let ram = fs::read(&backing).unwrap();
     let _ = fs::remove_file(&backing);
-    ram
+    match res {
+        Ok(_) => Ok(ram),
+        Err(e) => Err(format!("{e}; stderr: {stderr}")),
+    }
 }
 
 #[test]
