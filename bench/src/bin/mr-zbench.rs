@@ -1,5 +1,8 @@
 //! mr-zbench: compressed images against the zstd CLI, same data, same run.
 //!
+//! Every speed figure is the median over `--reps` of (zstd, library) pairs
+//! run back to back, so both sides see the same machine load.
+//!
 //! A guest of the realistic mix (random, zero, text, mostly-zero pages) is
 //! generated in memory and written raw to `DIR/raw.bin` (the zstd input;
 //! it stays in the page cache). Then, per chunk size:
@@ -59,8 +62,9 @@ fn warm(p: &Path) {
     sh(&format!("cat {} > /dev/null", p.display()));
 }
 
-fn best(v: &[f64]) -> f64 {
-    v.iter().cloned().fold(f64::INFINITY, f64::min)
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 /// QEMU 10 saves `mem` (a paused guest, `-M pc`, multifd 2 channels) to `out`.
@@ -126,35 +130,23 @@ fn main() -> ExitCode {
     let cat = sh(&format!("cat {} > /dev/null", raw.display()));
     println!("raw.bin cached (cat: {cat:.3} s)");
 
-    let (mut zc, mut zd, mut zdw, mut zdm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let unzstd = format!("zstd -q -d -c {} > /dev/null", zst.display());
     let shm = "/dev/shm/zb-out.raw";
     let unzstd_mem = format!("zstd -q -f -d {} -o {shm}", zst.display());
-    for _ in 0..reps {
-        zc.push(sh(&format!(
-            "zstd -q -f -1 -T2 {} -o {} && sync {}",
-            raw.display(),
-            zst.display(),
-            zst.display()
-        )));
-        evict(&zst);
-        zd.push(sh(&unzstd));
-        warm(&zst);
-        zdw.push(sh(&unzstd));
-        zdm.push(sh(&unzstd_mem));
-        let _ = std::fs::remove_file(shm);
-    }
+    let zstd_c = format!(
+        "zstd -q -f -1 -T2 {} -o {} && sync {}",
+        raw.display(),
+        zst.display(),
+        zst.display()
+    );
+    sh(&zstd_c);
     let zsize = std::fs::metadata(&zst).unwrap().len();
-    let (zc, zd, zdw, zdm) = (best(&zc), best(&zd), best(&zdw), best(&zdm));
     let mibs = |t: f64| size as f64 / t / (1 << 20) as f64;
     println!(
-        "zstd -1 -T2: {zsize} bytes ({:.1}% of raw), compress {:.0} MiB/s (incl. fsync); zstd -d: cold to /dev/null {:.0} MiB/s, cached to /dev/null {:.0} MiB/s, cached into memory (/dev/shm) {:.0} MiB/s",
-        100.0 * zsize as f64 / size as f64,
-        mibs(zc),
-        mibs(zd),
-        mibs(zdw),
-        mibs(zdm)
+        "zstd -1 -T2 of the raw memory: {zsize} bytes ({:.1}% of raw)",
+        100.0 * zsize as f64 / size as f64
     );
+    println!("each figure: median over {reps} reps of (zstd, library) pairs run back to back");
 
     let spec = specs(size, &[]);
     for &chunk in &chunks {
@@ -163,8 +155,12 @@ fn main() -> ExitCode {
             chunk_bytes: chunk,
             ..ImageOptions::zstd(level)
         };
-        let (mut sv, mut rs, mut rsd, mut rsp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Per pair: (zstd seconds, library seconds) for save, restore
+        // (a) cold, (b) cached into fresh memory, (c) cached into
+        // populated memory.
+        let mut pairs: [Vec<(f64, f64)>; 4] = Default::default();
         for _ in 0..reps {
+            let tz = sh(&zstd_c);
             let _ = std::fs::remove_file(&img_path);
             let t = Instant::now();
             let img = Image::create_with(&img_path, MACHINE, &spec, ImageFlags::DIRECT, &opts)
@@ -173,63 +169,51 @@ fn main() -> ExitCode {
                 .expect("save");
             img.finish().expect("finish");
             img.close().expect("close");
-            sv.push(t.elapsed().as_secs_f64());
-            // (a) cold, O_DIRECT, fresh memory; (b) cached, fresh memory;
-            // (c) cached, populated memory, absent pages zeroed (whole
-            // chunks copied; zstd to /dev/null writes no memory).
-            for (k, v) in [&mut rs, &mut rsd, &mut rsp].into_iter().enumerate() {
+            pairs[0].push((tz, t.elapsed().as_secs_f64()));
+            for (k, slot) in pairs.iter_mut().enumerate().skip(1) {
+                let tz = if k == 1 {
+                    evict(&zst);
+                    sh(&unzstd)
+                } else {
+                    warm(&zst);
+                    let t = sh(if k == 2 { &unzstd_mem } else { &unzstd });
+                    let _ = std::fs::remove_file(shm);
+                    t
+                };
                 let mut out = Mem::anon(size).expect("mmap");
-                let flags = if k == 0 {
+                let flags = if k == 1 {
+                    evict(&img_path);
                     ImageFlags::DIRECT
                 } else {
+                    warm(&img_path);
                     ImageFlags::default()
                 };
-                if k == 0 {
-                    evict(&img_path);
-                } else {
-                    warm(&img_path);
-                }
-                if k == 2 {
+                if k == 3 {
                     out.prefault();
                 }
                 let t = Instant::now();
                 let img = Image::open(&img_path, flags).expect("open");
                 let dst = GuestSliceMut::from_mut_slice(out.as_mut_slice());
-                engine::read_ramblock(&img, 0, dst, k == 2, 2).expect("restore");
-                v.push(t.elapsed().as_secs_f64());
+                engine::read_ramblock(&img, 0, dst, k == 3, 2).expect("restore");
+                slot.push((tz, t.elapsed().as_secs_f64()));
                 assert!(out.as_slice() == mem.as_slice(), "restore differs");
             }
         }
-        // Profiling aid: MRZ_RESTORE_LOOP=N runs N more 1-thread restores.
-        let loops: usize = std::env::var("MRZ_RESTORE_LOOP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        for _ in 0..loops {
-            let mut out = Mem::anon(size).expect("mmap");
-            let img = Image::open(&img_path, ImageFlags::default()).expect("open");
-            let t = Instant::now();
-            let dst = GuestSliceMut::from_mut_slice(out.as_mut_slice());
-            engine::read_ramblock(&img, 0, dst, false, 1).expect("restore");
-            println!(
-                "1-thread restore: {:.0} MiB/s",
-                size as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64
-            );
-        }
         let alloc = allocated(&img_path);
-        let (sv, rs, rsd, rsp) = (best(&sv), best(&rs), best(&rsd), best(&rsp));
+        let line = |v: &[(f64, f64)]| {
+            let ratio = median(v.iter().map(|(z, l)| z / l).collect());
+            let z = median(v.iter().map(|p| p.0).collect());
+            let l = median(v.iter().map(|p| p.1).collect());
+            format!("{:.0} vs {:.0} MiB/s = {ratio:.2}x", mibs(l), mibs(z))
+        };
         println!(
-            "level {level}, chunk {:>5} KiB: allocated {alloc} bytes = {:.3}x zstd; save {:.0} MiB/s = {:.2}x zstd -1 -T2; restore (a) cold {:.0} MiB/s = {:.2}x zstd -d cold, (b) cached into fresh memory {:.0} MiB/s = {:.2}x zstd -d into memory, (c) cached into populated memory {:.0} MiB/s = {:.2}x zstd -d to /dev/null",
+            "level {level}, chunk {:>5} KiB: allocated {alloc} bytes = {:.3}x zstd\n  save 2T (O_DIRECT, finish) vs zstd -1 -T2 (+fsync): {}\n  restore 2T cold (O_DIRECT) vs zstd -d cold to /dev/null: {}\n  restore 2T cached into fresh memory vs zstd -d cached into /dev/shm: {}\n  restore 2T cached into populated memory vs zstd -d cached to /dev/null: {}",
             chunk >> 10,
             alloc as f64 / zsize as f64,
-            mibs(sv),
-            zc / sv,
-            mibs(rs),
-            zd / rs,
-            mibs(rsd),
-            zdm / rsd,
-            mibs(rsp),
-            zdw / rsp
+            line(&pairs[0]),
+            line(&pairs[1]),
+            line(&pairs[2]),
+            line(&pairs[3]),
         );
         let _ = std::fs::remove_file(&img_path);
     }
