@@ -101,6 +101,7 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 [ -x /usr/bin/time ] || need+=(time)
 command -v zstd >/dev/null 2>&1 || need+=(zstd)  # the compressed-image benchmark compares with the zstd CLI
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing ${need[*]}"
     apt_update_once

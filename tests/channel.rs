@@ -6,13 +6,16 @@
 //! on one that does not (tmpfs), the alignment tests would prove nothing, so
 //! every test here fails with a message instead.
 
+mod common;
+
+use common::{Aligned, Rng, TmpDir};
 use mappedram::channel::{Channel, OpenFlags};
 use mappedram::Error;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 
 fn rw() -> OpenFlags {
@@ -25,98 +28,14 @@ fn direct() -> OpenFlags {
     rwc() | OpenFlags::DIRECT
 }
 
-/// A scratch directory under the temp dir, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "mr-channel-{}-{}-{}",
-            tag,
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let s = Scratch(dir);
-        s.require_dio_enforcement();
-        s
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Fail (not skip) when the directory's file system does not enforce
-    /// O_DIRECT alignment.
-    fn require_dio_enforcement(&self) {
-        let p = self.path("dio-probe");
-        std::fs::write(&p, vec![7u8; 8192]).unwrap();
-        let f = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&p)
-        {
-            Ok(f) => f,
-            Err(e) => panic!(
-                "{} refuses O_DIRECT ({e}); run the tests with TMPDIR on ext4 or xfs",
-                self.0.display()
-            ),
-        };
-        let mut buf = AlignedVec::new(8192);
-        // Aligned buffer, unaligned offset: an enforcing file system says EINVAL.
-        let r = f.read_at(buf.slice_mut(0, 4096), 1);
-        assert!(
-            matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EINVAL)),
-            "{} does not enforce O_DIRECT alignment (an unaligned O_DIRECT pread gave {r:?}); \
-             these tests need ext4 or xfs: set TMPDIR to a directory on one",
-            self.0.display()
-        );
-        std::fs::remove_file(&p).unwrap();
-    }
+/// A scratch directory on a file system that enforces O_DIRECT alignment.
+fn scratch(tag: &str) -> TmpDir {
+    TmpDir::dio_enforcing(&format!("channel-{tag}"))
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A byte buffer whose start is 4096-aligned (plus a chosen misalignment).
-struct AlignedVec {
-    v: Vec<u8>,
-    base: usize,
-}
-
-impl AlignedVec {
-    fn new(len: usize) -> AlignedVec {
-        let v = vec![0u8; len + 8192];
-        let base = (4096 - (v.as_ptr() as usize) % 4096) % 4096;
-        AlignedVec { v, base }
-    }
-    /// `len` bytes starting `mis` bytes after a 4096-aligned address.
-    fn slice_mut(&mut self, mis: usize, len: usize) -> &mut [u8] {
-        &mut self.v[self.base + mis..self.base + mis + len]
-    }
-}
-
-/// Deterministic pseudo-random bytes.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, b: &mut [u8]) {
-        for x in b {
-            *x = self.next() as u8;
-        }
-    }
+/// An aligned buffer with a page of room for misaligned windows of `len`.
+fn buffer(len: usize) -> Aligned {
+    Aligned::new(len + 4096)
 }
 
 /// An iovec the channel may write through.
@@ -209,11 +128,11 @@ fn assert_same_file(a: &Path, b: &Path, what: &str) {
 
 #[test]
 fn reports_dio_alignment_and_creates_0600() {
-    let s = Scratch::new("align");
-    let p = s.path("f");
+    let s = scratch("align");
+    let p = s.join("f");
     let ch = Channel::open(&p, direct()).unwrap();
     let a = ch.dio_align().expect("a DIRECT channel has an alignment");
-    println!("dio alignment on {}: {a:?}", s.0.display());
+    println!("dio alignment on {}: {a:?}", s.path().display());
     assert!(a.offset.is_power_of_two() && a.offset >= 512, "{a:?}");
     assert!(a.mem.is_power_of_two(), "{a:?}");
     assert_eq!(
@@ -241,9 +160,9 @@ fn alignment_matrix_without_direct() {
 }
 
 fn alignment_matrix(flags: OpenFlags) {
-    let s = Scratch::new("matrix");
-    let p = s.path("chan");
-    let rp = s.path("ref");
+    let s = scratch("matrix");
+    let p = s.join("chan");
+    let rp = s.join("ref");
     let ch = Channel::open(&p, flags).unwrap();
     let is_direct = flags.contains(OpenFlags::DIRECT);
     // Without O_DIRECT, test around the alignment O_DIRECT would have.
@@ -262,7 +181,7 @@ fn alignment_matrix(flags: OpenFlags) {
         .truncate(true)
         .open(&rp)
         .unwrap();
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = Rng::raw(0x1234_5678_9abc_def1);
     // Start with an unaligned size so writes near EOF extend it.
     let mut init = vec![0u8; 10_000];
     rng.fill(&mut init);
@@ -270,8 +189,8 @@ fn alignment_matrix(flags: OpenFlags) {
     refw.write_all_at(&init, 0).unwrap();
 
     let ao = a.offset as u64;
-    let mut buf = AlignedVec::new(3 << 20);
-    let mut rbuf = AlignedVec::new(3 << 20);
+    let mut buf = buffer(3 << 20);
+    let mut rbuf = buffer(3 << 20);
     let mut case = 0;
     let bounced_before = ch.bounced_bytes();
     for &mis_buf in &[0usize, 1] {
@@ -298,7 +217,7 @@ fn alignment_matrix(flags: OpenFlags) {
                         } else {
                             len + 1 + rng.below(ao - 1)
                         } as usize;
-                        let data = buf.slice_mut(mis_buf, len);
+                        let data = buf.window_mut(mis_buf, len);
                         rng.fill(data);
                         let what = format!(
                             "write case {case}: buf+{mis_buf} off {off} len {len} iovecs {parts}"
@@ -328,14 +247,14 @@ fn alignment_matrix(flags: OpenFlags) {
                         } else {
                             roff | 1
                         };
-                        let rdata = rbuf.slice_mut(1 - mis_buf, len);
+                        let rdata = rbuf.window_mut(1 - mis_buf, len);
                         rdata.fill(0xee);
                         let rv = split_iov_mut(rdata, parts);
                         // SAFETY: iovecs point into `rbuf`, alive for the call.
                         let got = unsafe { ch.preadv_raw(&rv, roff) }.unwrap() as usize;
                         let want = read_ref(&refw, len, roff);
                         assert_eq!(got, want.len(), "read after {what} at {roff}");
-                        let rdata = rbuf.slice_mut(1 - mis_buf, len);
+                        let rdata = rbuf.window_mut(1 - mis_buf, len);
                         assert!(
                             rdata[..got] == want[..],
                             "read after {what} at {roff}: content"
@@ -377,21 +296,21 @@ fn alignment_matrix(flags: OpenFlags) {
 /// An aligned request goes through O_DIRECT without a copy.
 #[test]
 fn aligned_requests_are_not_bounced() {
-    let s = Scratch::new("zerocopy");
-    let ch = Channel::open(&s.path("f"), direct()).unwrap();
-    let mut b = AlignedVec::new(1 << 20);
-    let data = b.slice_mut(0, 1 << 20);
-    Rng(5).fill(data);
+    let s = scratch("zerocopy");
+    let ch = Channel::open(&s.join("f"), direct()).unwrap();
+    let mut b = buffer(1 << 20);
+    let data = b.window_mut(0, 1 << 20);
+    Rng::raw(5).fill(data);
     let v = split_iov(&data[..], 1);
     // SAFETY: iovecs point into `b`.
     unsafe { ch.pwritev_raw(&v, 1 << 20) }.unwrap();
-    let mut r = AlignedVec::new(1 << 20);
-    let rd = r.slice_mut(0, 1 << 20);
+    let mut r = buffer(1 << 20);
+    let rd = r.window_mut(0, 1 << 20);
     // SAFETY: iovec points into `r`.
     let n = unsafe { ch.preadv_raw(&[iov_mut(rd)], 1 << 20) }.unwrap();
     assert_eq!(n, 1 << 20);
     assert_eq!(ch.bounced_bytes(), 0);
-    assert!(r.slice_mut(0, 1 << 20) == b.slice_mut(0, 1 << 20));
+    assert!(r.window_mut(0, 1 << 20) == b.window_mut(0, 1 << 20));
 }
 
 /// Thread `t` of `threads` owns segment `i` when `i % threads == t`.
@@ -417,17 +336,17 @@ fn pattern(round: u64, off: u64) -> u8 {
 /// path.
 #[test]
 fn concurrent_unaligned_writers_never_lose_bytes() {
-    let s = Scratch::new("conc");
+    let s = scratch("conc");
     const THREADS: usize = 8;
     let total: u64 = 192 * 1024 + 37;
     for round in 0..8u64 {
-        let p = s.path(&format!("r{round}"));
+        let p = s.join(&format!("r{round}"));
         let ch = Arc::new(Channel::open(&p, direct() | OpenFlags::TRUNC).unwrap());
         if round % 2 == 1 {
             ch.write_all_at(&vec![0xffu8; total as usize], 0).unwrap();
         }
         let maxseg = [700u64, 100, 5000, 9][round as usize % 4];
-        let segs = Arc::new(segments(&mut Rng(round + 1), total, maxseg));
+        let segs = Arc::new(segments(&mut Rng::raw(round + 1), total, maxseg));
         let barrier = Arc::new(Barrier::new(THREADS));
         let hs: Vec<_> = (0..THREADS)
             .map(|t| {
@@ -439,10 +358,10 @@ fn concurrent_unaligned_writers_never_lose_bytes() {
                     if t % 2 == 1 {
                         mine.reverse();
                     }
-                    let mut buf = AlignedVec::new(8192);
+                    let mut buf = buffer(8192);
                     barrier.wait();
                     for (i, (off, len)) in mine.into_iter().enumerate() {
-                        let b = buf.slice_mut((i + t) % 3, len as usize);
+                        let b = buf.window_mut((i + t) % 3, len as usize);
                         for (k, x) in b.iter_mut().enumerate() {
                             *x = pattern(round, off + k as u64);
                         }
@@ -477,25 +396,25 @@ fn concurrent_unaligned_writers_never_lose_bytes() {
 /// the disjoint bytes around them (sharing blocks).
 #[test]
 fn concurrent_readers_and_writers_on_disjoint_ranges() {
-    let s = Scratch::new("rw");
-    let p = s.path("f");
+    let s = scratch("rw");
+    let p = s.join("f");
     let ch = Arc::new(Channel::open(&p, direct()).unwrap());
     // Stripes of 300 bytes: even stripes are read, odd stripes rewritten.
     const STRIPE: u64 = 300;
     const N: u64 = 400;
     let init: Vec<u8> = (0..STRIPE * N).map(|i| pattern(99, i)).collect();
     write(&ch, &init, 0);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut hs = Vec::new();
     for t in 0..4u64 {
         let (ch, stop) = (ch.clone(), stop.clone());
         hs.push(std::thread::spawn(move || {
-            let mut rng = Rng(t + 11);
-            let mut buf = AlignedVec::new(8192);
+            let mut rng = Rng::raw(t + 11);
+            let mut buf = buffer(8192);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) || n < 200 {
                 let k = 2 * rng.below(N / 2) + 1;
-                let b = buf.slice_mut(1, STRIPE as usize);
+                let b = buf.window_mut(1, STRIPE as usize);
                 rng.fill(b);
                 // SAFETY: iovec points into `buf`.
                 unsafe { ch.pwritev_raw(&[iov(b)], k * STRIPE) }.unwrap();
@@ -506,11 +425,11 @@ fn concurrent_readers_and_writers_on_disjoint_ranges() {
     for t in 0..4u64 {
         let ch = ch.clone();
         hs.push(std::thread::spawn(move || {
-            let mut rng = Rng(t + 101);
-            let mut buf = AlignedVec::new(8192);
+            let mut rng = Rng::raw(t + 101);
+            let mut buf = buffer(8192);
             for _ in 0..2000 {
                 let k = 2 * rng.below(N / 2);
-                let b = buf.slice_mut(0, STRIPE as usize);
+                let b = buf.window_mut(0, STRIPE as usize);
                 // SAFETY: iovec points into `buf`.
                 let n = unsafe { ch.preadv_raw(&[iov_mut(b)], k * STRIPE) }.unwrap();
                 assert_eq!(n, STRIPE);
@@ -544,27 +463,27 @@ fn concurrent_readers_and_writers_on_disjoint_ranges() {
 
 #[test]
 fn huge_iovec_counts_are_split() {
-    let s = Scratch::new("iovmax");
+    let s = scratch("iovmax");
     for flags in [rwc(), direct()] {
-        let p = s.path(&format!("f{}", flags.bits()));
+        let p = s.join(&format!("f{}", flags.bits()));
         let ch = Channel::open(&p, flags).unwrap();
         // 5000 unaligned 7-byte iovecs, then 3000 aligned 512-byte ones.
         let mut small = vec![0u8; 5000 * 7];
-        Rng(3).fill(&mut small);
+        Rng::raw(3).fill(&mut small);
         let v: Vec<libc::iovec> = small.chunks(7).map(iov).collect();
         // SAFETY: iovecs point into `small`.
         let n = unsafe { ch.pwritev_raw(&v, 3) }.unwrap();
         assert_eq!(n, small.len() as u64);
-        let mut big = AlignedVec::new(3000 * 512);
-        let bd = big.slice_mut(0, 3000 * 512);
-        Rng(4).fill(bd);
+        let mut big = buffer(3000 * 512);
+        let bd = big.window_mut(0, 3000 * 512);
+        Rng::raw(4).fill(bd);
         let v: Vec<libc::iovec> = bd.chunks(512).map(iov).collect();
         // SAFETY: iovecs point into `big`.
         let n = unsafe { ch.pwritev_raw(&v, 1 << 20) }.unwrap();
         assert_eq!(n, 3000 * 512);
         let file = std::fs::read(&p).unwrap();
         assert_eq!(&file[3..3 + small.len()], &small[..]);
-        assert!(file[1 << 20..] == *big.slice_mut(0, 3000 * 512));
+        assert!(file[1 << 20..] == *big.window_mut(0, 3000 * 512));
         // Read back through 5000 iovecs.
         let mut back = vec![0u8; 5000 * 7];
         let v: Vec<libc::iovec> = back.chunks_mut(7).map(iov_mut).collect();
@@ -578,8 +497,8 @@ fn huge_iovec_counts_are_split() {
 
 #[test]
 fn empty_requests_return_zero() {
-    let s = Scratch::new("empty");
-    let ch = Channel::open(&s.path("f"), direct()).unwrap();
+    let s = scratch("empty");
+    let ch = Channel::open(&s.join("f"), direct()).unwrap();
     // SAFETY: no iovecs / only empty ones.
     unsafe {
         assert_eq!(ch.pwritev_raw(&[], 5).unwrap(), 0);
@@ -602,15 +521,15 @@ fn errno(r: Result<impl std::fmt::Debug, Error>) -> (i32, String) {
 
 #[test]
 fn open_errors_are_specific() {
-    let s = Scratch::new("errs");
-    let missing = s.path("missing");
+    let s = scratch("errs");
+    let missing = s.join("missing");
     let (e, msg) = errno(Channel::open(&missing, rw()));
     assert_eq!(e, libc::ENOENT, "{msg}");
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
 
-    let (e, msg) = errno(Channel::open(&s.0, OpenFlags::READ));
+    let (e, msg) = errno(Channel::open(s.path(), OpenFlags::READ));
     assert_eq!(e, libc::EISDIR, "{msg}");
-    let (e, msg) = errno(Channel::open(&s.0, rw()));
+    let (e, msg) = errno(Channel::open(s.path(), rw()));
     assert_eq!(e, libc::EISDIR, "{msg}");
 
     assert_eq!(
@@ -631,7 +550,7 @@ fn open_errors_are_specific() {
     assert!(msg.contains(&exe.display().to_string()), "{msg}");
 
     // Permission bits: EACCES for ordinary users; root overrides them.
-    let ro = s.path("ro");
+    let ro = s.join("ro");
     std::fs::write(&ro, b"x").unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o400)).unwrap();
     // SAFETY: geteuid has no preconditions.
@@ -662,8 +581,8 @@ fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'sta
 /// /dev/null gets (EINVAL, "not a regular file or block device").
 #[test]
 fn a_fifo_is_refused_without_blocking() {
-    let s = Scratch::new("fifo");
-    let fifo = s.path("fifo");
+    let s = scratch("fifo");
+    let fifo = s.join("fifo");
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: `c` is a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
@@ -704,8 +623,8 @@ fn a_fifo_is_refused_without_blocking() {
 /// again after the non-blocking open.
 #[test]
 fn regular_files_open_blocking() {
-    let s = Scratch::new("nonblock");
-    let p = s.path("f");
+    let s = scratch("nonblock");
+    let p = s.join("f");
     for flags in [rwc(), direct()] {
         let ch = Channel::open(&p, flags).unwrap();
         let mut seen = 0;
@@ -737,8 +656,8 @@ fn regular_files_open_blocking() {
 
 #[test]
 fn access_mode_is_enforced() {
-    let s = Scratch::new("ro");
-    let p = s.path("f");
+    let s = scratch("ro");
+    let p = s.join("f");
     std::fs::write(&p, vec![1u8; 5000]).unwrap();
     for extra in [OpenFlags::READ, OpenFlags::READ | OpenFlags::DIRECT] {
         let ch = Channel::open(&p, extra).unwrap();
@@ -774,8 +693,8 @@ fn access_mode_is_enforced() {
 
 #[test]
 fn from_fd_leaves_callers_descriptor_usable() {
-    let s = Scratch::new("fromfd");
-    let p = s.path("f");
+    let s = scratch("fromfd");
+    let p = s.join("f");
     let f = File::options()
         .read(true)
         .write(true)
@@ -791,8 +710,8 @@ fn from_fd_leaves_callers_descriptor_usable() {
     assert_eq!(ch.name(), format!("fd {fd}"));
     assert!(ch.dio_align().is_some());
     write(&ch, b" world", 5);
-    let mut a = AlignedVec::new(4096);
-    let d = a.slice_mut(0, 4096);
+    let mut a = buffer(4096);
+    let d = a.window_mut(0, 4096);
     d.fill(b'z');
     // SAFETY: iovec points into `a`.
     unsafe { ch.pwritev_raw(&[iov(d)], 4096) }.unwrap();
@@ -814,7 +733,7 @@ fn from_fd_leaves_callers_descriptor_usable() {
     let (e, msg) = errno(Channel::from_fd(ro.as_raw_fd(), rw()));
     assert_eq!(e, libc::EBADF, "{msg}");
     assert!(msg.contains(&format!("fd {}", ro.as_raw_fd())), "{msg}");
-    let p2 = s.path("append");
+    let p2 = s.join("append");
     let app = File::options().append(true).create(true).open(&p2).unwrap();
     assert_eq!(
         errno(Channel::from_fd(app.as_raw_fd(), OpenFlags::WRITE)).0,
@@ -833,12 +752,12 @@ fn from_fd_leaves_callers_descriptor_usable() {
 
 #[test]
 fn holes_and_allocation() {
-    let s = Scratch::new("holes");
-    let p = s.path("f");
+    let s = scratch("holes");
+    let p = s.join("f");
     let ch = Channel::open(&p, direct()).unwrap();
     const MIB: u64 = 1 << 20;
-    let mut a = AlignedVec::new(4 << 20);
-    let d = a.slice_mut(0, 4 << 20);
+    let mut a = buffer(4 << 20);
+    let d = a.window_mut(0, 4 << 20);
     d.fill(0xab);
     // SAFETY: iovec points into `a`.
     unsafe { ch.pwritev_raw(&[iov(d)], 0) }.unwrap();
@@ -871,8 +790,8 @@ fn holes_and_allocation() {
 
 #[test]
 fn trunc_and_create_semantics() {
-    let s = Scratch::new("trunc");
-    let p = s.path("f");
+    let s = scratch("trunc");
+    let p = s.join("f");
     std::fs::write(&p, b"old contents").unwrap();
     let ch = Channel::open(&p, rwc()).unwrap();
     assert_eq!(ch.size().unwrap(), 12, "CREATE keeps an existing file");
@@ -898,14 +817,14 @@ fn trunc_and_create_semantics() {
 /// `pwritev_raw` next to raw `pwrite`s of the same buffer on an O_DIRECT fd.
 #[test]
 fn measure_aligned_direct_write_vs_raw() {
-    let s = Scratch::new("perf");
+    let s = scratch("perf");
     const LEN: usize = 64 << 20;
     const CHUNK: usize = 4 << 20;
-    let mut a = AlignedVec::new(LEN);
-    Rng(77).fill(a.slice_mut(0, LEN));
-    let data = a.slice_mut(0, LEN);
+    let mut a = buffer(LEN);
+    Rng::raw(77).fill(a.window_mut(0, LEN));
+    let data = a.window_mut(0, LEN);
 
-    let raw_path = s.path("raw");
+    let raw_path = s.join("raw");
     let raw = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -913,7 +832,7 @@ fn measure_aligned_direct_write_vs_raw() {
         .custom_flags(libc::O_DIRECT)
         .open(&raw_path)
         .unwrap();
-    let chp = s.path("chan");
+    let chp = s.join("chan");
     let ch = Channel::open(&chp, direct()).unwrap();
     let mut raw_t = f64::MAX;
     let mut ch_t = f64::MAX;
@@ -951,7 +870,7 @@ fn measure_aligned_direct_write_vs_raw() {
 /// without direct I/O; the error names the path and the reason.
 #[test]
 fn o_direct_refused_is_a_clear_error() {
-    let _s = Scratch::new("refused");
+    let _s = scratch("refused");
     let p = Path::new("/proc/version");
     let e = Channel::open(p, OpenFlags::READ | OpenFlags::DIRECT).unwrap_err();
     assert_eq!(e.errno(), libc::EINVAL, "{e}");
@@ -972,8 +891,8 @@ fn o_direct_refused_is_a_clear_error() {
 /// unchanged.
 #[test]
 fn from_fd_with_o_direct_descriptor() {
-    let s = Scratch::new("fromdirect");
-    let p = s.path("f");
+    let s = scratch("fromdirect");
+    let p = s.join("f");
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

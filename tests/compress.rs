@@ -6,7 +6,7 @@
 mod common;
 
 use common::fill::{pattern, PAGE};
-use common::qemu::TestDir;
+use common::TmpDir;
 use mappedram::compress::{Codec, ImageOptions};
 use mappedram::engine::{read_ramblock, read_ramblock_to_vec, save_ramblock};
 use mappedram::memory::{DirtyBitmap, GuestSlice, GuestSliceMut};
@@ -48,7 +48,7 @@ fn create(path: &Path, mem: u64, opts: &ImageOptions) -> Image {
 
 #[test]
 fn round_trip_every_thread_count() {
-    let d = TestDir::new("cmp-rt");
+    let d = TmpDir::new("cmp-rt");
     let len = 24 << 20;
     let mem = pattern(1, len);
     let bios = pattern(2, 0x41000);
@@ -110,7 +110,7 @@ fn round_trip_every_thread_count() {
 
 #[test]
 fn capability_recorded_and_plain_unchanged() {
-    let d = TestDir::new("cmp-cap");
+    let d = TmpDir::new("cmp-cap");
     let mem = pattern(3, 4 << 20);
     let a = d.join("plain-create.img");
     let b = d.join("plain-with.img");
@@ -134,7 +134,7 @@ fn capability_recorded_and_plain_unchanged() {
 
 #[test]
 fn page_writes_rewrite_chunks_in_place() {
-    let d = TestDir::new("cmp-pages");
+    let d = TmpDir::new("cmp-pages");
     let len = 8 << 20;
     let mut mem = pattern(5, len);
     let p = d.join("p.img");
@@ -227,7 +227,7 @@ fn expect_corrupt(img: &Image, want: &[&str]) {
 
 #[test]
 fn damage_is_detected_on_every_read_path() {
-    let d = TestDir::new("cmp-damage");
+    let d = TmpDir::new("cmp-damage");
     let len = 8u64 << 20;
     let mem = pattern(8, len as usize);
     for opts in [
@@ -309,7 +309,7 @@ fn damage_is_detected_on_every_read_path() {
 
 #[test]
 fn bad_options_are_rejected() {
-    let d = TestDir::new("cmp-opts");
+    let d = TmpDir::new("cmp-opts");
     for (opts, want) in [
         (
             ImageOptions {

@@ -15,7 +15,7 @@
 mod common;
 
 use common::fill::pattern;
-use common::qemu::TestDir;
+use common::TmpDir;
 use mappedram::channel::{FaultFn, FaultOp};
 use mappedram::compress::ImageOptions;
 use mappedram::engine::save_ramblock;
@@ -66,7 +66,7 @@ fn child_entry() {
 
 #[test]
 fn torn_chunks_are_detected() {
-    let d = TestDir::new("cmp-crash");
+    let d = TmpDir::new("cmp-crash");
     let base = d.join("base.img");
     let specs = [BlockSpec {
         idstr: "mem".into(),

@@ -7,8 +7,9 @@
 mod common;
 
 use common::fill::{pattern, PAGE};
-use common::qemu::{file_uri, restore, save, MigOpts, TestDir, Vm};
+use common::qemu::{file_uri, restore, save, MigOpts, Vm};
 use common::qmp::{quote, Json};
+use common::{met, Need, TmpDir};
 use mappedram::compress::convert::convert;
 use mappedram::compress::ImageOptions;
 use mappedram::engine::read_ramblock_to_vec;
@@ -22,7 +23,7 @@ fn no_progress(_: u64, _: u64) {}
 
 /// Offer `file` to an incoming QEMU; returns the migration's error text
 /// and QEMU's stderr once it fails (panics if it completes).
-fn refused(dir: &TestDir, file: &Path) -> (String, String) {
+fn refused(dir: &TmpDir, file: &Path) -> (String, String) {
     let backing = dir.join("refuse.ram");
     std::fs::File::create(&backing)
         .unwrap()
@@ -97,7 +98,10 @@ fn same_image(f: &[u8], e: &[u8], img: &Image) {
 
 #[test]
 fn qemu_refuses_compressed_and_restores_expanded() {
-    let dir = TestDir::new("cmp-qemu");
+    if !met(Need::Qemu) {
+        return;
+    }
+    let dir = TmpDir::new("cmp-qemu");
     let mem = pattern(42, MEM);
     let f = dir.join("qemu.img");
     save(&dir, &mem, &MigOpts::plain(), &f, 0);
@@ -140,7 +144,10 @@ fn qemu_refuses_compressed_and_restores_expanded() {
 /// the same offset.
 #[test]
 fn libvirt_save_image_round_trips() {
-    let dir = TestDir::new("cmp-libvirt");
+    if !met(Need::Qemu) {
+        return;
+    }
+    let dir = TmpDir::new("cmp-libvirt");
     let mem = pattern(43, MEM);
     let f = dir.join("libvirt.img");
     let offset = 8192;

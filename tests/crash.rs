@@ -8,11 +8,10 @@
 //! the kernel's page cache, so the file seen afterwards holds every write
 //! that had returned. This checks the *order* of the library's writes
 //! against process death at any instant (including in the middle of
-//! `finish` and of an in-place update). It does not simulate power loss;
-//! for that the design relies on the `fdatasync` ordering documented in
-//! `src/image/state.rs` (page data synced before the bitmaps, bitmaps and
-//! stream end synced before the completion record, the update mark synced
-//! before the first page write of an in-place update).
+//! `finish` and of an in-place update). It does not simulate power loss:
+//! tests/power_loss.rs does, by replaying recorded channel traces with
+//! unsynced writes dropped or torn (ARCHITECTURE.md, "Crash consistency
+//! evidence").
 //!
 //! The files live on /dev/shm (tmpfs) when there is one: for what SIGKILL
 //! leaves behind it is equivalent to a disk file system, and its free
@@ -25,9 +24,9 @@
 //! (delays drawn from a calibration run so kills land in every phase), or
 //! lets it finish.
 
-mod common_faults;
+mod common;
 
-use common_faults::*;
+use common::*;
 use mappedram::channel::{FaultFn, FaultOp};
 use mappedram::engine::save_ramblock;
 use mappedram::{DirtyBitmap, Error, GuestSlice, Image, ImageFlags};

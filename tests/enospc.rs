@@ -8,9 +8,9 @@
 //! Needs root: each test mounts its own tmpfs (and fails saying so when the
 //! mount is refused).
 
-mod common_faults;
+mod common;
 
-use common_faults::*;
+use common::*;
 use mappedram::engine::{read_ramblock_to_vec, save_ramblock};
 use mappedram::{BlockSpec, Error, GuestSlice, Image, ImageFlags};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -82,6 +82,9 @@ fn fill_up(dir: &Path) -> u64 {
 
 #[test]
 fn enospc_in_save_ramblock_reaches_the_caller() {
+    if !met(Need::Root) {
+        return;
+    }
     let fs = TmpfsMount::new("enospc-save", FS_SIZE);
     let path = fs.join("big.img");
     // Twice the file system, mostly random (incompressible, no zero pages).
@@ -123,6 +126,9 @@ fn enospc_in_save_ramblock_reaches_the_caller() {
 
 #[test]
 fn enospc_in_write_page_sync_finish_and_close() {
+    if !met(Need::Root) {
+        return;
+    }
     let fs = TmpfsMount::new("enospc-sync", FS_SIZE);
     let path = fs.join("sparse.img");
     // A 4 GiB guest: a 128 KiB bitmap that stays a hole until sync writes it.
@@ -238,6 +244,9 @@ fn last_error() -> String {
 
 #[test]
 fn enospc_through_the_c_api() {
+    if !met(Need::Root) {
+        return;
+    }
     let fs = TmpfsMount::new("enospc-c", FS_SIZE);
     let path = fs.join("c.img");
     let cpath = CString::new(path.to_str().unwrap()).unwrap();
@@ -280,4 +289,66 @@ fn enospc_through_the_c_api() {
         last_error()
     );
     assert!(img2.is_null(), "out-parameter written only on success");
+}
+
+/// A create that runs out of space leaves no file on a new path and an
+/// existing image unchanged (the image is written unnamed and renamed over
+/// the path only once its headers are on disk).
+#[test]
+fn enospc_in_create_leaves_no_file_and_the_old_image() {
+    if !met(Need::Root) {
+        return;
+    }
+    let fs = TmpfsMount::new("enospc-create", FS_SIZE);
+    let old = fs.join("old.img");
+    let img = Image::create(
+        &old,
+        "pc-i440fx-10.0",
+        &common::specs(1 << 20),
+        ImageFlags::default(),
+    )
+    .unwrap();
+    img.write_page(0, 0, &vec![0x5au8; PS as usize]).unwrap();
+    img.finish().unwrap();
+    img.close().unwrap();
+    let before = std::fs::read(&old).unwrap();
+    fill_up(fs.path());
+    let entries = || {
+        let mut v: Vec<String> = std::fs::read_dir(fs.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let listed = entries();
+    // Many blocks: the headers alone need more than the last free bytes.
+    let specs: Vec<BlockSpec> = (0..64)
+        .map(|i| BlockSpec {
+            idstr: format!("block-{i}-{}", "x".repeat(200)),
+            used_length: 64 << 20,
+            page_size: PS,
+        })
+        .collect();
+    for target in [fs.join("new.img"), old.clone()] {
+        let r = Image::create(&target, "pc-i440fx-10.0", &specs, ImageFlags::default());
+        match r {
+            Err(e) => assert_eq!(e.errno(), libc::ENOSPC, "{}: {e}", target.display()),
+            Ok(_) => panic!("create on a full file system succeeded"),
+        }
+        assert_eq!(
+            entries(),
+            listed,
+            "create on {} left files",
+            target.display()
+        );
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            before,
+            "the old image changed"
+        );
+    }
+    assert!(Image::open(&old, ImageFlags::default())
+        .unwrap()
+        .is_complete());
 }

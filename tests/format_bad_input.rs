@@ -3,6 +3,9 @@
 //! every truncation errors, and random mutations never panic nor yield a
 //! layout that breaks the invariants the image layer relies on.
 
+mod common;
+
+use common::Rng;
 use mappedram::format::ramblock::{
     encode_pieces, parse, plan, BlockLayout, BlockSpec, StreamLayout,
 };
@@ -671,26 +674,6 @@ impl ReadAt for Edited<'_> {
     }
 }
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-}
-
 fn check_invariants(l: &StreamLayout, size: u64) {
     let mut prev_end = 0;
     let mut total = 0u64;
@@ -734,7 +717,7 @@ fn mutation_fuzz_never_panics_nor_accepts_broken_layouts() {
         ));
     }
     hot.push((l.eos_offset as usize, img.len()));
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::raw(0x9e37_79b9_7f4a_7c15);
     let (mut accepted, mut complete) = (0, 0);
     for iter in 0..20_000u32 {
         let mut m = Edited::new(&img);
@@ -887,7 +870,7 @@ fn x_ignore_shared_skipped_blocks_parse_as_not_in_the_file() {
 #[test]
 fn edited_view_matches_a_copy() {
     let base: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-    let mut rng = XorShift(42);
+    let mut rng = Rng::raw(42);
     for _ in 0..300 {
         let mut copy = base.clone();
         let mut view = Edited::new(&base);

@@ -10,9 +10,9 @@
 //! The long-running, coverage-guided counterpart is the cargo-fuzz target
 //! in fuzz/ (scripts/fuzz.sh).
 
-mod common_faults;
+mod common;
 
-use common_faults::*;
+use common::*;
 use mappedram::compress::ImageOptions;
 use mappedram::engine::read_ramblock_to_vec;
 use mappedram::{BlockSpec, Channel, Error, Image, ImageFlags, OpenFlags};

@@ -5,12 +5,13 @@
 //! other blocks work as usual. The file is synthetic, laid out as QEMU 11's
 //! writer lays it out.
 
+mod common;
+
+use common::{TmpDir, PS};
 use mappedram::format::ramblock::{encode_pieces, BlockLayout, StreamLayout};
 use mappedram::format::stream::{completion_json, encode_header, encode_tail, Configuration};
 use mappedram::format::{CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED};
 use mappedram::{GuestSlice, GuestSliceMut, Image, ImageFlags};
-
-const PS: u64 = 4096;
 
 /// "ram" (16 pages, page 3 present and filled with 0x5a), "shared"
 /// (skipped), "rom" (2 pages, none present).
@@ -67,15 +68,10 @@ fn write_image(path: &std::path::Path) {
     std::fs::write(path, &img).unwrap();
 }
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("mr-ignore-shared-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
 #[test]
 fn skipped_block_is_reported_and_refuses_page_io() {
-    let path = tmp("ro.img");
+    let scratch = TmpDir::new("ignore-shared");
+    let path = scratch.join("ro.img");
     write_image(&path);
     let img = Image::open(&path, ImageFlags::default()).unwrap();
     assert_eq!(img.block_count(), 3);
@@ -104,7 +100,8 @@ fn skipped_block_is_reported_and_refuses_page_io() {
 
 #[test]
 fn skipped_block_refuses_writes_and_the_file_stays_intact() {
-    let path = tmp("rw.img");
+    let scratch = TmpDir::new("ignore-shared");
+    let path = scratch.join("rw.img");
     write_image(&path);
     let before = std::fs::read(&path).unwrap();
     let img = Image::open(&path, ImageFlags::READ_WRITE).unwrap();
@@ -130,7 +127,8 @@ fn skipped_block_refuses_writes_and_the_file_stays_intact() {
 #[test]
 fn engine_refuses_a_skipped_block_without_touching_memory() {
     use mappedram::engine::{read_ramblock, save_ramblock};
-    let path = tmp("engine.img");
+    let scratch = TmpDir::new("ignore-shared");
+    let path = scratch.join("engine.img");
     write_image(&path);
     let img = Image::open(&path, ImageFlags::default()).unwrap();
     let mut mem = vec![0x77u8; 32 * PS as usize];

@@ -1,120 +1,21 @@
 //! Image and engine: round trips, thread-count independence, dirty rounds,
 //! in-place updates, completion and cancellation.
 
+mod common;
+
+use common::fill::mix as fill_mix;
+use common::{specs, Aligned, TmpDir, PS};
 use mappedram::engine::{
     read_ramblock, read_ramblock_to_vec, save_ramblock, save_ramblock_with, Control,
 };
 use mappedram::{BlockSpec, DirtyBitmap, Error, GuestSlice, GuestSliceMut, Image, ImageFlags};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-const PS: u64 = 4096;
-
-fn tmp(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "mr-image-engine-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// A page-aligned buffer (like guest RAM from mmap).
-struct Aligned {
-    ptr: *mut u8,
-    len: usize,
-    layout: std::alloc::Layout,
-}
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).unwrap();
-        // SAFETY: non-zero size layout.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null());
-        Aligned { ptr, len, layout }
-    }
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr is valid for len bytes, owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        // SAFETY: allocated with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-    }
-}
-
-/// Fill with a mix: random pages, zero pages, text pages, runs of each.
-fn fill_mix(buf: &mut [u8], seed: u64) {
-    let mut r = Rng(seed | 1);
-    let pages = buf.len() / PS as usize;
-    let mut p = 0;
-    while p < pages {
-        let run = (1 + r.next() % 40) as usize;
-        let kind = r.next() % 3;
-        for q in p..(p + run).min(pages) {
-            let page = &mut buf[q * PS as usize..(q + 1) * PS as usize];
-            match kind {
-                0 => {
-                    for c in page.chunks_mut(8) {
-                        let v = r.next().to_le_bytes();
-                        c.copy_from_slice(&v[..c.len()]);
-                    }
-                }
-                1 => page.fill(0),
-                _ => {
-                    let text = format!("page {q} of a guest; the quick brown fox. ");
-                    for (i, b) in page.iter_mut().enumerate() {
-                        *b = text.as_bytes()[i % text.len()];
-                    }
-                }
-            }
-        }
-        p += run;
-    }
-}
-
-fn specs(mem: u64) -> Vec<BlockSpec> {
-    vec![
-        BlockSpec {
-            idstr: "mem".into(),
-            used_length: mem,
-            page_size: PS,
-        },
-        BlockSpec {
-            idstr: "pc.bios".into(),
-            used_length: 0x40000,
-            page_size: PS,
-        },
-        BlockSpec {
-            idstr: "/rom@etc/acpi/rsdp".into(),
-            used_length: PS,
-            page_size: PS,
-        },
-    ]
-}
-
 #[test]
 fn pages_round_trip_and_zero_page_clears_bit() {
-    let path = tmp("pages.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("pages.img");
     let img = Image::create(
         &path,
         "pc-i440fx-10.0",
@@ -202,7 +103,8 @@ fn save_with_m_threads_restore_with_n() {
         let mut src = Aligned::new(len as usize);
         fill_mix(src.as_mut_slice(), 42 + direct as u64);
         for m in [1u32, 2, 3, 8] {
-            let path = tmp("mn.img");
+            let scratch = TmpDir::new("image-engine");
+            let path = scratch.join("mn.img");
             let flags = if direct {
                 ImageFlags::DIRECT
             } else {
@@ -215,7 +117,7 @@ fn save_with_m_threads_restore_with_n() {
                 &img,
                 mem,
                 unsafe {
-                    GuestSlice::new(src.ptr, img.block_info(mem).unwrap().used_length as usize)
+                    GuestSlice::new(src.ptr(), img.block_info(mem).unwrap().used_length as usize)
                 }
                 .unwrap(),
                 None,
@@ -236,7 +138,7 @@ fn save_with_m_threads_restore_with_n() {
                     mem,
                     unsafe {
                         GuestSliceMut::new(
-                            dst.ptr,
+                            dst.mut_ptr(),
                             img.block_info(mem).unwrap().used_length as usize,
                         )
                     }
@@ -274,7 +176,8 @@ fn save_with_m_threads_restore_with_n() {
         // Unaligned source memory.
         let mut v = vec![0u8; len as usize + 3];
         v[3..].copy_from_slice(src.as_slice());
-        let path = tmp("unaligned-src.img");
+        let scratch = TmpDir::new("image-engine");
+        let path = scratch.join("unaligned-src.img");
         let flags = if direct {
             ImageFlags::DIRECT
         } else {
@@ -306,7 +209,8 @@ fn save_with_m_threads_restore_with_n() {
 #[test]
 fn absent_pages_left_untouched_without_zero_absent() {
     let len = 64 * PS;
-    let path = tmp("absent.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("absent.img");
     let img = Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap();
     let page = vec![7u8; PS as usize];
     img.write_page(0, 3 * PS, &page).unwrap();
@@ -340,7 +244,8 @@ fn absent_pages_left_untouched_without_zero_absent() {
 fn dirty_rounds_track_data_and_allocation() {
     let len: u64 = 16 << 20;
     let pages = len / PS;
-    let path = tmp("dirty.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("dirty.img");
     let img = Image::create(
         &path,
         "pc-i440fx-10.0",
@@ -355,7 +260,7 @@ fn dirty_rounds_track_data_and_allocation() {
     save_ramblock(
         &img,
         0,
-        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+        unsafe { GuestSlice::new(mem.ptr(), img.block_info(0).unwrap().used_length as usize) }
             .unwrap(),
         None,
         2,
@@ -374,7 +279,7 @@ fn dirty_rounds_track_data_and_allocation() {
     let st = save_ramblock(
         &img,
         0,
-        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+        unsafe { GuestSlice::new(mem.ptr(), img.block_info(0).unwrap().used_length as usize) }
             .unwrap(),
         Some(DirtyBitmap::from_slice(&dirty)),
         3,
@@ -404,7 +309,7 @@ fn dirty_rounds_track_data_and_allocation() {
     save_ramblock(
         &img,
         0,
-        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+        unsafe { GuestSlice::new(mem.ptr(), img.block_info(0).unwrap().used_length as usize) }
             .unwrap(),
         Some(DirtyBitmap::from_slice(&dirty)),
         8,
@@ -417,14 +322,20 @@ fn dirty_rounds_track_data_and_allocation() {
     let back = read_ramblock_to_vec(&img, 0, 3).unwrap();
     assert_eq!(&back[..last], &mem.as_slice()[..last]);
     assert_eq!(&back[last..], &before_last[..]);
+    img.close().unwrap();
     // A too-short dirty bitmap is an error.
     let img_rw = Image::open(&path, ImageFlags::READ_WRITE).unwrap();
     // SAFETY: as above.
     let e = save_ramblock(
         &img_rw,
         0,
-        unsafe { GuestSlice::new(mem.ptr, img_rw.block_info(0).unwrap().used_length as usize) }
-            .unwrap(),
+        unsafe {
+            GuestSlice::new(
+                mem.ptr(),
+                img_rw.block_info(0).unwrap().used_length as usize,
+            )
+        }
+        .unwrap(),
         Some(DirtyBitmap::from_slice(&[0u64; 1])),
         1,
     )
@@ -435,7 +346,8 @@ fn dirty_rounds_track_data_and_allocation() {
 
 #[test]
 fn one_page_block_and_sparse_save() {
-    let path = tmp("onepage.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("onepage.img");
     let spec = vec![BlockSpec {
         idstr: "tiny".into(),
         used_length: PS,
@@ -447,7 +359,7 @@ fn one_page_block_and_sparse_save() {
     let st = save_ramblock(
         &img,
         0,
-        unsafe { GuestSlice::new(page.ptr, img.block_info(0).unwrap().used_length as usize) }
+        unsafe { GuestSlice::new(page.ptr(), img.block_info(0).unwrap().used_length as usize) }
             .unwrap(),
         None,
         8,
@@ -461,7 +373,7 @@ fn one_page_block_and_sparse_save() {
     let st = save_ramblock(
         &img,
         0,
-        unsafe { GuestSlice::new(data.ptr, img.block_info(0).unwrap().used_length as usize) }
+        unsafe { GuestSlice::new(data.ptr(), img.block_info(0).unwrap().used_length as usize) }
             .unwrap(),
         Some(DirtyBitmap::from_slice(&[0])),
         1,
@@ -472,7 +384,7 @@ fn one_page_block_and_sparse_save() {
     let st = save_ramblock(
         &img,
         0,
-        unsafe { GuestSlice::new(data.ptr, img.block_info(0).unwrap().used_length as usize) }
+        unsafe { GuestSlice::new(data.ptr(), img.block_info(0).unwrap().used_length as usize) }
             .unwrap(),
         Some(DirtyBitmap::from_slice(&[1])),
         1,
@@ -487,7 +399,8 @@ fn one_page_block_and_sparse_save() {
 
 #[test]
 fn unfinished_image_is_incomplete_unless_recovering() {
-    let path = tmp("unfinished.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("unfinished.img");
     let img = Image::create(&path, "m", &specs(1 << 20), ImageFlags::default()).unwrap();
     img.write_page(0, 0, &vec![1u8; PS as usize]).unwrap();
     img.close().unwrap();
@@ -508,7 +421,8 @@ fn unfinished_image_is_incomplete_unless_recovering() {
 
 #[test]
 fn in_place_update_marks_incomplete_until_sync() {
-    let path = tmp("update.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("update.img");
     let img = Image::create(&path, "m", &specs(1 << 20), ImageFlags::default()).unwrap();
     img.write_page(0, 0, &vec![1u8; PS as usize]).unwrap();
     img.finish().unwrap();
@@ -517,12 +431,15 @@ fn in_place_update_marks_incomplete_until_sync() {
     assert!(img.is_complete());
     img.write_page(0, PS, &vec![2u8; PS as usize]).unwrap();
     assert!(!img.is_complete());
-    // Another reader sees an interrupted update.
+    // A reader is locked out while the writer holds the image; one that
+    // does not lock (or a crash now) sees an interrupted update.
     let e = Image::open(&path, ImageFlags::default()).unwrap_err();
+    assert_eq!(e.errno(), libc::EBUSY, "{e}");
+    let e = Image::open(&path, ImageFlags::NO_LOCK).unwrap_err();
     assert!(matches!(e, Error::Incomplete(_)), "{e}");
     img.sync().unwrap();
     assert!(img.is_complete());
-    let other = Image::open(&path, ImageFlags::default()).unwrap();
+    let other = Image::open(&path, ImageFlags::NO_LOCK).unwrap();
     let mut p = vec![0u8; PS as usize];
     assert!(other.read_page(0, PS, &mut p).unwrap());
     assert_eq!(p, vec![2u8; PS as usize]);
@@ -535,7 +452,8 @@ fn in_place_update_marks_incomplete_until_sync() {
 
 #[test]
 fn create_on_inside_a_container() {
-    let path = tmp("container.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("container.img");
     std::fs::write(&path, vec![0xc5u8; 5000]).unwrap();
     let ch = mappedram::Channel::open(
         &path,
@@ -575,7 +493,8 @@ fn cancel_by_progress_and_by_other_thread() {
     let ctl = Arc::new(Control::new());
     let mut mem = Aligned::new(len as usize);
     fill_mix(mem.as_mut_slice(), 5);
-    let path = tmp("cancel.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("cancel.img");
     let img = Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap();
     let calls = Arc::new(AtomicU64::new(0));
     let c2 = calls.clone();
@@ -590,7 +509,7 @@ fn cancel_by_progress_and_by_other_thread() {
         &ctl,
         &img,
         0,
-        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+        unsafe { GuestSlice::new(mem.ptr(), img.block_info(0).unwrap().used_length as usize) }
             .unwrap(),
         None,
         1,
@@ -630,7 +549,7 @@ fn cancel_by_progress_and_by_other_thread() {
             &ctl,
             &img,
             0,
-            unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+            unsafe { GuestSlice::new(mem.ptr(), img.block_info(0).unwrap().used_length as usize) }
                 .unwrap(),
             None,
             1,
@@ -654,7 +573,7 @@ fn cancel_by_progress_and_by_other_thread() {
         &ctl,
         &img,
         0,
-        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+        unsafe { GuestSlice::new(mem.ptr(), img.block_info(0).unwrap().used_length as usize) }
             .unwrap(),
         None,
         2,
@@ -666,7 +585,8 @@ fn cancel_by_progress_and_by_other_thread() {
 fn concurrent_writers_and_syncs() {
     let len: u64 = 8 << 20;
     let pages = len / PS;
-    let path = tmp("stress.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("stress.img");
     let img = Arc::new(Image::create(&path, "m", &specs(len)[..1], ImageFlags::DIRECT).unwrap());
     let threads = 8u64;
     std::thread::scope(|s| {
@@ -712,7 +632,8 @@ fn cancel_single_thread_save_without_progress_callback() {
     let ctl = Arc::new(Control::new());
     let mut mem = Aligned::new(len as usize);
     fill_mix(mem.as_mut_slice(), 11);
-    let path = tmp("cancel1.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("cancel1.img");
     let img = Arc::new(Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap());
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (i2, d2) = (ctl.clone(), done.clone());
@@ -728,7 +649,7 @@ fn cancel_single_thread_save_without_progress_callback() {
         &ctl,
         &img,
         0,
-        unsafe { GuestSlice::new(mem.ptr, img.block_info(0).unwrap().used_length as usize) }
+        unsafe { GuestSlice::new(mem.ptr(), img.block_info(0).unwrap().used_length as usize) }
             .unwrap(),
         None,
         1,
@@ -744,7 +665,8 @@ fn cancel_single_thread_save_without_progress_callback() {
 #[test]
 fn save_refuses_an_image_opened_read_only_on_a_writable_channel() {
     let len: u64 = 1 << 20;
-    let path = tmp("ro-on-rw.img");
+    let scratch = TmpDir::new("image-engine");
+    let path = scratch.join("ro-on-rw.img");
     let img = Image::create(&path, "m", &specs(len)[..1], ImageFlags::default()).unwrap();
     img.finish().unwrap();
     img.close().unwrap();

@@ -39,11 +39,13 @@
 mod bounce;
 mod direct;
 mod fault;
+mod lock;
 mod open;
 mod sys;
 
 pub use direct::{DioAlign, DEFAULT_DIO_ALIGN};
-pub use fault::{FaultFn, FaultOp};
+pub use fault::{FaultFn, FaultOp, Trace, TraceOp};
+pub use lock::{lock_fd, LockKind, IMAGE_LOCK_OFFSET};
 pub use open::OpenFlags;
 pub use sys::IOV_MAX;
 
@@ -193,8 +195,11 @@ impl Channel {
         let _mark = MarkUnsynced(&self.unsynced);
         let total = self.iov_total("pwritev", iov, offset)?;
         self.check_write("pwritev", offset, total)?;
-        self.faults
-            .check(&self.name, FaultOp::Write, offset, total)?;
+        // SAFETY: forwarded caller contract; `total` is the iovecs' sum.
+        unsafe {
+            self.faults
+                .check_write_iov(&self.name, offset, total, iov)?
+        };
         if total == 0 {
             return Ok(0);
         }
@@ -272,7 +277,7 @@ impl Channel {
         let len = buf.len() as u64;
         self.check_range("write", offset, len)?;
         self.check_write("write", offset, len)?;
-        self.faults.check(&self.name, FaultOp::Write, offset, len)?;
+        self.faults.check_write_buf(&self.name, offset, buf)?;
         let req = Req {
             name: &self.name,
             op: "write",

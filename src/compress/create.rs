@@ -43,6 +43,9 @@ impl Image {
         flags: ImageFlags,
         opts: &ImageOptions,
     ) -> Result<Image> {
+        if !opts.is_chunked() {
+            return Image::create(path, machine_type, blocks, flags);
+        }
         let mut of = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNC;
         if flags.contains(ImageFlags::DIRECT) {
             of = of | OpenFlags::DIRECT;

@@ -24,6 +24,12 @@ pub const MR_IMAGE_READ_WRITE: u32 = 0x1;
 pub const MR_IMAGE_DIRECT: u32 = 0x2;
 /// Image flag (open): accept an image that was not finished.
 pub const MR_IMAGE_RECOVER: u32 = 0x4;
+/// Image flag (`mr_image_open`, `mr_image_create`): take no lock. By default
+/// the image file is locked with an open file description lock
+/// (`F_OFD_SETLK`): shared for readers, exclusive for writers (`create`,
+/// `MR_IMAGE_READ_WRITE`); a conflict fails at once with `-EBUSY`. For
+/// callers that coordinate access themselves (like QEMU's `locking=off`).
+pub const MR_IMAGE_NO_LOCK: u32 = 0x8;
 
 /// `mr_image_read_ramblock` flag: also zero pages whose bit is clear.
 pub const MR_READ_ZERO_ABSENT: u32 = 0x1;

@@ -141,8 +141,19 @@ pub(super) fn mem_len(len: u64) -> Result<usize> {
         .map_err(|_| Error::OutOfRange(format!("length {len} does not fit in memory")))
 }
 
-/// Create a new image file at `path` (mode 0600, truncated) for
-/// `machine_type` with `blocks[0..nblocks]`. Flags: `MR_IMAGE_DIRECT`.
+/// Create a new image file at `path` (mode 0600) for `machine_type` with
+/// `blocks[0..nblocks]`. Flags: `MR_IMAGE_DIRECT`, `MR_IMAGE_NO_LOCK`;
+/// `MR_IMAGE_READ_WRITE` is accepted and changes nothing (a new image is
+/// always writable); other flags are `-EINVAL`.
+///
+/// All arguments are checked before `path` is touched (`-EINVAL`; `-EFBIG`
+/// for an image past the largest file offset). The image is written under
+/// no name in the same directory and only then renamed over `path` (a new
+/// inode: mode 0600, owned by the caller, no ACLs or hard links of an old
+/// file carried over). A failed create leaves an existing file unchanged
+/// and no file where there was none. `-EBUSY`: another open holds the
+/// existing file for writing. `-EACCES`: it is not writable. `-ENOTSUP`:
+/// `path` is a block device (images must be regular files).
 ///
 /// # Safety
 /// Strings NUL-terminated; `blocks` points to `nblocks` descriptors; `out`
@@ -173,7 +184,10 @@ pub unsafe extern "C" fn mr_image_create(
 /// Create an image on an open channel, the stream starting at `offset`
 /// (e.g. after a container header the caller writes). The image takes its
 /// own reference to the channel: the caller may `mr_channel_close` its
-/// handle at any time.
+/// handle at any time. Flags as for `mr_image_create`; nothing is written
+/// when an argument is invalid, and the channel is not locked (its owner
+/// decides; `MR_IMAGE_NO_LOCK` changes nothing). A channel on a block
+/// device is `-ENOTSUP`.
 ///
 /// # Safety
 /// `ch` a live channel handle; strings NUL-terminated; `blocks` points to
@@ -204,8 +218,14 @@ pub unsafe extern "C" fn mr_image_create_on(
 }
 
 /// Open an existing image. A libvirt save-image header is recognised.
-/// Flags: `MR_IMAGE_READ_WRITE`, `MR_IMAGE_DIRECT`, `MR_IMAGE_RECOVER`.
-/// An unfinished image gives `-MR_EINCOMPLETE` unless `MR_IMAGE_RECOVER`.
+/// Flags: `MR_IMAGE_READ_WRITE`, `MR_IMAGE_DIRECT`, `MR_IMAGE_RECOVER`,
+/// `MR_IMAGE_NO_LOCK`. An unfinished image gives `-MR_EINCOMPLETE` unless
+/// `MR_IMAGE_RECOVER`. The file is locked (shared; exclusive with
+/// `MR_IMAGE_READ_WRITE`) unless `MR_IMAGE_NO_LOCK`; a conflict is `-EBUSY`.
+/// A block device is `-ENOTSUP`. With `MR_IMAGE_RECOVER`, an update mark left
+/// by an interrupted in-place update stays until `mr_image_finish` (the
+/// caller's decision that every page is whole); `mr_image_sync` and
+/// `mr_image_close` keep it.
 ///
 /// # Safety
 /// `path` NUL-terminated; `out` writable.
@@ -228,7 +248,10 @@ pub unsafe extern "C" fn mr_image_open(
 
 /// Open an image on a channel with the stream at `offset`, or
 /// `MR_OFFSET_DETECT` (a libvirt header, else 0). The image takes its own
-/// reference to the channel.
+/// reference to the channel. Flags: `MR_IMAGE_READ_WRITE` (the channel must
+/// be writable), `MR_IMAGE_RECOVER`; the channel is not locked (its owner
+/// decides; `MR_IMAGE_NO_LOCK` changes nothing). A channel on a block
+/// device is `-ENOTSUP`.
 ///
 /// # Safety
 /// `ch` a live channel handle; `out` writable.

@@ -122,9 +122,22 @@ impl AtomicBitmap {
             any_changed |= changed != 0;
         }
         if any_changed {
-            self.dirty.store(true, Ordering::Release);
+            self.set_dirty();
         }
         any_changed
+    }
+
+    /// Raise the dirty flag with a read-modify-write, not a plain store: a
+    /// sync whose `take_dirty` reads the flag must synchronise with *every*
+    /// writer that raised it since the last take, and only RMWs extend a
+    /// release sequence. With a plain `store(true, Release)`, a second
+    /// writer's store ends the first writer's release sequence, and C11
+    /// allows the sync to take the flag yet snapshot the words without the
+    /// first writer's bit: a bit neither written out nor flagged for the
+    /// next sync (x86-64 and ARMv8 hardware forbid that outcome; the
+    /// language model does not). tests/loom_bitmap.rs checks both.
+    fn set_dirty(&self) {
+        self.dirty.swap(true, Ordering::Release);
     }
 
     /// Whether any bit in `[first, first+n)` is set.
@@ -156,7 +169,7 @@ impl AtomicBitmap {
 
     /// Mark dirty (e.g. a write-out failed and must be retried).
     pub fn mark_dirty(&self) {
-        self.dirty.store(true, Ordering::Release);
+        self.set_dirty();
     }
 
     /// The runs of equal bits in `[first, end)`: calls `f(start, len, set)`

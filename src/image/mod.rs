@@ -1,7 +1,9 @@
 //! Image: a mapped-ram image on a channel.
 //!
-//! Create (write headers, reserve regions), open (parse and validate, find
-//! ramblocks), page writes and reads at ramblock offsets (`pages.rs`), the
+//! Create (validate, write headers, reserve regions; a new file is written
+//! unnamed and renamed into place: `create.rs`), open (file type, lock,
+//! parse and validate, find ramblocks: `open.rs`), page writes and reads at
+//! ramblock offsets (`pages.rs`), the
 //! in-memory atomic bitmap (`bitmap.rs`), sync and finish with their
 //! durability order and the in-place-update mark (`state.rs`).
 //!
@@ -13,17 +15,19 @@
 
 pub mod bitmap;
 mod blobs;
+mod create;
+mod open;
 mod pages;
 mod state;
 pub mod zero;
 
 use crate::channel::{Channel, OpenFlags};
 use crate::error::{Error, Result};
-use crate::format::libvirt::{self, LibvirtHeader};
+use crate::format::libvirt::LibvirtHeader;
 use crate::format::ramblock::{self, BlockLayout, BlockSpec, StreamLayout};
-use crate::format::stream::{self, Completion, Configuration};
-use crate::format::{ReadAt, CAP_MAPPED_RAM};
 use bitmap::AtomicBitmap;
+pub(crate) use open::block_device_error;
+pub use open::refuse_block_device;
 pub(crate) use pages::context;
 use parking_lot::{Mutex, RwLock};
 pub(crate) use state::DiskState;
@@ -41,7 +45,10 @@ impl ImageFlags {
     pub const DIRECT: ImageFlags = ImageFlags(0x2);
     /// Open: accept an image that is not complete (recover what is there).
     pub const RECOVER: ImageFlags = ImageFlags(0x4);
-    const ALL: u32 = 0x7;
+    /// Open/create: take no lock (for callers that coordinate access
+    /// themselves, like QEMU's `locking=off`).
+    pub const NO_LOCK: ImageFlags = ImageFlags(0x8);
+    const ALL: u32 = 0xf;
 
     /// Whether every flag of `o` is set.
     pub fn contains(self, o: ImageFlags) -> bool {
@@ -71,6 +78,9 @@ impl std::ops::BitOr for ImageFlags {
         ImageFlags(self.0 | rhs.0)
     }
 }
+
+/// Flags valid for creating an image.
+const CREATE_FLAGS: u32 = ImageFlags::DIRECT.0 | ImageFlags::READ_WRITE.0 | ImageFlags::NO_LOCK.0;
 
 /// What a caller may know about one ramblock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,57 +140,37 @@ pub struct Image {
     sync_lock: Mutex<()>,
     /// Named blobs (a VMM's own state) carried in the stream's tail.
     blobs: blobs::BlobStore,
-}
-
-/// Reads of the image's channel for the format layer.
-struct Src<'a>(&'a Channel);
-
-impl ReadAt for Src<'_> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        self.0.read_at(buf, offset)
-    }
-    fn size(&self) -> Result<u64> {
-        self.0.size()
-    }
+    /// The channel's image lock was taken by `open`/`create` (released by
+    /// `close` before the channel is closed).
+    locked: bool,
 }
 
 impl Image {
-    /// Create a new image file (mode 0600, truncated) for `machine_type` with
-    /// these ramblocks. Flags: [`ImageFlags::DIRECT`].
+    /// Create a new image file (mode 0600) for `machine_type` with these
+    /// ramblocks. Flags: [`ImageFlags::DIRECT`], [`ImageFlags::NO_LOCK`];
+    /// [`ImageFlags::READ_WRITE`] is accepted and changes nothing (a new
+    /// image is always writable).
+    ///
+    /// Everything is validated before the path is touched; the image is
+    /// written under no name (or a temporary one) in the path's directory
+    /// and renamed over the path only once its headers are written, so a
+    /// failed create leaves an existing file as it was and no file where
+    /// there was none. See `create.rs` for the details (symbolic links,
+    /// ownership, what a crash leaves).
     pub fn create(
         path: &Path,
         machine_type: &str,
         blocks: &[BlockSpec],
         flags: ImageFlags,
     ) -> Result<Image> {
-        flags.check(ImageFlags::DIRECT.0 | ImageFlags::READ_WRITE.0, "create")?;
-        let mut of = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNC;
-        if flags.contains(ImageFlags::DIRECT) {
-            of = of | OpenFlags::DIRECT;
-        }
-        let ch = Channel::open(path, of)?;
-        Image::create_on(Arc::new(ch), 0, machine_type, blocks, ImageFlags::default())
-    }
-
-    /// Open an existing image. A libvirt save-image header is recognised.
-    /// Flags: [`ImageFlags::READ_WRITE`], [`ImageFlags::DIRECT`],
-    /// [`ImageFlags::RECOVER`].
-    pub fn open(path: &Path, flags: ImageFlags) -> Result<Image> {
-        flags.check(ImageFlags::ALL, "open")?;
-        let mut of = OpenFlags::READ;
-        if flags.contains(ImageFlags::READ_WRITE) {
-            of = of | OpenFlags::WRITE;
-        }
-        if flags.contains(ImageFlags::DIRECT) {
-            of = of | OpenFlags::DIRECT;
-        }
-        let ch = Channel::open(path, of)?;
-        Image::open_on(Arc::new(ch), None, flags & !ImageFlags::DIRECT.0)
+        create::create_file(path, machine_type, blocks, flags)
     }
 
     /// Create on an open, writable channel with the stream starting at
     /// `base` (bytes before `base`, e.g. a container header, are kept;
-    /// everything after it is discarded).
+    /// everything after it is discarded). Nothing is written when the
+    /// arguments are invalid. The channel is not locked (its owner decides;
+    /// `NO_LOCK` is accepted and changes nothing).
     pub fn create_on(
         ch: Arc<Channel>,
         base: u64,
@@ -188,7 +178,7 @@ impl Image {
         blocks: &[BlockSpec],
         flags: ImageFlags,
     ) -> Result<Image> {
-        flags.check(ImageFlags::DIRECT.0 | ImageFlags::READ_WRITE.0, "create")?;
+        flags.check(CREATE_FLAGS, "create")?;
         if !ch.flags().contains(OpenFlags::WRITE) {
             return Err(Error::Invalid(format!(
                 "creating an image on {} needs a channel opened with MR_OPEN_WRITE",
@@ -201,30 +191,14 @@ impl Image {
                 ch.name()
             )));
         }
-        if machine_type.is_empty() || machine_type.contains('\0') {
-            return Err(Error::Invalid(
-                "machine type must be a non-empty string without NUL".into(),
-            ));
-        }
-        let page_size = blocks.first().map(|b| b.page_size).unwrap_or(4096);
-        if let Some(b) = blocks.iter().find(|b| b.page_size != page_size) {
-            return Err(Error::Invalid(format!(
-                "ramblock '{}': page size {} differs from the first block's {} (one target page size per image)",
-                b.idstr, b.page_size, page_size
-            )));
-        }
-        let target_page_bits = if page_size == 4096 || !page_size.is_power_of_two() {
-            None
-        } else {
-            Some(page_size.trailing_zeros())
-        };
-        let config = Configuration {
-            machine_type: machine_type.to_string(),
-            capabilities: vec![CAP_MAPPED_RAM.to_string()],
-            target_page_bits,
-        };
-        let layout = ramblock::plan(base, &config, 1, blocks)?;
-        ch.set_len(base)?;
+        refuse_block_device(&ch)?;
+        let layout = create::plan_new(base, machine_type, blocks)?;
+        Image::write_new(ch, layout)
+    }
+
+    /// Write the headers of a planned new image onto `ch`.
+    fn write_new(ch: Arc<Channel>, layout: StreamLayout) -> Result<Image> {
+        ch.set_len(layout.base)?;
         for (off, bytes) in ramblock::encode_pieces(&layout) {
             ch.write_all_at(&bytes, off)?;
         }
@@ -241,103 +215,6 @@ impl Image {
             true,
             DiskState::Unfinished,
         ))
-    }
-
-    /// Open on a channel; `base` None = detect (libvirt header or 0).
-    /// Flags: [`ImageFlags::READ_WRITE`] (the channel must be writable),
-    /// [`ImageFlags::RECOVER`].
-    pub fn open_on(ch: Arc<Channel>, base: Option<u64>, flags: ImageFlags) -> Result<Image> {
-        flags.check(
-            ImageFlags::READ_WRITE.0 | ImageFlags::RECOVER.0,
-            "open on a channel",
-        )?;
-        let writable = flags.contains(ImageFlags::READ_WRITE);
-        if writable && !ch.flags().contains(OpenFlags::WRITE) {
-            return Err(Error::Invalid(format!(
-                "MR_IMAGE_READ_WRITE needs a channel opened with MR_OPEN_WRITE ({})",
-                ch.name()
-            )));
-        }
-        let recover = flags.contains(ImageFlags::RECOVER);
-        let src = Src(&ch);
-        let (base, libvirt) = match base {
-            Some(b) => (b, None),
-            None => match libvirt::parse(&src)? {
-                Some(h) => (h.stream_offset(), Some(h)),
-                None => (0, None),
-            },
-        };
-        let layout = ramblock::parse(&src, base)?;
-        let completion = stream::completion(&src, layout.setup_end())?;
-        let name = ch.name().to_string();
-        // Blobs live only in a stream end this library wrote.
-        let blob_end = match completion {
-            Completion::Complete {
-                vmdesc_offset,
-                ours,
-                ..
-            }
-            | Completion::Updating {
-                vmdesc_offset,
-                ours,
-                ..
-            } => Some((vmdesc_offset, ours)),
-            Completion::Incomplete(_) => None,
-        };
-        let blob_store = blobs::BlobStore::open(&src, &layout, blob_end)?;
-        let state = match completion {
-            Completion::Complete { vmdesc_offset, .. } => match &libvirt {
-                Some(h) if !h.complete => {
-                    if !recover {
-                        return Err(Error::Incomplete(format!(
-                            "{name}: libvirt header magic is LibvirtQemudPart: the save never finished (open with MR_IMAGE_RECOVER to read what is there)"
-                        )));
-                    }
-                    DiskState::Complete { vmdesc_offset }
-                }
-                _ => DiskState::Complete { vmdesc_offset },
-            },
-            Completion::Updating { vmdesc_offset, .. } => {
-                if !recover {
-                    return Err(Error::Incomplete(format!(
-                        "{name}: an in-place update was interrupted (update mark at offset 0x{:x}); pages may be torn (open with MR_IMAGE_RECOVER to read what is there)",
-                        vmdesc_offset + 1
-                    )));
-                }
-                DiskState::Updating { vmdesc_offset }
-            }
-            Completion::Incomplete(why) => {
-                if !recover {
-                    return Err(Error::Incomplete(format!(
-                        "{name}: image is incomplete: {why} (open with MR_IMAGE_RECOVER to read what is there)"
-                    )));
-                }
-                DiskState::Incomplete
-            }
-        };
-        let mut blocks = Vec::with_capacity(layout.blocks.len());
-        for l in &layout.blocks {
-            // The format layer checked that the bitmap lies inside the file,
-            // so this allocation is bounded by the file's size.
-            let len = usize::try_from(l.bitmap_len)
-                .map_err(|_| Error::Corrupt(format!("ramblock '{}': bitmap too large", l.idstr)))?;
-            let mut bytes = vec![0u8; len];
-            let n = ch.read_at(&mut bytes, l.bitmap_offset)?;
-            if n != len {
-                return Err(Error::Corrupt(format!(
-                    "ramblock '{}': bitmap at offset 0x{:x} truncated: expected {} bytes, found {}",
-                    l.idstr, l.bitmap_offset, len, n
-                )));
-            }
-            blocks.push(Block::new(
-                l.clone(),
-                AtomicBitmap::from_le_bytes(l.pages(), &bytes),
-            ));
-        }
-        crate::compress::attach_tables(&ch, &layout, &mut blocks)?;
-        let mut img = Image::assemble(ch, libvirt, layout, blocks, writable, state);
-        img.blobs = blob_store;
-        Ok(img)
     }
 
     pub(crate) fn assemble(
@@ -358,6 +235,7 @@ impl Image {
             state: Mutex::new(state),
             sync_lock: Mutex::new(()),
             blobs: blobs::BlobStore::default(),
+            locked: false,
         }
     }
 

@@ -15,6 +15,12 @@
 //! VMDESCRIPTION type byte is replaced by [`UPDATING_MARK`] and synced; the
 //! next `sync`/`finish`/`close` writes everything out and restores the byte
 //! (holding the write gate exclusively, so no page write is in flight).
+//!
+//! A mark found on open (an earlier update was interrupted: pages may be
+//! torn) is different: the handle did not write those pages, so only an
+//! explicit decision clears it — `finish` (the caller vouches for every
+//! page, e.g. after rewriting them all). `sync` and `close` keep it, so a
+//! recover-open followed by close leaves the image incomplete.
 
 use super::pages::context;
 use super::Image;
@@ -31,8 +37,12 @@ pub(crate) enum DiskState {
     Unfinished,
     /// Complete; the VMDESCRIPTION record's EOF byte is at `vmdesc_offset`.
     Complete { vmdesc_offset: u64 },
-    /// Complete but for the update mark at `vmdesc_offset + 1`.
+    /// Complete but for the update mark at `vmdesc_offset + 1`, set by
+    /// this handle (its page writes are all accounted for).
     Updating { vmdesc_offset: u64 },
+    /// Opened with `RECOVER` while an earlier handle's update mark was set
+    /// (at `vmdesc_offset + 1`): only `finish` clears it.
+    Torn { vmdesc_offset: u64 },
     /// Opened incomplete with `RECOVER`.
     Incomplete,
 }
@@ -195,15 +205,21 @@ impl Image {
         Ok(())
     }
 
-    /// If an update mark is set: write out what changed and restore the
-    /// VMDESCRIPTION byte, with no page write in flight.
-    fn clear_update_mark(&self) -> Result<()> {
-        if !matches!(*self.state.lock(), DiskState::Updating { .. }) {
+    /// If this handle set an update mark (or, with `decided`, one was
+    /// found on open): write out what changed and restore the VMDESCRIPTION
+    /// byte, with no page write in flight.
+    fn clear_update_mark(&self, decided: bool) -> Result<()> {
+        let mark = |st: &DiskState| match *st {
+            DiskState::Updating { vmdesc_offset } => Some(vmdesc_offset),
+            DiskState::Torn { vmdesc_offset } if decided => Some(vmdesc_offset),
+            _ => None,
+        };
+        if mark(&self.state.lock()).is_none() {
             return Ok(());
         }
         let _g = self.gate.write();
         let mut st = self.state.lock();
-        if let DiskState::Updating { mut vmdesc_offset } = *st {
+        if let Some(mut vmdesc_offset) = mark(&st) {
             self.flush_bitmaps()?;
             self.check_no_failed_pages()?;
             if self.blobs.changed() {
@@ -227,19 +243,22 @@ impl Image {
         self.require_writable("sync")?;
         let _s = self.sync_lock.lock();
         self.flush_bitmaps()?;
-        self.clear_update_mark()
+        self.clear_update_mark(false)
     }
 
     /// End of stream + completion record, durable. On an image that is
-    /// already complete (or being updated) this is `sync`.
+    /// already complete (or being updated) this is `sync`. On an image
+    /// opened with `RECOVER` whose earlier in-place update was interrupted,
+    /// this is the caller's decision that every page is whole: the update
+    /// mark is cleared and the image is complete again.
     pub fn finish(&self) -> Result<()> {
         self.require_writable("finish")?;
         let _s = self.sync_lock.lock();
         let st = *self.state.lock();
         match st {
-            DiskState::Complete { .. } | DiskState::Updating { .. } => {
+            DiskState::Complete { .. } | DiskState::Updating { .. } | DiskState::Torn { .. } => {
                 self.flush_bitmaps()?;
-                self.clear_update_mark()
+                self.clear_update_mark(true)
             }
             DiskState::Unfinished => self.write_stream_end(),
             DiskState::Incomplete => {
@@ -334,19 +353,28 @@ impl Image {
     }
 
     /// Close. A writable image has its bitmaps written and synced (and an
-    /// open update mark cleared) first; a new image that was not finished
+    /// update mark this handle set cleared) first; a mark found on open
+    /// stays; a new image that was not finished
     /// stays incomplete. The channel is closed when this was its last
     /// reference; failures of any step are reported.
     pub fn close(self) -> Result<()> {
         let mut first_err = None;
         if self.writable {
             let _s = self.sync_lock.lock();
-            if let Err(e) = self.flush_bitmaps().and_then(|_| self.clear_update_mark()) {
+            if let Err(e) = self
+                .flush_bitmaps()
+                .and_then(|_| self.clear_update_mark(false))
+            {
                 first_err = Some(e);
             }
         }
         // `into_inner` gives the channel to exactly one of its last holders.
         if let Some(ch) = Arc::into_inner(self.ch) {
+            if self.locked {
+                if let Err(e) = ch.unlock() {
+                    first_err.get_or_insert(e);
+                }
+            }
             if let Err(e) = ch.close() {
                 first_err.get_or_insert(e);
             }

@@ -1,18 +1,38 @@
-//! Shared harness for the real-QEMU interop tests.
+//! The shared helper tree of the integration tests (each test binary
+//! includes it with `mod common;`).
 //!
+//! - [`rng`]: the one deterministic generator;
+//! - [`mem`]: page-aligned buffers (guest RAM stand-ins);
+//! - [`dirs`]: temp dirs (disk, memory, O_DIRECT-enforcing), tmpfs mounts;
+//! - [`crash_states`]: power-loss states from a recorded channel trace;
+//! - [`guest`]: the standard ramblocks, per-page contents, image comparison;
+//! - [`fill`]: deterministic memory patterns and comparisons;
+//! - [`need`]: gating tests that need QEMU, root or the pinned cbindgen;
 //! - [`qemu`]: find/version-check QEMU, start paused guests, save/restore;
 //! - [`qmp`]: a minimal QMP client;
-//! - [`fill`]: deterministic memory patterns and comparisons;
 //! - [`raw`]: an independent minimal reader of mapped-ram files;
 //! - [`libvirt_header`]: libvirt's 92-byte save-image header, built by hand.
 
-// Each test binary uses a different subset of the helpers.
-#![allow(dead_code)]
+// Each test binary uses a different subset of the helpers (and of the
+// re-exports below).
+#![allow(dead_code, unused_imports)]
 
+pub mod crash_states;
+pub mod dirs;
 pub mod fill;
+pub mod guest;
+pub mod mem;
+pub mod need;
 pub mod qemu;
 pub mod qmp;
 pub mod raw;
+pub mod rng;
+
+pub use dirs::{TmpDir, TmpfsMount};
+pub use guest::{block_memory, compare_image, page_content, specs, PS};
+pub use mem::Aligned;
+pub use need::{met, Need};
+pub use rng::Rng;
 
 /// libvirt's save-image header: 16-byte magic, then host-endian u32
 /// version, data_len, was_running, format, cookieOffset, 14 unused u32 —

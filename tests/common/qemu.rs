@@ -3,6 +3,7 @@
 //! the test filled, save it in mapped-ram format, restore a file into a
 //! fresh guest and hand back its RAM.
 
+use super::dirs::TmpDir;
 use super::qmp::{quote, Json, Qmp};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,13 +22,18 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The QEMU binary (`$QEMU_SYSTEM_X86_64` or `qemu-system-x86_64` on
 /// `PATH`), checked to be version >= 9.0. Panics with the install hint
-/// otherwise: a missing QEMU is a failed test, never a skipped one.
+/// otherwise; tests gate on `need::met(Need::Qemu)` before getting here.
 pub fn qemu_binary() -> &'static Path {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(find_qemu) {
+    match find() {
         Ok(p) => p,
         Err(e) => panic!("{e}: {INSTALL_HINT}"),
     }
+}
+
+/// The QEMU binary, or why there is none usable (looked up once).
+pub fn find() -> Result<&'static Path, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(find_qemu).as_deref().map_err(Clone::clone)
 }
 
 fn find_qemu() -> Result<PathBuf, String> {
@@ -64,34 +70,6 @@ pub fn parse_version(text: &str) -> Option<(u32, u32)> {
     let major = it.next()?.parse().ok()?;
     let minor = it.next()?.parse().ok()?;
     Some((major, minor))
-}
-
-/// A unique directory under the system temp dir, removed on drop (kept when
-/// `MR_KEEP_TMP` is set, for post-mortems).
-pub struct TestDir {
-    pub path: PathBuf,
-}
-
-impl TestDir {
-    pub fn new(tag: &str) -> TestDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("mrq-{}-{n}-{tag}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TestDir { path }
-    }
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if std::env::var_os("MR_KEEP_TMP").is_none() {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
 }
 
 /// Migration settings, applied the same way on the saving and the
@@ -167,7 +145,7 @@ impl Vm {
     /// Start `qemu-system-x86_64 -M pc` paused, RAM from `mem_path`
     /// (`mem_len` bytes), QMP on a socket in `dir`; with `incoming`, add
     /// `-incoming defer`.
-    pub fn start(dir: &TestDir, name: &str, mem_path: &Path, mem_len: u64, incoming: bool) -> Vm {
+    pub fn start(dir: &TmpDir, name: &str, mem_path: &Path, mem_len: u64, incoming: bool) -> Vm {
         let bin = qemu_binary();
         let sock = dir.join(&format!("{name}.qmp"));
         assert!(
@@ -384,7 +362,7 @@ fn seq() -> u64 {
 
 /// Start a fresh QEMU whose RAM is `mem`, save it with mapped-ram to `file`
 /// (at `offset`), quit.
-pub fn save(dir: &TestDir, mem: &[u8], opts: &MigOpts, file: &Path, offset: u64) -> Saved {
+pub fn save(dir: &TmpDir, mem: &[u8], opts: &MigOpts, file: &Path, offset: u64) -> Saved {
     let n = seq();
     let backing = dir.join(&format!("src{n}.ram"));
     fs::write(&backing, mem).unwrap();
@@ -408,7 +386,7 @@ pub fn save(dir: &TestDir, mem: &[u8], opts: &MigOpts, file: &Path, offset: u64)
 
 /// Start a fresh QEMU with `mem_len` bytes of new, zero RAM, restore `file`
 /// (stream at `offset`) into it, and return its RAM (the `mem` block).
-pub fn restore(dir: &TestDir, file: &Path, offset: u64, mem_len: usize, opts: &MigOpts) -> Vec<u8> {
+pub fn restore(dir: &TmpDir, file: &Path, offset: u64, mem_len: usize, opts: &MigOpts) -> Vec<u8> {
     match try_restore(dir, file, offset, mem_len, opts) {
         Ok(ram) => ram,
         Err(e) => panic!("{e}"),
@@ -418,7 +396,7 @@ pub fn restore(dir: &TestDir, file: &Path, offset: u64, mem_len: usize, opts: &M
 /// As [`restore`], but a failed incoming migration is returned as its
 /// `error-desc` plus QEMU's stderr instead of failing the test.
 pub fn try_restore(
-    dir: &TestDir,
+    dir: &TmpDir,
     file: &Path,
     offset: u64,
     mem_len: usize,
@@ -444,31 +422,4 @@ pub fn try_restore(
         Ok(_) => Ok(ram),
         Err(e) => Err(format!("{e}; stderr: {stderr}")),
     }
-}
-
-#[test]
-fn parses_versions_and_ramblock_listing() {
-    assert_eq!(
-        parse_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)\n"),
-        Some((10, 0))
-    );
-    assert_eq!(parse_version("QEMU emulator version 9.1.0\n"), Some((9, 1)));
-    assert_eq!(parse_version("nothing"), None);
-    let t = "              Block Name    PSize              Offset               Used              Total                HVA  RO\r\n                     mem    4 KiB  0x0000000000000000 0x0000000004000000 0x0000000004000000 0x00007f096bfff000  rw\r\n   /rom@etc/acpi/rsdp    4 KiB  0x00000000042c0000 0x0000000000001000 0x0000000000001000 0x00007f096b600000  ro\r\n";
-    let b = parse_info_ramblock(t);
-    assert_eq!(
-        b,
-        vec![
-            RamBlock {
-                idstr: "mem".into(),
-                page_size: 4096,
-                used_length: 64 << 20
-            },
-            RamBlock {
-                idstr: "/rom@etc/acpi/rsdp".into(),
-                page_size: 4096,
-                used_length: 4096
-            },
-        ]
-    );
 }

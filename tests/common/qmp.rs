@@ -284,21 +284,3 @@ impl Qmp {
         }
     }
 }
-
-#[test]
-fn json_parser_reads_qmp_lines() {
-    let v = Json::parse(
-        r#"{"return": {"status": "completed", "ram": {"total": 67641344, "mbps": 2.5e3}, "a": [true, false, null, "x\"\u0041"]}}"#,
-    )
-    .unwrap();
-    let r = v.get("return").unwrap();
-    assert_eq!(r.get("status").unwrap().as_str(), Some("completed"));
-    assert_eq!(
-        r.get("ram").unwrap().get("total").unwrap().as_u64(),
-        Some(67641344)
-    );
-    let a = r.get("a").unwrap().as_array().unwrap();
-    assert_eq!(a[3].as_str(), Some("x\"A"));
-    assert!(Json::parse("{\"a\": 1").is_err());
-    assert_eq!(quote("a\"b\\"), r#""a\"b\\""#);
-}
