@@ -105,6 +105,36 @@
 #define MR_OFFSET_DETECT UINT64_MAX
 
 /**
+ * `mr_image_options.codec`: no compression (the plain layout).
+ */
+#define MR_CODEC_NONE 0
+
+/**
+ * `mr_image_options.codec`: zstd chunks.
+ */
+#define MR_CODEC_ZSTD 1
+
+/**
+ * `mr_image_options.flags`: keep checksums without compression.
+ */
+#define MR_IMAGE_OPT_CHECKSUMS 1
+
+/**
+ * `mr_image_options.flags`: compress without checksums.
+ */
+#define MR_IMAGE_OPT_NO_CHECKSUMS 2
+
+/**
+ * `mr_ramblock_stats.checksum`: none.
+ */
+#define MR_CHECKSUM_NONE 0
+
+/**
+ * `mr_ramblock_stats.checksum`: xxh3-64 of each chunk.
+ */
+#define MR_CHECKSUM_XXH3 1
+
+/**
  * A thread-safe seekable file channel (opaque). Shared ownership: see
  * `mr_channel_close`.
  */
@@ -167,6 +197,75 @@ typedef struct mr_ramblock_info {
  * are serialised; each call uses the callback installed at that moment.
  */
 typedef int (*mr_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+
+/**
+ * Options of a new image (`mr_image_create_opts`). Zero-initialise it,
+ * set `size = sizeof(mr_image_options)` and the fields wanted.
+ */
+typedef struct mr_image_options {
+  /**
+   * `sizeof(mr_image_options)` as the caller was compiled.
+   */
+  uint32_t size;
+  /**
+   * `MR_CODEC_NONE` (the plain QEMU layout) or `MR_CODEC_ZSTD`.
+   */
+  uint32_t codec;
+  /**
+   * zstd level, -7..22; 0 = the default (1).
+   */
+  int32_t level;
+  /**
+   * `MR_IMAGE_OPT_CHECKSUMS` (checksums without compression),
+   * `MR_IMAGE_OPT_NO_CHECKSUMS` (zstd without checksums).
+   */
+  uint32_t flags;
+  /**
+   * Guest bytes per chunk, a power of two 4096..16 MiB; 0 = 1 MiB.
+   */
+  uint64_t chunk_size;
+} mr_image_options;
+
+/**
+ * Storage figures of one ramblock (`mr_image_ramblock_stats`). Set
+ * `size = sizeof(mr_ramblock_stats)` before the call.
+ */
+typedef struct mr_ramblock_stats {
+  /**
+   * In: `sizeof(mr_ramblock_stats)` as the caller was compiled; out: the
+   * bytes filled.
+   */
+  uint32_t size;
+  /**
+   * `MR_CODEC_NONE` or `MR_CODEC_ZSTD` (the codec new chunks get).
+   */
+  uint32_t codec;
+  /**
+   * `MR_CHECKSUM_NONE` or `MR_CHECKSUM_XXH3`.
+   */
+  uint32_t checksum;
+  /**
+   * Zero.
+   */
+  uint32_t reserved;
+  /**
+   * Guest bytes per chunk; 0 for a plain image.
+   */
+  uint64_t chunk_size;
+  /**
+   * Chunks of the block; 0 for a plain image.
+   */
+  uint64_t chunks;
+  /**
+   * Bytes of page data stored (compressed chunks padded to 4 KiB,
+   * present pages of raw chunks or plain blocks).
+   */
+  uint64_t stored_bytes;
+  /**
+   * Bytes of the block's page region allocated on disk.
+   */
+  uint64_t allocated_bytes;
+} mr_ramblock_stats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -634,6 +733,35 @@ int mr_image_set_progress(struct mr_image *img, mr_progress_fn func, void *opaqu
  * `img` a live handle.
  */
 int mr_image_cancel(struct mr_image *img);
+
+/**
+ * As `mr_image_create`, with options (`opts` NULL = a plain image). A
+ * compressed or checksummed image is read and written by every other call
+ * unchanged; QEMU refuses it (`mrtool expand` converts it back).
+ *
+ * # Safety
+ * Strings NUL-terminated; `blocks` points to `nblocks` descriptors; `opts`
+ * NULL or readable for its `size` bytes; `out` writable.
+ */
+int mr_image_create_opts(const char *path,
+                         const char *machine_type,
+                         const struct mr_ramblock_desc *blocks,
+                         uint32_t nblocks,
+                         uint32_t flags,
+                         const struct mr_image_options *opts,
+                         struct mr_image **out);
+
+/**
+ * Fill `*out` (its `size` set by the caller) with the storage figures of
+ * ramblock `block`: codec, checksum kind, chunk size and count, stored and
+ * allocated bytes. Works on plain images too.
+ *
+ * # Safety
+ * `img` a live handle; `out` readable and writable for its `size` bytes.
+ */
+int mr_image_ramblock_stats(const struct mr_image *img,
+                            uint32_t block,
+                            struct mr_ramblock_stats *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -102,6 +102,7 @@ command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 [ -x /usr/bin/time ] || need+=(time)
+command -v zstd >/dev/null 2>&1 || need+=(zstd)  # the compressed-image benchmark compares with the zstd CLI
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v abidiff >/dev/null 2>&1 || need+=(abigail-tools)     # scripts/check-abi.sh
 command -v dpkg-buildpackage >/dev/null 2>&1 || need+=(dpkg-dev) # scripts/test-deb.sh

@@ -51,6 +51,7 @@
 //! ```
 
 pub mod channel;
+pub mod compress;
 pub mod engine;
 pub mod error;
 pub mod format;
@@ -61,6 +62,7 @@ mod ffi;
 mod silent_panic;
 
 pub use channel::{Channel, OpenFlags};
+pub use compress::{BlockStats, ImageOptions};
 pub use error::{Error, Result};
 pub use format::ramblock::BlockSpec;
 pub use image::{BlockInfo, Image, ImageFlags};

@@ -104,6 +104,16 @@ impl<'a> GuestSlice<'a> {
         })
     }
 
+    /// Copy the start (at most `dst.len()` bytes) into `dst`, a library
+    /// buffer (what a racing guest write leaves there is some mix).
+    pub fn copy_to(&self, dst: &mut [u8]) {
+        let n = dst.len().min(self.len);
+        // SAFETY: readable for `len` >= n bytes per the constructor's
+        // contract; `dst` is a library buffer, not guest memory, so the two
+        // do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr, dst.as_mut_ptr(), n) }
+    }
+
     /// Whether every byte is zero (a racing write gives either answer).
     pub fn is_zero(&self) -> bool {
         // SAFETY: readable for `len` bytes per the constructor's contract.
@@ -195,6 +205,15 @@ impl<'a> GuestSliceMut<'a> {
     pub fn zero(&self) {
         // SAFETY: writable for `len` bytes per the constructor's contract.
         unsafe { std::ptr::write_bytes(self.ptr, 0, self.len) }
+    }
+
+    /// Copy `src` to the start (at most `len` bytes).
+    pub fn copy_from(&self, src: &[u8]) {
+        let n = src.len().min(self.len);
+        // SAFETY: writable for `len` >= n bytes per the constructor's
+        // contract; `src` is a library buffer, not guest memory, so the two
+        // do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr, n) }
     }
 }
 

@@ -13,6 +13,7 @@
 mod common;
 
 use common::*;
+use mappedram::compress::ImageOptions;
 use mappedram::engine::read_ramblock_to_vec;
 use mappedram::{BlockSpec, Channel, Error, Image, ImageFlags, OpenFlags};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -153,6 +154,19 @@ fn field_offsets(img: &Image, size: u64) -> Vec<(u64, usize)> {
         v.push((b.header_offset, 1)); // idstr length
     }
     v.push((l.eos_offset, 8));
+    // Chunk tables (compressed / checksummed images): chunk size, count,
+    // and the first entries' stored length and checksum.
+    for (i, b) in l.blocks.iter().enumerate() {
+        if img.is_chunked(i).unwrap_or(false) {
+            let t = b.bitmap_offset + b.bitmap_len;
+            v.push((t + 8, 4));
+            v.push((t + 16, 8));
+            for e in 0..2 {
+                v.push((t + 32 + e * 16 + 4, 4));
+                v.push((t + 32 + e * 16 + 8, 8));
+            }
+        }
+    }
     if let Some(first) = l.blocks.first() {
         v.push((first.header_offset - 8, 8)); // RAM total
     }
@@ -161,7 +175,7 @@ fn field_offsets(img: &Image, size: u64) -> Vec<(u64, usize)> {
     v
 }
 
-fn base_image() -> (Vec<u8>, Vec<(u64, usize)>) {
+fn base_image(opts: &ImageOptions) -> (Vec<u8>, Vec<(u64, usize)>) {
     let dir = TmpDir::in_memory("fuzz-open");
     let path = dir.join("base.img");
     let specs = [
@@ -174,7 +188,8 @@ fn base_image() -> (Vec<u8>, Vec<(u64, usize)>) {
         used_length: l,
         page_size: PS,
     });
-    let img = Image::create(&path, "pc-i440fx-10.0", &specs, ImageFlags::default()).unwrap();
+    let img =
+        Image::create_with(&path, "pc-i440fx-10.0", &specs, ImageFlags::default(), opts).unwrap();
     let mut page = vec![0u8; PS as usize];
     for (b, s) in specs.iter().enumerate() {
         for p in (0..s.used_length / PS).filter(|p| p % 3 != 1) {
@@ -375,8 +390,28 @@ fn mutate(f: &mut Sparse, fields: &[(u64, usize)], r: &mut Rng) -> String {
 
 #[test]
 fn mutated_images_never_panic_or_allocate_absurdly() {
+    fuzz(&ImageOptions::default());
+}
+
+/// The same over compressed images (zstd chunks with checksums, 64 KiB
+/// chunks so the small blocks have several) and plain images with the
+/// checksum table: the table header and entries are untrusted input too.
+#[test]
+fn mutated_chunked_images_never_panic_or_allocate_absurdly() {
+    fuzz(&ImageOptions {
+        chunk_bytes: 64 << 10,
+        ..ImageOptions::zstd(1)
+    });
+    fuzz(&ImageOptions {
+        checksums: true,
+        chunk_bytes: 16 << 10,
+        ..ImageOptions::default()
+    });
+}
+
+fn fuzz(opts: &ImageOptions) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (bytes, fields) = base_image();
+    let (bytes, fields) = base_image(opts);
     let base = Sparse::from_bytes(&bytes);
     assert_eq!(base.pieces[0].0, 0);
     // Sanity: the base opens complete.

@@ -9,6 +9,7 @@
 //! input whose first byte is odd is instead taken verbatim (after that
 //! byte) as the file, to fuzz small headers byte by byte.
 
+use mappedram::compress::ImageOptions;
 use mappedram::engine::read_ramblock_to_vec;
 use mappedram::{BlockSpec, Channel, Image, ImageFlags, OpenFlags};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -112,7 +113,9 @@ pub fn exercise(fd: &OwnedFd) {
         };
         let _ = img.is_complete();
         for b in 0..img.block_count() {
-            let Ok(info) = img.block_info(b) else { continue };
+            let Ok(info) = img.block_info(b) else {
+                continue;
+            };
             let _ = read_ramblock_to_vec(&img, b, 1);
             let mut page = vec![0u8; info.page_size as usize];
             let _ = img.read_page(b, 0, &mut page);
@@ -134,11 +137,34 @@ pub fn seeds() -> Vec<Vec<u8>> {
     std::fs::create_dir_all(&dir).unwrap();
     let mut out = Vec::new();
     let shapes: [&[(&str, u64)]; 3] = [
-        &[("mem", 64 << 10), ("pc.bios", 16 << 10), ("/rom@etc/acpi/rsdp", 4096)],
+        &[
+            ("mem", 64 << 10),
+            ("pc.bios", 16 << 10),
+            ("/rom@etc/acpi/rsdp", 4096),
+        ],
         &[("mem", 4096)],
         &[("a", 8192), ("b", 4096)],
     ];
-    for (i, shape) in shapes.iter().enumerate() {
+    // Plain shapes, then the first shape compressed (zstd, 16 KiB chunks)
+    // and with checksums only, so the chunk tables are fuzzed too.
+    let plain = ImageOptions::default();
+    let zstd = ImageOptions {
+        chunk_bytes: 16 << 10,
+        ..ImageOptions::zstd(1)
+    };
+    let sums = ImageOptions {
+        checksums: true,
+        chunk_bytes: 16 << 10,
+        ..ImageOptions::default()
+    };
+    let cases = [
+        (shapes[0], plain),
+        (shapes[1], plain),
+        (shapes[2], plain),
+        (shapes[0], zstd),
+        (shapes[0], sums),
+    ];
+    for (i, (shape, opts)) in cases.iter().enumerate() {
         for finished in [true, false] {
             let path = dir.join(format!("seed-{i}-{finished}.img"));
             let specs: Vec<BlockSpec> = shape
@@ -149,8 +175,9 @@ pub fn seeds() -> Vec<Vec<u8>> {
                     page_size: 4096,
                 })
                 .collect();
-            let img = Image::create(&path, "pc-i440fx-10.0", &specs, ImageFlags::default())
-                .unwrap();
+            let img =
+                Image::create_with(&path, "pc-i440fx-10.0", &specs, ImageFlags::default(), opts)
+                    .unwrap();
             for (b, s) in specs.iter().enumerate() {
                 for p in (0..s.used_length / 4096).step_by(3) {
                     let page = vec![(p as u8) | 1; 4096];

@@ -9,7 +9,7 @@
 //! through a [`Control`] owned by the caller (the C handle holds one).
 
 mod control;
-mod parallel;
+pub(crate) mod parallel;
 mod restore;
 mod save;
 mod scratch;

@@ -30,6 +30,9 @@ pub fn read_ramblock_with(
     let mem = mem.subslice(0, host_len(info.used_length, &info.idstr)?)?;
     let ps = info.page_size;
     let pages = info.used_length / ps;
+    if let Some(c) = img.chunked(block)? {
+        return crate::compress::engine::restore(ctl, img, &c, mem, zero_absent, threads);
+    }
     let upp = unit_pages(ps);
     let units = pages.div_ceil(upp);
     let nthreads = effective_threads(threads, units);

@@ -47,6 +47,9 @@ pub fn save_ramblock_with(
             img.channel().name()
         )));
     }
+    if let Some(c) = img.chunked(block)? {
+        return crate::compress::engine::save(ctl, img, &c, mem, dirty, threads);
+    }
     let upp = unit_pages(ps);
     let units = pages.div_ceil(upp);
     let nthreads = effective_threads(threads, units);

@@ -48,3 +48,16 @@ const _: () = assert!(MR_EINCOMPLETE == libc::EUCLEAN);
 
 /// `mr_image_open_on` offset: detect (a libvirt save-image header, or 0).
 pub const MR_OFFSET_DETECT: u64 = u64::MAX;
+
+/// `mr_image_options.codec`: no compression (the plain layout).
+pub const MR_CODEC_NONE: u32 = 0;
+/// `mr_image_options.codec`: zstd chunks.
+pub const MR_CODEC_ZSTD: u32 = 1;
+/// `mr_image_options.flags`: keep checksums without compression.
+pub const MR_IMAGE_OPT_CHECKSUMS: u32 = 0x1;
+/// `mr_image_options.flags`: compress without checksums.
+pub const MR_IMAGE_OPT_NO_CHECKSUMS: u32 = 0x2;
+/// `mr_ramblock_stats.checksum`: none.
+pub const MR_CHECKSUM_NONE: u32 = 0;
+/// `mr_ramblock_stats.checksum`: xxh3-64 of each chunk.
+pub const MR_CHECKSUM_XXH3: u32 = 1;

@@ -70,7 +70,7 @@ pub struct mr_ramblock_info {
 }
 
 /// Box a new image with its cached strings and hand it to C.
-fn into_handle(img: Image) -> Result<*mut mr_image> {
+pub(super) fn into_handle(img: Image) -> Result<*mut mr_image> {
     let c = |s: &str, what: &str| {
         CString::new(s).map_err(|_| Error::Corrupt(format!("{what} `{s}` contains a NUL byte")))
     };
@@ -94,7 +94,7 @@ fn into_handle(img: Image) -> Result<*mut mr_image> {
 ///
 /// # Safety
 /// `out` NULL or writable for the call.
-unsafe fn handle_into(
+pub(super) unsafe fn handle_into(
     out: *mut *mut mr_image,
     make: impl FnOnce() -> Result<Image>,
 ) -> Result<c_int> {
@@ -112,7 +112,7 @@ unsafe fn handle_into(
 /// When `nblocks > 0`, `blocks` must be NULL or point to `nblocks`
 /// initialised descriptors, each `idstr` NULL or NUL-terminated, readable
 /// for the call.
-unsafe fn block_specs(blocks: *const mr_ramblock_desc, nblocks: u32) -> Result<Vec<BlockSpec>> {
+pub(super) unsafe fn block_specs(blocks: *const mr_ramblock_desc, nblocks: u32) -> Result<Vec<BlockSpec>> {
     // The image's rule (`ramblock::plan` says the same), repeated so that
     // `mr_image_create` does not create or truncate the path first.
     if nblocks == 0 {

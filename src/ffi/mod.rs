@@ -34,6 +34,7 @@ mod handle;
 pub mod image;
 pub mod image_info;
 pub mod image_io;
+pub mod options;
 
 use crate::error::{Error, Result};
 use crate::silent_panic;

@@ -115,6 +115,11 @@ pub const PAGES_ALIGN: u64 = 1 << 20;
 pub const CAP_X_IGNORE_SHARED: &str = "x-ignore-shared";
 /// Capability name QEMU records for mapped-ram.
 pub const CAP_MAPPED_RAM: &str = "mapped-ram";
+/// Recorded after `mapped-ram` by images with chunk tables (compressed
+/// and/or checksummed, see `compress`). QEMU knows no such capability and
+/// refuses to load the file ("Received unknown capability"), so it never
+/// misreads compressed slots as pages.
+pub const CAP_CHUNKS: &str = "x-mappedram-chunks";
 /// The target page size when the stream has no `configuration/target-page-bits`
 /// subsection (x86: 4 KiB).
 pub const DEFAULT_PAGE_SIZE: u64 = 4096;

@@ -4,8 +4,8 @@
 
 use super::cursor::Cursor;
 use super::{
-    section, ReadAt, CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED, DEFAULT_PAGE_SIZE, MAX_MACHINE_TYPE_LEN,
-    MAX_TARGET_PAGE_BITS, MIN_TARGET_PAGE_BITS, QEVM_MAGIC, QEVM_VERSION,
+    section, ReadAt, CAP_CHUNKS, CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED, DEFAULT_PAGE_SIZE,
+    MAX_MACHINE_TYPE_LEN, MAX_TARGET_PAGE_BITS, MIN_TARGET_PAGE_BITS, QEVM_MAGIC, QEVM_VERSION,
 };
 use crate::error::{Error, Result};
 
@@ -346,9 +346,9 @@ fn capabilities(c: &mut Cursor<'_>, config: &mut Configuration) -> Result<()> {
     for _ in 0..count {
         let cap_at = c.pos();
         let cap = c.short_str("a capability name")?;
-        if cap != CAP_X_IGNORE_SHARED && cap != CAP_MAPPED_RAM {
+        if cap != CAP_X_IGNORE_SHARED && cap != CAP_MAPPED_RAM && cap != CAP_CHUNKS {
             return Err(Error::Unsupported(format!(
-                "capability '{cap}' recorded at offset {cap_at} is not supported (known: {CAP_X_IGNORE_SHARED}, {CAP_MAPPED_RAM})"
+                "capability '{cap}' recorded at offset {cap_at} is not supported (known: {CAP_X_IGNORE_SHARED}, {CAP_MAPPED_RAM}, {CAP_CHUNKS})"
             )));
         }
         if config.has_capability(&cap) {

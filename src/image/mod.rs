@@ -30,8 +30,9 @@ use crate::format::ramblock::{self, BlockLayout, BlockSpec, StreamLayout};
 use bitmap::AtomicBitmap;
 pub(crate) use open::block_device_error;
 pub use open::refuse_block_device;
+pub(crate) use pages::context;
 use parking_lot::{Mutex, RwLock};
-use state::DiskState;
+pub(crate) use state::DiskState;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -113,16 +114,19 @@ pub(crate) struct Block {
     pub(crate) failed: AtomicBitmap,
     /// errno of the latest failed write (reported again by the latch).
     pub(crate) failed_errno: std::sync::atomic::AtomicI32,
+    /// The chunk table of a compressed / checksummed image.
+    pub(crate) chunks: Option<crate::compress::chunked::ChunkTable>,
 }
 
 impl Block {
-    fn new(layout: BlockLayout, bitmap: AtomicBitmap) -> Block {
+    pub(crate) fn new(layout: BlockLayout, bitmap: AtomicBitmap) -> Block {
         let failed = AtomicBitmap::new(layout.pages());
         Block {
             layout,
             bitmap,
             failed,
             failed_errno: std::sync::atomic::AtomicI32::new(libc::EIO),
+            chunks: None,
         }
     }
 }

@@ -146,7 +146,8 @@ impl Image {
             }
             r => r?,
         };
-        let blocks = load_blocks(&ch, &layout)?;
+        let mut blocks = load_blocks(&ch, &layout)?;
+        crate::compress::attach_tables(&ch, &layout, &mut blocks)?;
         let mut img = Image::assemble(ch, libvirt, layout, blocks, writable, state);
         img.blobs = blob_store;
         Ok(img)

@@ -37,6 +37,19 @@ impl Image {
         }
     }
 
+    /// Block `block` for the slot-level paths, which only plain blocks
+    /// have (a chunked block's slots hold chunks, not pages).
+    fn plain_block(&self, block: usize) -> Result<&Block> {
+        let b = self.block_in_file(block)?;
+        if b.chunks.is_some() {
+            return Err(Error::Unsupported(format!(
+                "ramblock '{}' is chunked (compressed or checksummed): its slots hold chunks, not pages; use the page or ramblock calls",
+                b.layout.idstr
+            )));
+        }
+        Ok(b)
+    }
+
     /// Write one page at byte `offset` inside `block`.
     pub fn write_page(&self, block: usize, offset: u64, page: &[u8]) -> Result<()> {
         let b = self.block(block)?;
@@ -64,6 +77,9 @@ impl Image {
         let ps = b.layout.page_size;
         let first = offset / ps;
         let n = mem.len() as u64 / ps;
+        if let Some(c) = self.chunked(block)? {
+            return self.write_pages_chunked(&c, first, mem);
+        }
         let pages = |i: u64, k: u64| mem.subslice((i * ps) as usize, (k * ps) as usize);
         let mut i = 0;
         while i < n {
@@ -91,7 +107,7 @@ impl Image {
         first_page: u64,
         mem: GuestSlice<'_>,
     ) -> Result<()> {
-        let ps = self.block_in_file(block)?.layout.page_size;
+        let ps = self.plain_block(block)?.layout.page_size;
         let n = mem.len() as u64 / ps;
         self.store_span(block, first_page, mem, &[(first_page, n)])
     }
@@ -99,7 +115,7 @@ impl Image {
     /// Mark pages zero: clear their bits and, when any was set, free their
     /// slots.
     pub(crate) fn discard_pages(&self, block: usize, first_page: u64, npages: u64) -> Result<()> {
-        let b = self.block_in_file(block)?;
+        let b = self.plain_block(block)?;
         let l = &b.layout;
         // Nothing to change (the common case when saving into a new image):
         // no gate, no update mark. A read-only image still refuses.
@@ -142,6 +158,9 @@ impl Image {
         }
         self.check_range(block, offset, ps)?;
         let idx = offset / ps;
+        if let Some(c) = self.chunked(block)? {
+            return self.read_page_chunked(&c, idx, page);
+        }
         if !b.bitmap.test(idx) {
             page.fill(0);
             return Ok(false);
@@ -158,7 +177,7 @@ impl Image {
         first_page: u64,
         mem: GuestSliceMut<'_>,
     ) -> Result<()> {
-        let b = self.block_in_file(block)?;
+        let b = self.plain_block(block)?;
         let l = &b.layout;
         let len = mem.len() as u64;
         let npages = len / l.page_size;

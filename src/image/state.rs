@@ -118,12 +118,35 @@ impl Image {
             .filter(|(_, b)| b.bitmap.take_dirty())
             .map(|(i, b)| (i, b.bitmap.to_le_bytes()))
             .collect();
+        // Chunk tables: snapshot with the bitmaps (every entry describes a
+        // chunk whose write had returned), written after the data sync.
+        let tables: Vec<(usize, Vec<u8>)> = self
+            .blocks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.chunks.as_ref().map(|t| (i, t)))
+            .filter(|(_, t)| t.take_dirty())
+            .map(|(i, t)| (i, t.encode()))
+            .collect();
         let res = (|| {
             self.ch
                 .sync_if_needed()
                 .map_err(|e| context(e, "syncing page data"))?;
-            if snaps.is_empty() {
+            if snaps.is_empty() && tables.is_empty() {
                 return Ok(());
+            }
+            for (i, bytes) in &tables {
+                let b = &self.blocks[*i];
+                let at = b.chunks.as_ref().map_or(0, |t| t.offset);
+                self.ch.write_all_at(bytes, at).map_err(|e| {
+                    context(
+                        e,
+                        &format!(
+                            "ramblock '{}': writing the chunk table at offset 0x{at:x}",
+                            b.layout.idstr
+                        ),
+                    )
+                })?;
             }
             for (i, bytes) in &snaps {
                 let l = &self.blocks[*i].layout;
@@ -145,6 +168,11 @@ impl Image {
         if res.is_err() {
             for (i, _) in &snaps {
                 self.blocks[*i].bitmap.mark_dirty();
+            }
+            for (i, _) in &tables {
+                if let Some(t) = &self.blocks[*i].chunks {
+                    t.mark_dirty();
+                }
             }
         }
         res

@@ -1,0 +1,134 @@
+//! Parallel save and restore of chunked blocks: units are whole chunks,
+//! so each worker compresses / decompresses its own chunks with its own
+//! codec context and writes / reads them with positional (`O_DIRECT`) I/O.
+//! Guest memory is only read and written through the `memory` views
+//! (copies between it and the worker's scratch chunk), so a chunk is
+//! checksummed and compressed from one consistent copy, and verified
+//! before any byte of it reaches the guest.
+
+use super::chunked::with_scratch;
+use super::slot::Chunked;
+use super::table::Entry;
+use crate::engine::{effective_threads, parallel, Control, Stats, UNIT_BYTES};
+use crate::error::Result;
+use crate::image::Image;
+use crate::memory::{DirtyBitmap, GuestSlice, GuestSliceMut};
+
+/// Chunks per unit of work: at least [`UNIT_BYTES`] of guest memory.
+fn chunks_per_unit(chunk_bytes: u64) -> u64 {
+    (UNIT_BYTES / chunk_bytes).max(1)
+}
+
+/// Save a chunked block from `mem` (the whole block; see
+/// `engine::save_ramblock_with`).
+pub(crate) fn save(
+    ctl: &Control,
+    img: &Image,
+    c: &Chunked,
+    mem: GuestSlice<'_>,
+    dirty: Option<DirtyBitmap<'_>>,
+    threads: u32,
+) -> Result<Stats> {
+    let l = &c.b.layout;
+    let ps = l.page_size;
+    let cb = c.t.hdr.chunk_bytes;
+    let cpu = chunks_per_unit(cb);
+    let units = c.t.hdr.nchunks.div_ceil(cpu);
+    let what = format!("save of ramblock '{}'", l.idstr);
+    let nthreads = effective_threads(threads, units);
+    let is_dirty = |p: u64| dirty.is_none_or(|d| d.test(p));
+    parallel::run(ctl, &what, units, nthreads, l.used_length, |u| {
+        let mut st = Stats::default();
+        let mut covered = 0;
+        for i in u * cpu..((u + 1) * cpu).min(c.t.hdr.nchunks) {
+            let clen = c.t.chunk_len(l, i);
+            covered += clen;
+            let (fp, np) = (i * cb / ps, clen / ps);
+            let ndirty = (fp..fp + np).filter(|&p| is_dirty(p)).count() as u64;
+            if ndirty == 0 {
+                continue;
+            }
+            let _g = c.t.lock(i).write();
+            let present = with_scratch(c.t.scratch_len(l), |s| {
+                if ndirty < np {
+                    img.load_chunk(c, i, s)?;
+                }
+                let data = s.data.as_mut_slice();
+                for p in (fp..fp + np).filter(|&p| is_dirty(p)) {
+                    let at = ((p - fp) * ps) as usize;
+                    mem.subslice((p * ps) as usize, ps as usize)?
+                        .copy_to(&mut data[at..at + ps as usize]);
+                }
+                img.store_chunk(c, i, s)
+            })?;
+            st.pages_scanned += ndirty;
+            st.pages_data += present;
+            st.pages_zero += np - present;
+            st.bytes += present * ps;
+        }
+        Ok((st, covered))
+    })
+}
+
+/// Restore a chunked block into `mem` (the whole block; see
+/// `engine::read_ramblock_with`).
+pub(crate) fn restore(
+    ctl: &Control,
+    img: &Image,
+    c: &Chunked,
+    mem: GuestSliceMut<'_>,
+    zero_absent: bool,
+    threads: u32,
+) -> Result<Stats> {
+    let l = &c.b.layout;
+    let ps = l.page_size;
+    let cb = c.t.hdr.chunk_bytes;
+    let cpu = chunks_per_unit(cb);
+    let units = c.t.hdr.nchunks.div_ceil(cpu);
+    let what = format!("restore of ramblock '{}'", l.idstr);
+    let nthreads = effective_threads(threads, units);
+    parallel::run(ctl, &what, units, nthreads, l.used_length, |u| {
+        let mut st = Stats::default();
+        let mut covered = 0;
+        for i in u * cpu..((u + 1) * cpu).min(c.t.hdr.nchunks) {
+            let clen = c.t.chunk_len(l, i);
+            covered += clen;
+            let (fp, np) = (i * cb / ps, clen / ps);
+            st.pages_scanned += np;
+            // Units partition the chunks, so no two workers write one byte.
+            let dst = mem.subslice((i * cb) as usize, clen as usize)?;
+            let _g = c.t.lock(i).read();
+            if c.t.entry(l, i)? == Entry::Empty && !c.b.bitmap.any_in_range(fp, np) {
+                if zero_absent {
+                    dst.zero();
+                }
+                st.pages_zero += np;
+                continue;
+            }
+            with_scratch(c.t.scratch_len(l), |s| -> Result<()> {
+                img.load_chunk(c, i, s)?;
+                let data = &s.data.as_slice()[..clen as usize];
+                if zero_absent {
+                    dst.copy_from(data);
+                }
+                let mut res = Ok(());
+                c.b.bitmap.for_each_run(fp, fp + np, |p, n, set| {
+                    let r = ((p - fp) * ps) as usize..((p - fp + n) * ps) as usize;
+                    if set {
+                        st.pages_data += n;
+                        st.bytes += n * ps;
+                        if !zero_absent && res.is_ok() {
+                            res = dst
+                                .subslice(r.start, r.len())
+                                .map(|d| d.copy_from(&data[r]));
+                        }
+                    } else {
+                        st.pages_zero += n;
+                    }
+                });
+                res
+            })?;
+        }
+        Ok((st, covered))
+    })
+}

@@ -1,0 +1,348 @@
+//! Compressed / checksummed (chunked) images: round trips with every
+//! thread count, page calls (read-modify-write of a chunk), dirty rounds,
+//! damage detection (chunk data, table entries, table header), plain
+//! images unchanged.
+
+mod common;
+
+use common::fill::{pattern, PAGE};
+use common::TmpDir;
+use mappedram::compress::{Codec, ImageOptions};
+use mappedram::engine::{read_ramblock, read_ramblock_to_vec, save_ramblock};
+use mappedram::memory::{DirtyBitmap, GuestSlice, GuestSliceMut};
+use mappedram::{BlockSpec, Error, Image, ImageFlags};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+fn specs(mem: u64) -> Vec<BlockSpec> {
+    vec![
+        BlockSpec {
+            idstr: "mem".into(),
+            used_length: mem,
+            page_size: 4096,
+        },
+        BlockSpec {
+            idstr: "pc.bios".into(),
+            used_length: 0x41000, // not a whole number of 1 MiB chunks
+            page_size: 4096,
+        },
+    ]
+}
+
+fn save_all(img: &Image, mems: &[&[u8]], threads: u32) {
+    for (i, m) in mems.iter().enumerate() {
+        save_ramblock(img, i, GuestSlice::from_slice(m), None, threads).unwrap();
+    }
+}
+
+fn create(path: &Path, mem: u64, opts: &ImageOptions) -> Image {
+    Image::create_with(
+        path,
+        "pc-i440fx-10.0",
+        &specs(mem),
+        ImageFlags::DIRECT,
+        opts,
+    )
+    .unwrap()
+}
+
+#[test]
+fn round_trip_every_thread_count() {
+    let d = TmpDir::new("cmp-rt");
+    let len = 24 << 20;
+    let mem = pattern(1, len);
+    let bios = pattern(2, 0x41000);
+    for opts in [
+        ImageOptions::zstd(1),
+        ImageOptions::zstd(3),
+        ImageOptions {
+            checksums: true,
+            ..ImageOptions::default()
+        },
+    ] {
+        for save_t in [1, 2, 3, 8] {
+            let p = d.join(&format!("{:?}-{save_t}.img", opts.codec));
+            let img = create(&p, len as u64, &opts);
+            save_all(&img, &[&mem, &bios], save_t);
+            img.finish().unwrap();
+            img.close().unwrap();
+            for load_t in [1, 2, 3, 8] {
+                let img = Image::open(&p, ImageFlags::DIRECT).unwrap();
+                assert!(img.is_chunked(0).unwrap());
+                let got = read_ramblock_to_vec(&img, 0, load_t).unwrap();
+                assert!(
+                    got == mem,
+                    "{opts:?} saved with {save_t}, read with {load_t}"
+                );
+                assert!(read_ramblock_to_vec(&img, 1, load_t).unwrap() == bios);
+                // Pages present = non-zero pages.
+                let nz = mem
+                    .chunks(PAGE)
+                    .filter(|p| p.iter().any(|&b| b != 0))
+                    .count();
+                assert_eq!(img.block_info(0).unwrap().pages_present, nz as u64);
+                let mut page = vec![0u8; PAGE];
+                for idx in [0usize, 1, 255, 256, 4097, len / PAGE - 1] {
+                    let present = img.read_page(0, (idx * PAGE) as u64, &mut page).unwrap();
+                    assert_eq!(&page[..], &mem[idx * PAGE..(idx + 1) * PAGE]);
+                    assert_eq!(
+                        present,
+                        mem[idx * PAGE..(idx + 1) * PAGE].iter().any(|&b| b != 0)
+                    );
+                }
+            }
+        }
+        let st = Image::open(
+            &d.join(&format!("{:?}-1.img", opts.codec)),
+            ImageFlags::default(),
+        )
+        .unwrap()
+        .block_stats(0)
+        .unwrap();
+        assert_eq!(st.codec, opts.codec);
+        assert_eq!(st.chunks, 24);
+        if opts.codec == Codec::Zstd {
+            assert!(st.stored_bytes < len as u64 / 2, "{st:?}");
+            assert!(st.allocated_bytes <= st.stored_bytes + (1 << 20), "{st:?}");
+        }
+    }
+}
+
+#[test]
+fn capability_recorded_and_plain_unchanged() {
+    let d = TmpDir::new("cmp-cap");
+    let mem = pattern(3, 4 << 20);
+    let a = d.join("plain-create.img");
+    let b = d.join("plain-with.img");
+    let img = Image::create(&a, "pc-i440fx-10.0", &specs(4 << 20), ImageFlags::default()).unwrap();
+    save_all(&img, &[&mem, &pattern(4, 0x41000)], 2);
+    img.finish().unwrap();
+    img.close().unwrap();
+    let img = create(&b, 4 << 20, &ImageOptions::default());
+    save_all(&img, &[&mem, &pattern(4, 0x41000)], 2);
+    img.finish().unwrap();
+    img.close().unwrap();
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    let img = Image::open(&b, ImageFlags::default()).unwrap();
+    assert_eq!(img.capabilities(), ["mapped-ram"]);
+    assert!(!img.is_chunked(0).unwrap());
+    let c = d.join("z.img");
+    let img = create(&c, 4 << 20, &ImageOptions::zstd(1));
+    assert_eq!(img.capabilities(), ["mapped-ram", "x-mappedram-chunks"]);
+    img.finish().unwrap();
+}
+
+#[test]
+fn page_writes_rewrite_chunks_in_place() {
+    let d = TmpDir::new("cmp-pages");
+    let len = 8 << 20;
+    let mut mem = pattern(5, len);
+    let p = d.join("p.img");
+    let img = create(&p, len as u64, &ImageOptions::zstd(1));
+    save_all(&img, &[&mem, &pattern(6, 0x41000)], 2);
+    img.finish().unwrap();
+    img.close().unwrap();
+    let size = std::fs::metadata(&p).unwrap().len();
+
+    let img = Image::open(&p, ImageFlags::READ_WRITE | ImageFlags::DIRECT).unwrap();
+    // One page inside a chunk, a zero page, a run across a chunk boundary,
+    // from several threads at once on the same chunks.
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let img = &img;
+            s.spawn(move || {
+                for k in 0..16u64 {
+                    let off = (k * 64 + t as u64) * PAGE as u64;
+                    img.write_page(0, off, &vec![t + 1; PAGE]).unwrap();
+                }
+            });
+        }
+    });
+    for t in 0..4u8 {
+        for k in 0..16usize {
+            let off = (k * 64 + t as usize) * PAGE;
+            mem[off..off + PAGE].fill(t + 1);
+        }
+    }
+    img.write_page(0, 300 * PAGE as u64, &vec![0; PAGE])
+        .unwrap();
+    mem[300 * PAGE..301 * PAGE].fill(0);
+    let run: Vec<u8> = pattern(7, 8 * PAGE);
+    let at = (1 << 20) - 3 * PAGE;
+    img.write_pages(0, at as u64, &run).unwrap();
+    mem[at..at + run.len()].copy_from_slice(&run);
+    // A dirty round: only pages with their bit set in `dirty` are taken.
+    let mut host = mem.clone();
+    let mut dirty = vec![0u64; len / PAGE / 64];
+    for p in [5usize, 700, 1500] {
+        host[p * PAGE..(p + 1) * PAGE].fill(0xee);
+        dirty[p / 64] |= 1 << (p % 64);
+    }
+    host[900 * PAGE] ^= 1; // changed but not dirty: must not be saved
+    save_ramblock(
+        &img,
+        0,
+        GuestSlice::from_slice(&host),
+        Some(DirtyBitmap::from_slice(&dirty)),
+        3,
+    )
+    .unwrap();
+    for p in [5usize, 700, 1500] {
+        mem[p * PAGE..(p + 1) * PAGE].fill(0xee);
+    }
+    assert!(!img.page_present(0, 300).unwrap());
+    img.sync().unwrap();
+    img.close().unwrap();
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().len(),
+        size,
+        "rewrites never grow the file"
+    );
+    let img = Image::open(&p, ImageFlags::default()).unwrap();
+    assert!(img.is_complete());
+    assert!(read_ramblock_to_vec(&img, 0, 2).unwrap() == mem);
+}
+
+/// Flip one bit at `off` of `path`.
+fn flip(path: &Path, off: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, off).unwrap();
+    b[0] ^= 0x08;
+    f.write_all_at(&b, off).unwrap();
+}
+
+fn expect_corrupt(img: &Image, want: &[&str]) {
+    let mut host = vec![0u8; 8 << 20];
+    let e = read_ramblock(img, 0, GuestSliceMut::from_mut_slice(&mut host), true, 2).unwrap_err();
+    assert_eq!(e.errno(), libc::EBADMSG, "{e}");
+    for w in want {
+        assert!(e.to_string().contains(w), "{e} lacks {w:?}");
+    }
+}
+
+#[test]
+fn damage_is_detected_on_every_read_path() {
+    let d = TmpDir::new("cmp-damage");
+    let len = 8u64 << 20;
+    let mem = pattern(8, len as usize);
+    for opts in [
+        ImageOptions::zstd(1),
+        ImageOptions {
+            checksums: true,
+            ..Default::default()
+        },
+    ] {
+        let p = d.join("a.img");
+        let img = create(&p, len, &opts);
+        save_all(&img, &[&mem, &pattern(9, 0x41000)], 2);
+        img.finish().unwrap();
+        let l = img.layout().blocks[0].clone();
+        img.close().unwrap();
+        let table = l.bitmap_offset + l.bitmap_len;
+        let good = std::fs::read(&p).unwrap();
+        // The first chunk after chunk 0 with a present page.
+        let present = |i: u64| {
+            mem[i as usize * PAGE..(i as usize + 1) * PAGE]
+                .iter()
+                .any(|&b| b != 0)
+        };
+        let first = (256..len / PAGE as u64).find(|&i| present(i)).unwrap();
+        let ck = first / 256;
+        let entry3 = table + 32 + ck * 16;
+        let codec = good[entry3 as usize];
+        let data_off = if codec == 2 {
+            l.pages_offset + (ck << 20) + 100
+        } else {
+            assert_eq!(codec, 1);
+            l.pages_offset + first * PAGE as u64 + 100
+        };
+        let chunk3 = format!("chunk {ck}");
+        let chunk_start = (ck << 20) as usize;
+        for (what, off) in [
+            ("data", data_off),
+            ("checksum", entry3 + 15),
+            ("length", entry3 + 6),
+            ("codec", entry3),
+        ] {
+            std::fs::write(&p, &good).unwrap();
+            flip(&p, off);
+            let img = Image::open(&p, ImageFlags::default()).unwrap();
+            expect_corrupt(&img, &["'mem'", &chunk3]);
+            // read_page of a present page in the chunk too; other chunks read.
+            let mut page = vec![0u8; PAGE];
+            let e = img
+                .read_page(0, first * PAGE as u64, &mut page)
+                .unwrap_err();
+            assert_eq!(e.errno(), libc::EBADMSG, "{what}: {e}");
+            img.read_page(0, 0, &mut page).unwrap();
+            // A partial write to the damaged chunk refuses (no silent loss).
+            drop(img);
+            let img = Image::open(&p, ImageFlags::READ_WRITE).unwrap();
+            let e = img
+                .write_page(0, first * PAGE as u64, &vec![1; PAGE])
+                .unwrap_err();
+            assert_eq!(e.errno(), libc::EBADMSG, "{what}: {e}");
+            // Rewriting the whole chunk repairs it.
+            img.write_pages(
+                0,
+                chunk_start as u64,
+                &mem[chunk_start..chunk_start + (1 << 20)],
+            )
+            .unwrap();
+            img.sync().unwrap();
+            assert!(read_ramblock_to_vec(&img, 0, 2).unwrap() == mem, "{what}");
+            img.close().unwrap();
+        }
+        // The table header: open fails naming it.
+        std::fs::write(&p, &good).unwrap();
+        flip(&p, table + 1);
+        let e = Image::open(&p, ImageFlags::default()).unwrap_err();
+        assert!(matches!(e, Error::Corrupt(_)), "{e}");
+        assert!(e.to_string().contains("chunk table header"), "{e}");
+    }
+}
+
+#[test]
+fn bad_options_are_rejected() {
+    let d = TmpDir::new("cmp-opts");
+    for (opts, want) in [
+        (
+            ImageOptions {
+                chunk_bytes: 3 << 20,
+                ..ImageOptions::zstd(1)
+            },
+            "chunk size",
+        ),
+        (
+            ImageOptions {
+                chunk_bytes: 32 << 20,
+                ..ImageOptions::zstd(1)
+            },
+            "chunk size",
+        ),
+        (
+            ImageOptions {
+                chunk_bytes: 2048,
+                ..ImageOptions::zstd(1)
+            },
+            "chunk size",
+        ),
+        (ImageOptions::zstd(23), "level"),
+    ] {
+        let e = Image::create_with(
+            &d.join("x.img"),
+            "m",
+            &specs(1 << 20),
+            ImageFlags::default(),
+            &opts,
+        )
+        .unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(e.to_string().contains(want), "{e}");
+    }
+}
