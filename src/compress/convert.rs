@@ -11,7 +11,7 @@ use super::ImageOptions;
 use crate::channel::{Channel, OpenFlags};
 use crate::error::{Error, Result};
 use crate::format::ramblock::{self, BlockSpec};
-use crate::format::stream::encode_header;
+use crate::format::stream::{encode_header, Configuration};
 use crate::format::{CAP_CHUNKS, CAP_MAPPED_RAM};
 use crate::image::Image;
 use crate::memory::GuestSliceMut;
@@ -82,6 +82,42 @@ pub fn convert(
         )));
     }
     let sl = src.layout();
+    let (config, specs) = convertible(src)?;
+    let ch = Arc::new(Channel::open(
+        dst,
+        OpenFlags::READ
+            | OpenFlags::WRITE
+            | OpenFlags::CREATE
+            | OpenFlags::TRUNC
+            | OpenFlags::DIRECT,
+    )?);
+    copy_bytes(src.channel(), &ch, 0, 0, sl.base)?;
+    let out = Image::create_on_with(
+        ch.clone(),
+        sl.base,
+        &config,
+        sl.ram_section_id,
+        &specs,
+        opts,
+    )?;
+    copy_ram(src, &out, threads, progress)?;
+    out.sync()?;
+    // The rest of the stream, verbatim; the file is complete only once it
+    // is written and synced.
+    let from = sl.tail_offset();
+    let to = out.layout().tail_offset();
+    let len = src.channel().size()?.saturating_sub(from);
+    copy_bytes(src.channel(), &ch, from, to, len)?;
+    ch.set_len(to + len)?;
+    ch.sync()?;
+    out.close()
+}
+
+/// The configuration and blocks of `src` when converting it reproduces
+/// every header byte: its stream header and RAM layout must be exactly what
+/// this library (and QEMU) encode for them.
+fn convertible(src: &Image) -> Result<(Configuration, Vec<BlockSpec>)> {
+    let sl = src.layout();
     // The stream header must be what this library encodes for it, or the
     // conversion would not keep it (e.g. a configuration/uuid subsection).
     let mut hdr = vec![0u8; encode_header(&sl.config).len()];
@@ -126,34 +162,7 @@ pub fn convert(
             src.channel().name()
         )));
     }
-    let ch = Arc::new(Channel::open(
-        dst,
-        OpenFlags::READ
-            | OpenFlags::WRITE
-            | OpenFlags::CREATE
-            | OpenFlags::TRUNC
-            | OpenFlags::DIRECT,
-    )?);
-    copy_bytes(src.channel(), &ch, 0, 0, sl.base)?;
-    let out = Image::create_on_with(
-        ch.clone(),
-        sl.base,
-        &config,
-        sl.ram_section_id,
-        &specs,
-        opts,
-    )?;
-    copy_ram(src, &out, threads, progress)?;
-    out.sync()?;
-    // The rest of the stream, verbatim; the file is complete only once it
-    // is written and synced.
-    let from = sl.tail_offset();
-    let to = out.layout().tail_offset();
-    let len = src.channel().size()?.saturating_sub(from);
-    copy_bytes(src.channel(), &ch, from, to, len)?;
-    ch.set_len(to + len)?;
-    ch.sync()?;
-    out.close()
+    Ok((config, specs))
 }
 
 /// All blocks' pages from `src` to `dst`, in 1 MiB units on `threads`.

@@ -112,7 +112,10 @@ pub(super) unsafe fn handle_into(
 /// When `nblocks > 0`, `blocks` must be NULL or point to `nblocks`
 /// initialised descriptors, each `idstr` NULL or NUL-terminated, readable
 /// for the call.
-pub(super) unsafe fn block_specs(blocks: *const mr_ramblock_desc, nblocks: u32) -> Result<Vec<BlockSpec>> {
+pub(super) unsafe fn block_specs(
+    blocks: *const mr_ramblock_desc,
+    nblocks: u32,
+) -> Result<Vec<BlockSpec>> {
     // The image's rule (`ramblock::plan` says the same), repeated so that
     // `mr_image_create` does not create or truncate the path first.
     if nblocks == 0 {

@@ -22,6 +22,8 @@ fn js(s: &str) -> String {
     o
 }
 
+type Blocks = Vec<(mappedram::BlockInfo, mappedram::compress::BlockStats)>;
+
 pub fn run(path: &str, json: bool) -> Result<(), Fail> {
     let img = open_lenient(path)?;
     let size = img.file_size()?;
@@ -30,33 +32,90 @@ pub fn run(path: &str, json: bool) -> Result<(), Fail> {
     for i in 0..img.block_count() {
         blocks.push((img.block_info(i)?, img.block_stats(i)?));
     }
+    // Named blobs (a VMM's own state): name and length; unreadable blobs
+    // (an interrupted update) are reported as such.
+    let blobs: Result<Vec<(String, u64)>, String> = img
+        .blob_names()
+        .map_err(|e| e.to_string())
+        .and_then(|names| {
+            names
+                .into_iter()
+                .map(|n| img.blob_len(&n).map(|l| (n, l)).map_err(|e| e.to_string()))
+                .collect()
+        });
     if json {
-        let bj: Vec<String> = blocks
-            .iter()
-            .map(|(b, s)| {
-                format!(
-                    "{{\"idstr\":{},\"used_length\":{},\"page_size\":{},\"bitmap_offset\":{},\"pages_offset\":{},\"pages\":{},\"pages_present\":{},\"codec\":{},\"chunk_size\":{},\"chunks\":{},\"checksum\":{},\"stored_bytes\":{},\"allocated_bytes\":{}}}",
-                    js(&b.idstr), b.used_length, b.page_size, b.bitmap_offset, b.pages_offset,
-                    b.used_length / b.page_size, b.pages_present, js(s.codec.name()),
-                    s.chunk_bytes, s.chunks, js(s.checksum.name()), s.stored_bytes, s.allocated_bytes
-                )
-            })
-            .collect();
-        let caps: Vec<String> = img.capabilities().iter().map(|c| js(c)).collect();
-        println!(
-            "{{\"image\":{},\"machine_type\":{},\"capabilities\":[{}],\"stream_offset\":{},\"libvirt\":{},\"complete\":{},\"file_size\":{},\"allocated_bytes\":{},\"ramblocks\":[{}]}}",
-            js(path),
-            js(img.machine_type()),
-            caps.join(","),
-            img.stream_offset(),
-            img.libvirt_header().is_some(),
-            img.is_complete(),
-            size,
-            alloc,
-            bj.join(",")
-        );
+        print_json(path, &img, &blocks, &blobs, size, alloc);
         return Ok(());
     }
+    print_header(path, &img, &blocks);
+    print_storage(&blocks);
+    match &blobs {
+        Ok(b) if b.is_empty() => println!("blobs:        none"),
+        Ok(b) => {
+            println!("blobs:        {}", b.len());
+            for (n, l) in b {
+                println!("  {n:<40} {l:>12} bytes");
+            }
+        }
+        Err(e) => println!("blobs:        UNREADABLE: {e}"),
+    }
+    println!(
+        "file size:    {size} bytes (logical), {alloc} bytes allocated ({:.1}%)",
+        if size > 0 {
+            100.0 * alloc as f64 / size as f64
+        } else {
+            0.0
+        }
+    );
+    Ok(())
+}
+
+fn print_json(
+    path: &str,
+    img: &Image,
+    blocks: &Blocks,
+    blobs: &Result<Vec<(String, u64)>, String>,
+    size: u64,
+    alloc: u64,
+) {
+    let bj: Vec<String> = blocks
+        .iter()
+        .map(|(b, s)| {
+            format!(
+                "{{\"idstr\":{},\"used_length\":{},\"page_size\":{},\"bitmap_offset\":{},\"pages_offset\":{},\"pages\":{},\"pages_present\":{},\"codec\":{},\"chunk_size\":{},\"chunks\":{},\"checksum\":{},\"stored_bytes\":{},\"allocated_bytes\":{}}}",
+                js(&b.idstr), b.used_length, b.page_size, b.bitmap_offset, b.pages_offset,
+                b.used_length / b.page_size, b.pages_present, js(s.codec.name()),
+                s.chunk_bytes, s.chunks, js(s.checksum.name()), s.stored_bytes, s.allocated_bytes
+            )
+        })
+        .collect();
+    let caps: Vec<String> = img.capabilities().iter().map(|c| js(c)).collect();
+    let blobs = match blobs {
+        Ok(b) => {
+            let v: Vec<String> = b
+                .iter()
+                .map(|(n, l)| format!("{{\"name\":{},\"length\":{l}}}", js(n)))
+                .collect();
+            format!("[{}]", v.join(","))
+        }
+        Err(e) => format!("{{\"unreadable\":{}}}", js(e)),
+    };
+    println!(
+        "{{\"image\":{},\"machine_type\":{},\"capabilities\":[{}],\"stream_offset\":{},\"libvirt\":{},\"complete\":{},\"file_size\":{},\"allocated_bytes\":{},\"ramblocks\":[{}],\"blobs\":{}}}",
+        js(path),
+        js(img.machine_type()),
+        caps.join(","),
+        img.stream_offset(),
+        img.libvirt_header().is_some(),
+        img.is_complete(),
+        size,
+        alloc,
+        bj.join(","),
+        blobs
+    );
+}
+
+fn print_header(path: &str, img: &Image, blocks: &Blocks) {
     println!("image:        {path}");
     println!("machine type: {}", img.machine_type());
     println!("capabilities: {}", img.capabilities().join(" "));
@@ -82,7 +141,7 @@ pub fn run(path: &str, json: bool) -> Result<(), Fail> {
         "  {:<28} {:>14} {:>6} {:>12} {:>12} {:>10} {:>10}",
         "idstr", "used_length", "page", "bitmap_off", "pages_off", "pages", "present"
     );
-    for (b, _) in &blocks {
+    for (b, _) in blocks {
         println!(
             "  {:<28} {:>#14x} {:>6} {:>#12x} {:>#12x} {:>10} {:>10}",
             b.idstr,
@@ -94,13 +153,16 @@ pub fn run(path: &str, json: bool) -> Result<(), Fail> {
             b.pages_present
         );
     }
+}
+
+fn print_storage(blocks: &Blocks) {
     if blocks.iter().any(|(_, s)| s.chunks > 0) {
         println!("storage:");
         println!(
             "  {:<28} {:>6} {:>8} {:>8} {:>9} {:>14} {:>14}",
             "idstr", "codec", "chunk", "chunks", "checksum", "stored", "allocated"
         );
-        for (b, s) in &blocks {
+        for (b, s) in blocks {
             println!(
                 "  {:<28} {:>6} {:>8} {:>8} {:>9} {:>14} {:>14}",
                 b.idstr,
@@ -126,15 +188,6 @@ pub fn run(path: &str, json: bool) -> Result<(), Fail> {
             100.0 * stored as f64 / present as f64
         );
     }
-    println!(
-        "file size:    {size} bytes (logical), {alloc} bytes allocated ({:.1}%)",
-        if size > 0 {
-            100.0 * alloc as f64 / size as f64
-        } else {
-            0.0
-        }
-    );
-    Ok(())
 }
 
 /// Ramblock `idstr` as raw memory into `out` (0600, absent pages holes).

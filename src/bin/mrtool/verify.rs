@@ -12,19 +12,62 @@ use std::sync::Mutex;
 const UNIT: u64 = 1 << 20;
 
 pub fn run(path: &str, threads: u32) -> Result<(), Fail> {
-    let (img, complete) = match Image::open(Path::new(path), ImageFlags::default()) {
-        Ok(i) => (i, true),
+    let (img, complete) = open_checked(path)?;
+    let mut bad = read_everything(&img, threads)?;
+    // Every named blob, its checksum verified.
+    match img.blob_names() {
+        Ok(names) => {
+            for n in names {
+                if let Err(e) = img.get_blob(&n) {
+                    bad.push(e.to_string());
+                }
+            }
+        }
+        Err(e) => bad.push(e.to_string()),
+    }
+    for m in &bad {
+        println!("DAMAGED: {m}");
+    }
+    let pages: u64 = (0..img.block_count())
+        .map(|b| img.block_info(b).map(|i| i.pages_present).unwrap_or(0))
+        .sum();
+    if !bad.is_empty() {
+        return Err(Fail(5, format!("{path}: {} damaged range(s)", bad.len())));
+    }
+    if !complete {
+        return Err(Fail(
+            4,
+            format!("{path}: readable ({pages} present pages) but not complete"),
+        ));
+    }
+    println!(
+        "{path}: ok: {} ramblocks, {pages} present pages, every checksum verified",
+        img.block_count()
+    );
+    Ok(())
+}
+
+/// Open: structure errors are exit 3; an incomplete image is opened with
+/// `RECOVER` (and reported as incomplete at the end).
+fn open_checked(path: &str) -> Result<(Image, bool), Fail> {
+    match Image::open(Path::new(path), ImageFlags::default()) {
+        Ok(i) => Ok((i, true)),
         Err(Error::Incomplete(m)) => {
             eprintln!("mrtool: {m}");
             let i = Image::open(Path::new(path), ImageFlags::RECOVER)
                 .map_err(|e| Fail(3, format!("structure: {e}")))?;
-            (i, false)
+            Ok((i, false))
         }
         Err(e @ (Error::Corrupt(_) | Error::Unsupported(_))) => {
-            return Err(Fail(3, format!("structure: {e}")))
+            Err(Fail(3, format!("structure: {e}")))
         }
-        Err(e) => return Err(e.into()),
-    };
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Read every unit of every block on `threads` threads; the damaged ranges
+/// (checksum or structure errors), or the first I/O error.
+fn read_everything(img: &Image, threads: u32) -> Result<Vec<String>, Fail> {
     let mut units = Vec::new();
     for b in 0..img.block_count() {
         let info = img.block_info(b)?;
@@ -75,25 +118,5 @@ pub fn run(path: &str, threads: u32) -> Result<(), Fail> {
     if let Some(e) = io_err.into_inner().unwrap() {
         return Err(e.into());
     }
-    let bad = bad.into_inner().unwrap();
-    for m in &bad {
-        println!("DAMAGED: {m}");
-    }
-    let pages: u64 = (0..img.block_count())
-        .map(|b| img.block_info(b).map(|i| i.pages_present).unwrap_or(0))
-        .sum();
-    if !bad.is_empty() {
-        return Err(Fail(5, format!("{path}: {} damaged range(s)", bad.len())));
-    }
-    if !complete {
-        return Err(Fail(
-            4,
-            format!("{path}: readable ({pages} present pages) but not complete"),
-        ));
-    }
-    println!(
-        "{path}: ok: {} ramblocks, {pages} present pages, every checksum verified",
-        img.block_count()
-    );
-    Ok(())
+    Ok(bad.into_inner().unwrap())
 }
