@@ -33,10 +33,12 @@ DESCRIPTION
     info      Machine type, capabilities, stream offset, completeness and per
               ramblock: length, page size, bitmap and page offsets, pages
               present, codec, chunk size, stored and allocated bytes, checksum
-              kind; file size against allocated bytes. --json prints one JSON
+              kind; named blobs and their lengths; file size against
+              allocated bytes. --json prints one JSON
               object instead. An unfinished image is reported (with a warning
               on stderr), not refused.
-    verify    Every structure, every present page readable, every checksum.
+    verify    Every structure, every present page readable, every checksum
+              (pages, chunks and named blobs).
               Each damaged chunk or unreadable range is reported.
     extract   Ramblock IDSTR as raw memory into OUT (mode 0600; absent pages
               are holes).
