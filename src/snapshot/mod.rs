@@ -1,0 +1,1 @@
+//! Live copy-on-write snapshots (write-protect userfaultfd).

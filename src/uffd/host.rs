@@ -1,0 +1,185 @@
+//! What a userfaultfd service holds on to while its threads run: the
+//! caller's host range, the image (shared or borrowed from a C handle) and
+//! page-aligned staging buffers.
+
+use crate::error::{Error, Result};
+use crate::image::Image;
+use std::sync::Arc;
+
+/// The image a service reads from or writes to.
+pub enum ImageRef {
+    /// Kept alive by the service.
+    Shared(Arc<Image>),
+    /// Borrowed from a caller that keeps it alive until the service is
+    /// stopped (the C handle's contract).
+    Borrowed(*const Image),
+}
+
+// SAFETY: `Image` is `Send + Sync` (all its calls are safe from many
+// threads); a borrowed pointer is valid for the service's life by the
+// contract of `ImageRef::borrowed`.
+unsafe impl Send for ImageRef {}
+// SAFETY: as above.
+unsafe impl Sync for ImageRef {}
+
+impl ImageRef {
+    /// Borrow an image the caller keeps open.
+    ///
+    /// # Safety
+    /// `img` must stay valid (not closed or moved) until the service built
+    /// on it has been stopped and dropped.
+    pub unsafe fn borrowed(img: &Image) -> ImageRef {
+        ImageRef::Borrowed(img)
+    }
+}
+
+impl std::ops::Deref for ImageRef {
+    type Target = Image;
+    fn deref(&self) -> &Image {
+        match self {
+            ImageRef::Shared(a) => a,
+            // SAFETY: valid for the service's life by `borrowed`'s contract.
+            ImageRef::Borrowed(p) => unsafe { &**p },
+        }
+    }
+}
+
+/// The caller's memory a service covers: `len` bytes at `start`.
+#[derive(Clone, Copy, Debug)]
+pub struct HostRange {
+    pub start: u64,
+    pub len: u64,
+}
+
+impl HostRange {
+    /// Check a caller's pointer: non-NULL, aligned to the system page size,
+    /// `len` a non-zero multiple of it.
+    pub fn new(ptr: *mut u8, len: u64, what: &str) -> Result<HostRange> {
+        let sys = system_page_size();
+        let start = ptr as u64;
+        if ptr.is_null() {
+            return Err(Error::Invalid(format!(
+                "{what}: host memory pointer is NULL"
+            )));
+        }
+        if start % sys != 0 || len == 0 || len % sys != 0 {
+            return Err(Error::Invalid(format!(
+                "{what}: host memory 0x{start:x}+0x{len:x} must be aligned to the page size {sys} and a non-zero multiple of it"
+            )));
+        }
+        start.checked_add(len).ok_or_else(|| {
+            Error::Invalid(format!("{what}: host range 0x{start:x}+0x{len:x} wraps"))
+        })?;
+        Ok(HostRange { start, len })
+    }
+
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+
+    pub fn ptr(&self, off: u64) -> *mut u8 {
+        (self.start + off) as *mut u8
+    }
+}
+
+pub fn system_page_size() -> u64 {
+    // SAFETY: sysconf has no memory arguments.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
+/// The kernel page size backing `addr` (a huge page size on hugetlbfs) and
+/// whether the mapping is shared, from `/proc/self/smaps`.
+pub fn mapping_of(addr: u64) -> (u64, bool) {
+    let Ok(text) = std::fs::read_to_string("/proc/self/smaps") else {
+        return (system_page_size(), false);
+    };
+    let mut inside = false;
+    let mut shared = false;
+    for line in text.lines() {
+        if let Some((range, rest)) = line.split_once(' ') {
+            if let Some((a, b)) = range.split_once('-') {
+                if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                    inside = a <= addr && addr < b;
+                    shared = rest.as_bytes().get(3) == Some(&b's');
+                    continue;
+                }
+            }
+        }
+        if inside {
+            if let Some(v) = line.strip_prefix("KernelPageSize:") {
+                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(4);
+                return (kb * 1024, shared);
+            }
+        }
+    }
+    (system_page_size(), false)
+}
+
+/// A page-aligned anonymous buffer (good for `O_DIRECT`), unmapped on drop.
+pub struct Staging {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned exclusively by this value.
+unsafe impl Send for Staging {}
+// SAFETY: shared references only hand out the address (`ptr`); writing
+// through it is the caller's unsafe business, `zero` needs `&mut`.
+unsafe impl Sync for Staging {}
+
+impl Staging {
+    pub fn new(len: usize) -> Result<Staging> {
+        // SAFETY: an anonymous private mapping of `len` bytes at an address
+        // of the kernel's choice; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::last_os(format!(
+                "allocating a {len}-byte staging buffer"
+            )));
+        }
+        Ok(Staging {
+            ptr: p.cast(),
+            len: len.max(1),
+        })
+    }
+
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Zero `[off, off+n)`.
+    pub fn zero(&mut self, off: usize, n: usize) {
+        assert!(off + n <= self.len);
+        // SAFETY: inside our mapping (checked above).
+        unsafe { std::ptr::write_bytes(self.ptr.add(off), 0, n) };
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
