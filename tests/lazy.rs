@@ -282,10 +282,8 @@ fn persistent_read_error_poisons_instead_of_zero() {
     // Page 7 is not resident (mincore), every other page is.
     let mut vec = vec![0u8; (len / PS) as usize];
     // SAFETY: `vec` has one byte per page of the mapping.
-    assert_eq!(
-        unsafe { libc::mincore(m.ptr.cast(), len as usize, vec.as_mut_ptr()) },
-        0
-    );
+    let r = unsafe { libc::mincore(m.ptr.cast(), len as usize, vec.as_mut_ptr()) };
+    assert_eq!(r, 0);
     assert_eq!(vec[7] & 1, 0, "the unreadable page became resident");
 }
 

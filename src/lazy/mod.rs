@@ -34,14 +34,13 @@
 
 mod fault;
 mod fill;
-mod pages;
 mod prefetch;
 
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::uffd::host::{mapping_of, HostRange, ImageRef, Staging};
+use crate::uffd::pages::PageSet;
 use crate::uffd::{sys::*, Uffd, Waker};
-use pages::PageSet;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -1,11 +1,11 @@
 //! Prefetch: the unit queue (faulted units first, then hot units, then the
 //! rest in order), the rate limiter, and the worker loop.
 
-use super::pages::PageSet;
 use super::Shared;
 use crate::engine::UNIT_BYTES;
 use crate::error::{Error, Result};
 use crate::uffd::host::Staging;
+use crate::uffd::pages::PageSet;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -9,6 +9,7 @@
 //! memory corruption, so the ioctl wrappers are safe functions.
 
 pub mod host;
+pub(crate) mod pages;
 pub mod sys;
 
 use crate::error::{Error, Result};
@@ -339,9 +340,8 @@ fn decode(m: &uffd_msg) -> Event {
         UFFD_EVENT_FORK => {
             // SAFETY: the kernel installed this descriptor in our table for
             // the reader of the event; nothing else owns it.
-            Event::Fork {
-                child: unsafe { OwnedFd::from_raw_fd(a0 as u32 as RawFd) },
-            }
+            let child = unsafe { OwnedFd::from_raw_fd(a0 as u32 as RawFd) };
+            Event::Fork { child }
         }
         UFFD_EVENT_REMAP => Event::Remap {
             from: a0,

@@ -127,6 +127,8 @@ mod tests {
     use std::mem::size_of;
 
     #[test]
+    // `Ioctl` is u64 with glibc but an int with musl.
+    #[allow(clippy::unnecessary_cast)]
     fn layouts_match_the_kernel_header() {
         assert_eq!(size_of::<uffdio_api>(), 24);
         assert_eq!(size_of::<uffdio_register>(), 32);

@@ -51,6 +51,30 @@ impl PageSet {
         newly
     }
 
+    /// Set every bit of word `w` (the bits `64*w ..`); returns the mask of
+    /// the bits this call set (a claim: each bit is won by one caller).
+    pub(crate) fn claim_word(&self, w: u64) -> u64 {
+        let lo = w * 64;
+        let width = (self.bits - lo).min(64);
+        let mask = if width == 64 {
+            u64::MAX
+        } else {
+            (1u64 << width) - 1
+        };
+        let old = self.words[w as usize].fetch_or(mask, Ordering::AcqRel);
+        let won = !old & mask;
+        if won != 0 {
+            self.count
+                .fetch_add(won.count_ones() as u64, Ordering::AcqRel);
+        }
+        won
+    }
+
+    /// Set bit `i`; true when this call set it.
+    pub(crate) fn claim(&self, i: u64) -> bool {
+        self.set_range(i, 1) == 1
+    }
+
     /// Set bits.
     pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Acquire)

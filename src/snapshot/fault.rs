@@ -1,0 +1,119 @@
+//! The snapshot's fault thread: first writes to protected pages.
+
+use super::Shared;
+use crate::error::Error;
+use crate::uffd::sys::uffd_msg;
+use crate::uffd::Event;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Copies queued beyond this many pages are written by the fault thread
+/// itself (bounds memory when the guest writes faster than the disk).
+const MAX_QUEUED: usize = 4096;
+
+pub(super) fn run(sh: Arc<Shared>) {
+    let mut msgs = [uffd_msg::default(); 64];
+    let mut events = Vec::with_capacity(msgs.len());
+    loop {
+        if let Err(e) = sh.uffd.poll(sh.waker.raw_fd(), 100) {
+            sh.latch(e);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if sh.stop.load(Ordering::Acquire) {
+            return;
+        }
+        loop {
+            events.clear();
+            let n = match sh.uffd.read_events(&mut msgs, &mut events) {
+                Ok(n) => n,
+                Err(e) => {
+                    sh.latch(e);
+                    0
+                }
+            };
+            for ev in events.drain(..) {
+                handle(&sh, ev);
+            }
+            if n < msgs.len() {
+                break;
+            }
+        }
+    }
+}
+
+fn handle(sh: &Shared, ev: Event) {
+    match ev {
+        Event::Fault { addr, .. } => {
+            if addr < sh.host.start || addr >= sh.host.end() {
+                return;
+            }
+            let p = (addr - sh.host.start) / sh.ps;
+            sh.wp_faults.fetch_add(1, Ordering::Relaxed);
+            if sh.claimed.claim(p) {
+                copy_out(sh, p);
+            } else if sh.saved.test(p) {
+                let _ = sh.uffd.wake(sh.host.start + p * sh.ps, sh.ps);
+            }
+            // Else a saver holds the claim; its un-protect wakes the writer.
+        }
+        Event::Remove { start, end } | Event::Unmap { start, end } => {
+            let s = start.max(sh.host.start);
+            let e = end.min(sh.host.end());
+            if s < e {
+                let (a, b) = (
+                    (s - sh.host.start) / sh.ps,
+                    (e - sh.host.start).div_ceil(sh.ps),
+                );
+                if !sh.saved.all(a, b) {
+                    sh.latch(Error::from_errno(
+                        format!(
+                            "live snapshot of ramblock '{}': offset 0x{:x}+0x{:x} was discarded (MADV_DONTNEED/munmap) before it was saved; the image cannot hold its start-instant contents",
+                            sh.idstr,
+                            a * sh.ps,
+                            (b - a) * sh.ps
+                        ),
+                        libc::EFAULT,
+                    ));
+                }
+            }
+        }
+        Event::Remap { .. } => sh.latch(Error::from_errno(
+            format!(
+                "live snapshot of ramblock '{}': the range was moved with mremap",
+                sh.idstr
+            ),
+            libc::EFAULT,
+        )),
+        Event::Fork { child } => drop(child),
+        Event::Unknown(code) => sh.latch(Error::from_errno(
+            format!(
+                "live snapshot of ramblock '{}': unknown userfaultfd event 0x{code:x}",
+                sh.idstr
+            ),
+            libc::EPROTO,
+        )),
+    }
+}
+
+/// Copy page `p` (still protected: start-instant bytes) out, lift its
+/// protection, queue the copy.
+fn copy_out(sh: &Shared, p: u64) {
+    let mut buf = vec![0u8; sh.ps as usize];
+    // SAFETY: page p lies inside the host range (checked by the caller),
+    // mapped for the snapshot's life; `buf` holds one page.
+    unsafe { std::ptr::copy_nonoverlapping(sh.host.ptr(p * sh.ps), buf.as_mut_ptr(), buf.len()) };
+    sh.unprotect(p, 1);
+    sh.copied_out.fetch_add(1, Ordering::Relaxed);
+    let mut q = sh.copies.lock();
+    q.push((p, buf));
+    if q.len() >= MAX_QUEUED {
+        let batch = std::mem::take(&mut *q);
+        drop(q);
+        for (p, buf) in batch {
+            match sh.img.write_pages(sh.block, p * sh.ps, &buf) {
+                Ok(()) => sh.mark_saved(p, 1),
+                Err(e) => sh.latch(e),
+            }
+        }
+    }
+}
