@@ -9,6 +9,9 @@ use std::sync::atomic::Ordering;
 /// the fault thread can wait to read events.
 const PLACE_CHUNK: u64 = 256 << 10;
 
+/// Largest prefetch read.
+const READ_CHUNK: u64 = 1 << 20;
+
 /// The outcome of a placement.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Place {
@@ -193,22 +196,47 @@ impl Shared {
                 }
             });
             for (a, m) in todo {
-                let src = if present {
-                    if limit {
-                        self.limiter.take(m * self.granule, &self.fill_all);
-                    }
-                    // SAFETY: granules a..a+m lie inside `buf` from g0.
-                    let p = unsafe { buf.ptr().add(((a - g0) * self.granule) as usize) };
-                    // SAFETY: as above.
-                    unsafe { self.read(a, m, p)? };
-                    Some(p as *const u8)
+                // Reads of at most READ_CHUNK: a fault's read waits behind
+                // at most one such read per worker in the device queue.
+                let step = if present {
+                    (READ_CHUNK / self.granule).max(1)
                 } else {
-                    None
+                    m
                 };
-                while self.place(a, m, src)? == Place::Again {
-                    std::thread::sleep(std::time::Duration::from_micros(50));
+                let mut c = a;
+                while c < a + m {
+                    let n = step.min(a + m - c);
+                    self.fill_piece(g0, c, n, present, buf, limit)?;
+                    c += n;
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn fill_piece(
+        &self,
+        g0: u64,
+        a: u64,
+        m: u64,
+        present: bool,
+        buf: &mut Staging,
+        limit: bool,
+    ) -> Result<()> {
+        let src = if present {
+            if limit {
+                self.limiter.take(m * self.granule, &self.fill_all);
+            }
+            // SAFETY: granules a..a+m lie inside `buf` from g0.
+            let p = unsafe { buf.ptr().add(((a - g0) * self.granule) as usize) };
+            // SAFETY: as above.
+            unsafe { self.read(a, m, p)? };
+            Some(p as *const u8)
+        } else {
+            None
+        };
+        while self.place(a, m, src)? == Place::Again {
+            std::thread::sleep(std::time::Duration::from_micros(50));
         }
         Ok(())
     }

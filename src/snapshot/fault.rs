@@ -7,8 +7,7 @@ use crate::uffd::Event;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Copies queued beyond this many pages are written by the fault thread
-/// itself (bounds memory when the guest writes faster than the disk).
+/// Most copied-out pages waiting to be written (16 MiB of 4 KiB pages).
 const MAX_QUEUED: usize = 4096;
 
 pub(super) fn run(sh: Arc<Shared>) {
@@ -96,24 +95,20 @@ fn handle(sh: &Shared, ev: Event) {
 }
 
 /// Copy page `p` (still protected: start-instant bytes) out, lift its
-/// protection, queue the copy.
+/// protection, queue the copy. With too many copies queued (the guest
+/// writes faster than the disk takes them), the page is queued for a saver
+/// to write straight from guest memory instead, and the writer waits for
+/// that: memory stays bounded and the fault thread never does I/O.
 fn copy_out(sh: &Shared, p: u64) {
+    if sh.copies.lock().len() >= MAX_QUEUED {
+        sh.urgent.lock().push(p);
+        return;
+    }
     let mut buf = vec![0u8; sh.ps as usize];
     // SAFETY: page p lies inside the host range (checked by the caller),
     // mapped for the snapshot's life; `buf` holds one page.
     unsafe { std::ptr::copy_nonoverlapping(sh.host.ptr(p * sh.ps), buf.as_mut_ptr(), buf.len()) };
     sh.unprotect(p, 1);
     sh.copied_out.fetch_add(1, Ordering::Relaxed);
-    let mut q = sh.copies.lock();
-    q.push((p, buf));
-    if q.len() >= MAX_QUEUED {
-        let batch = std::mem::take(&mut *q);
-        drop(q);
-        for (p, buf) in batch {
-            match sh.img.write_pages(sh.block, p * sh.ps, &buf) {
-                Ok(()) => sh.mark_saved(p, 1),
-                Err(e) => sh.latch(e),
-            }
-        }
-    }
+    sh.copies.lock().push((p, buf));
 }

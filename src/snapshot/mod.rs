@@ -62,6 +62,9 @@ pub(crate) struct Shared {
     saved: PageSet,
     /// Pages copied out by the fault thread, waiting to be written.
     copies: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Pages the fault thread claimed but did not copy (queue full): a
+    /// saver writes them from guest memory, then un-protects them.
+    urgent: Mutex<Vec<u64>>,
     next_unit: AtomicU64,
     error: Mutex<Option<Error>>,
     cv: Condvar,
@@ -163,6 +166,7 @@ impl Snapshot {
             claimed: PageSet::new(pages),
             saved: PageSet::new(pages),
             copies: Mutex::new(Vec::new()),
+            urgent: Mutex::new(Vec::new()),
             next_unit: AtomicU64::new(0),
             error: Mutex::new(None),
             cv: Condvar::new(),

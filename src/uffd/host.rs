@@ -93,31 +93,48 @@ pub fn system_page_size() -> u64 {
 }
 
 /// The kernel page size backing `addr` (a huge page size on hugetlbfs) and
-/// whether the mapping is shared, from `/proc/self/smaps`.
+/// whether the mapping is shared. Reads `/proc/self/maps` (cheap; `smaps`
+/// would walk the page tables of every mapping) and `statfs`es a
+/// file-backed mapping through `/proc/self/map_files` to spot hugetlbfs.
 pub fn mapping_of(addr: u64) -> (u64, bool) {
-    let Ok(text) = std::fs::read_to_string("/proc/self/smaps") else {
-        return (system_page_size(), false);
+    const HUGETLBFS_MAGIC: libc::__fsword_t = 0x9584_58f6;
+    let sys = system_page_size();
+    let Ok(text) = std::fs::read_to_string("/proc/self/maps") else {
+        return (sys, false);
     };
-    let mut inside = false;
-    let mut shared = false;
     for line in text.lines() {
-        if let Some((range, rest)) = line.split_once(' ') {
-            if let Some((a, b)) = range.split_once('-') {
-                if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
-                    inside = a <= addr && addr < b;
-                    shared = rest.as_bytes().get(3) == Some(&b's');
-                    continue;
-                }
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        if !(a <= addr && addr < b) {
+            continue;
+        }
+        let shared = perms.as_bytes().get(3) == Some(&b's');
+        let inode = f.nth(2).unwrap_or("0");
+        if inode == "0" {
+            return (sys, shared);
+        }
+        let path = format!("/proc/self/map_files/{range}\0");
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+        // SAFETY: a NUL-terminated path and a statfs buffer of the right type.
+        let r = unsafe { libc::statfs(path.as_ptr().cast(), st.as_mut_ptr()) };
+        if r == 0 {
+            // SAFETY: statfs succeeded and filled the structure.
+            let st = unsafe { st.assume_init() };
+            if st.f_type == HUGETLBFS_MAGIC && st.f_bsize as u64 > sys {
+                return (st.f_bsize as u64, shared);
             }
         }
-        if inside {
-            if let Some(v) = line.strip_prefix("KernelPageSize:") {
-                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(4);
-                return (kb * 1024, shared);
-            }
-        }
+        return (sys, shared);
     }
-    (system_page_size(), false)
+    (sys, false)
 }
 
 /// A page-aligned anonymous buffer (good for `O_DIRECT`), unmapped on drop.
