@@ -35,6 +35,8 @@ pub mod image;
 pub mod image_info;
 pub mod image_io;
 pub mod options;
+pub mod lazy;
+pub mod snapshot;
 
 use crate::error::{Error, Result};
 use crate::silent_panic;

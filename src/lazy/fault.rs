@@ -48,6 +48,7 @@ pub(super) fn run(sh: Arc<Shared>, mut staging: Staging) {
                 if addr >= sh.host.start && addr < sh.host.end() {
                     let g = (addr - sh.host.start) / sh.granule;
                     sh.faults.fetch_add(1, Ordering::Relaxed);
+                    sh.note_fault();
                     sh.queue.touched(g * sh.granule);
                     serve(&sh, g, &mut staging, &mut deferred);
                 }

@@ -9,8 +9,14 @@ use std::sync::atomic::Ordering;
 /// the fault thread can wait to read events.
 const PLACE_CHUNK: u64 = 256 << 10;
 
-/// Largest prefetch read.
+/// Largest prefetch read while the guest is quiet.
 const READ_CHUNK: u64 = 1 << 20;
+/// Largest prefetch read while the guest faults (and right after start):
+/// a fault's read waits behind at most one of these per worker in the
+/// device's queue.
+const READ_CHUNK_FAULTING: u64 = 128 << 10;
+/// How long after a fault prefetch keeps its reads small.
+const FAULT_QUIET_NS: u64 = 20_000_000;
 
 /// The outcome of a placement.
 #[derive(Debug, PartialEq, Eq)]
@@ -196,15 +202,13 @@ impl Shared {
                 }
             });
             for (a, m) in todo {
-                // Reads of at most READ_CHUNK: a fault's read waits behind
-                // at most one such read per worker in the device queue.
-                let step = if present {
-                    (READ_CHUNK / self.granule).max(1)
-                } else {
-                    m
-                };
                 let mut c = a;
                 while c < a + m {
+                    let step = if present {
+                        (self.read_chunk() / self.granule).max(1)
+                    } else {
+                        m
+                    };
                     let n = step.min(a + m - c);
                     self.fill_piece(g0, c, n, present, buf, limit)?;
                     c += n;
@@ -212,6 +216,24 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// The prefetch read size now: small while the guest faults.
+    fn read_chunk(&self) -> u64 {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        if now.saturating_sub(self.last_fault_ns.load(Ordering::Relaxed)) < FAULT_QUIET_NS
+            && !self.fill_all.load(Ordering::Relaxed)
+        {
+            READ_CHUNK_FAULTING
+        } else {
+            READ_CHUNK
+        }
+    }
+
+    /// Called by the fault thread for every fault it serves.
+    pub(super) fn note_fault(&self) {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        self.last_fault_ns.store(now, Ordering::Relaxed);
     }
 
     fn fill_piece(

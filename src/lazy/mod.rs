@@ -107,6 +107,10 @@ pub(crate) struct Shared {
     bytes_read: AtomicU64,
     queue: prefetch::Queue,
     limiter: prefetch::Limiter,
+    /// Start time, and when (ns after it) the last fault was served: the
+    /// prefetch read size shrinks while the guest faults.
+    epoch: std::time::Instant,
+    last_fault_ns: AtomicU64,
 }
 
 /// A running on-demand restore of one ramblock.
@@ -200,6 +204,9 @@ impl Lazy {
             faults: AtomicU64::new(0),
             prefetched: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+            // Start as if a fault just happened: the guest is about to run.
+            last_fault_ns: AtomicU64::new(0),
         });
         let staging = Staging::new(granule as usize)?;
         let f = sh.clone();
