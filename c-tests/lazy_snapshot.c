@@ -8,7 +8,9 @@
  * - a process without the right to use userfaultfd gets -EPERM and a
  *   message naming vm.unprivileged_userfaultfd and /dev/userfaultfd;
  * - a live snapshot while a thread writes: the image equals the memory at
- *   the start instant. */
+ *   the start instant;
+ * - mr_image_map_ramblock: a private map of the block equals the saved
+ *   memory, writes stay private. */
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -204,6 +206,28 @@ static void no_permission(mr_image *img)
     CHECK(munmap(host, LEN) == 0);
 }
 
+static void map_block(mr_image *img, const uint8_t *want)
+{
+    void *p = NULL;
+    OK(mr_image_map_ramblock(img, 0, NULL, 0, &p));
+    CHECK(p != NULL);
+    CHECK(memcmp(p, want, LEN) == 0);
+    memset(p, 0x77, PAGE); /* private: the file does not change */
+    CHECK(munmap(p, LEN) == 0);
+    uint8_t page[PAGE];
+    CHECK(mr_image_read_page(img, 0, 0, page) >= 0);
+    CHECK(memcmp(page, want, PAGE) == 0);
+    /* Over the caller's reserved range. */
+    uint8_t *host = map_anon();
+    OK(mr_image_map_ramblock(img, 0, host, 0, &p));
+    CHECK(p == host);
+    CHECK(memcmp(host, want, LEN) == 0);
+    CHECK_ERR(mr_image_map_ramblock(img, 0, host + 1, 0, &p), EINVAL, "aligned");
+    CHECK_ERR(mr_image_map_ramblock(img, 0, NULL, 1, &p), EINVAL, "flags");
+    CHECK_ERR(mr_image_map_ramblock(img, 3, NULL, 0, &p), ENOENT, "3");
+    CHECK(munmap(host, LEN) == 0);
+}
+
 struct writer {
     uint8_t *host;
     volatile int quit;
@@ -270,6 +294,7 @@ int main(void)
     lazy_options(img, want);
     bad_arguments(img);
     no_permission(img);
+    map_block(img, want);
     OK(mr_image_close(img));
     live_snapshot(snap, want);
     unlink(path);

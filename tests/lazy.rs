@@ -307,3 +307,53 @@ fn bad_arguments() {
         assert_eq!(e.errno(), libc::EINVAL);
     }
 }
+
+#[test]
+fn map_ramblock_reads_the_image_and_zero_for_clear_bits() {
+    use mappedram::lazy::cow_map::map_ramblock;
+    use std::os::unix::fs::FileExt;
+    let len = 8 * MIB;
+    let dir = TmpDir::new("lazy-map");
+    let (path, mem) = mixed_image(&dir, len, 3);
+    let want = mem.as_slice();
+    let img = Image::open(&path, ImageFlags::default()).unwrap();
+    let info = img.block_info(0).unwrap();
+    // Stale bytes in the slots of two absent pages (as QEMU leaves them).
+    let absent: Vec<u64> = (0..len / PS)
+        .filter(|&p| !img.page_present(0, p).unwrap())
+        .take(2)
+        .collect();
+    assert_eq!(absent.len(), 2);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for &p in &absent {
+        f.write_all_at(&[0xabu8; PS as usize], info.pages_offset + p * PS)
+            .unwrap();
+    }
+    drop(f);
+    // SAFETY: no `at`: the kernel picks the address.
+    let map = unsafe { map_ramblock(&img, 0, None) }.unwrap();
+    img.close().unwrap();
+    // SAFETY: the mapping holds `len` bytes until `map` drops.
+    let got = unsafe { std::slice::from_raw_parts(map.as_ptr(), map.len()) }.to_vec();
+    if let Some(d) = first_diff(&got, want) {
+        panic!("{d}");
+    }
+    // Writes are private: the file keeps its contents.
+    // SAFETY: inside the mapping.
+    unsafe { std::ptr::write_bytes(map.as_ptr(), 0x11, PS as usize) };
+    drop(map);
+    let img = Image::open(&path, ImageFlags::default()).unwrap();
+    let mut page = vec![0u8; PS as usize];
+    img.read_page(0, 0, &mut page).unwrap();
+    assert_eq!(page, want[..PS as usize]);
+    // Over an existing range (MAP_FIXED), like reserved guest RAM.
+    let m = Mapping::anon(len as usize);
+    // SAFETY: `m` is ours to replace.
+    let map = unsafe { map_ramblock(&img, 0, Some(m.ptr)) }.unwrap();
+    assert_eq!(map.as_ptr(), m.ptr);
+    assert!(first_diff(&m.to_vec(), want).is_none());
+    let _ = map.into_raw(); // `m` unmaps it
+                            // SAFETY: misaligned address is refused before any mapping.
+    let e = unsafe { map_ramblock(&img, 0, Some(m.ptr.wrapping_add(8))) }.unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL);
+}

@@ -200,3 +200,44 @@ pub unsafe extern "C" fn mr_lazy_stop(lz: *mut mr_lazy) -> c_int {
         Ok(0)
     })
 }
+
+/// Map ramblock `block`'s pages `MAP_PRIVATE` straight from the image file
+/// (copy-on-write restore: pages come from the page cache on first touch,
+/// a write makes a private copy). Slots whose bit is clear read as zero
+/// even when the file holds stale bytes there. With `addr` non-NULL (page
+/// aligned) the mapping replaces the caller's memory at `addr` for
+/// `used_length` bytes (`MAP_FIXED`); else the kernel picks the address.
+/// `*out` receives the address; unmap it with `munmap(*out, used_length)`.
+/// The mapping stays valid after `mr_image_close`. `flags` must be 0.
+///
+/// Safe only while nobody writes the image file: pages not yet written
+/// through the mapping show the file's current contents (an in-place update
+/// or a new save into the file would show through), and `O_DIRECT` writes
+/// bypass the page cache the mapping reads.
+///
+/// # Safety
+/// `img` a live handle; `addr` NULL or a range of `used_length` bytes the
+/// caller gives up; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn mr_image_map_ramblock(
+    img: *mut mr_image,
+    block: u32,
+    addr: *mut c_void,
+    flags: u32,
+    out: *mut *mut c_void,
+) -> c_int {
+    call("mr_image_map_ramblock", || {
+        // SAFETY: per this function's contract.
+        let img = unsafe { image_inner(img) }?;
+        check_flags(flags, 0, "map")?;
+        let out = arg_mut(out, "out")?;
+        let at = (!addr.is_null()).then_some(addr.cast::<u8>());
+        // SAFETY: per this function's contract, `addr` is the caller's to
+        // replace.
+        let map = unsafe { crate::lazy::cow_map::map_ramblock(img, block as usize, at) }?;
+        let (p, _) = map.into_raw();
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { write_out(out, p.cast::<c_void>()) };
+        Ok(0)
+    })
+}

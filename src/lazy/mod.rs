@@ -32,6 +32,7 @@
 //!   and poisons (`UFFDIO_POISON`: touching raises `SIGBUS`) what still
 //!   cannot be read before it unregisters.
 
+pub mod cow_map;
 mod fault;
 mod fill;
 mod prefetch;
@@ -158,6 +159,7 @@ impl Lazy {
             )));
         }
         let info = img.block_info(block)?;
+        img.block_in_file(block)?;
         let what = format!("lazy restore of ramblock '{}'", info.idstr);
         let range = HostRange::new(host, info.used_length, &what)?;
         let (host_page, _shared) = mapping_of(range.start);
