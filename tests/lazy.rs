@@ -357,3 +357,55 @@ fn map_ramblock_reads_the_image_and_zero_for_clear_bits() {
     let e = unsafe { map_ramblock(&img, 0, Some(m.ptr.wrapping_add(8))) }.unwrap_err();
     assert_eq!(e.errno(), libc::EINVAL);
 }
+
+#[test]
+fn munmap_of_part_of_the_range_is_followed() {
+    let len = 8 * MIB;
+    let dir = TmpDir::new("lazy-unmap");
+    let (path, mem) = mixed_image(&dir, len, 3);
+    let img = Arc::new(Image::open(&path, ImageFlags::default()).unwrap());
+    let m = Mapping::anon(len as usize);
+    // SAFETY: as in `restore_with`; the unmapped part is never touched again.
+    let lz = unsafe { Lazy::start(img, 0, m.ptr, &opts(NO_PREFETCH, 1)) }.unwrap();
+    // SAFETY: the last 2 MiB of our own mapping.
+    assert_eq!(
+        unsafe { libc::munmap(m.ptr.add((6 * MIB) as usize).cast(), (2 * MIB) as usize) },
+        0
+    );
+    for p in (0..6 * MIB / PS).step_by(33) {
+        assert_eq!(
+            m.page(p),
+            mem.as_slice()[(p * PS) as usize..((p + 1) * PS) as usize]
+        );
+    }
+    // Nothing is placed into the unmapped part: stop completes.
+    lz.stop().unwrap();
+    let head = (6 * MIB) as usize;
+    // SAFETY: the first 6 MiB are still mapped.
+    let got = unsafe { std::slice::from_raw_parts(m.ptr, head) };
+    assert!(first_diff(got, &mem.as_slice()[..head]).is_none());
+}
+
+#[test]
+fn fork_while_served_neither_hangs_nor_disturbs_the_parent() {
+    let len = 4 * MIB;
+    let dir = TmpDir::new("lazy-fork");
+    let (path, mem) = mixed_image(&dir, len, 3);
+    let img = Arc::new(Image::open(&path, ImageFlags::default()).unwrap());
+    let m = Mapping::anon(len as usize);
+    // SAFETY: as in `restore_with`.
+    let lz = unsafe { Lazy::start(img, 0, m.ptr, &opts(0, 2)) }.unwrap();
+    // SAFETY: the child only calls the async-signal-safe _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: leave the child at once.
+        unsafe { libc::_exit(0) };
+    }
+    assert!(pid > 0);
+    let mut st = 0;
+    // SAFETY: waiting for our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+    lz.wait().unwrap();
+    lz.stop().unwrap();
+    assert!(first_diff(&m.to_vec(), mem.as_slice()).is_none());
+}

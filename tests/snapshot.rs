@@ -211,3 +211,25 @@ fn stop_before_the_end_is_cancelled_and_releases_writers() {
         );
     }
 }
+
+#[test]
+fn discarding_unsaved_pages_is_an_error() {
+    let len = 256 * MIB;
+    let dir = TmpDir::new("snap-discard");
+    let path = dir.join("d.img");
+    let img = Arc::new(
+        Image::create(&path, "pc-i440fx-10.0", &specs(len), ImageFlags::default()).unwrap(),
+    );
+    let m = Mapping::anon(len as usize);
+    let init = block_memory(4, 0, len, 0);
+    // SAFETY: both hold `len` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(init.ptr(), m.ptr, len as usize) };
+    // SAFETY: `m` outlives the snapshot.
+    let snap = unsafe { Snapshot::start(img, 0, m.ptr, 1) }.unwrap();
+    // The last MiB is saved last (one saver, in order).
+    m.madvise(len - MIB, MIB, libc::MADV_DONTNEED);
+    let e = snap.wait().unwrap_err();
+    assert_eq!(e.errno(), libc::EFAULT, "{e}");
+    assert!(e.to_string().contains("discarded"), "{e}");
+    assert!(snap.stop().is_err());
+}

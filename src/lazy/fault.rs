@@ -113,18 +113,10 @@ fn range_event(sh: &Shared, ev: Event) {
             ),
             libc::EFAULT,
         )),
-        Event::Fork { child } => {
-            // Closing the child's fd unregisters the child's copy of the
-            // range: pages it had not received yet read as zero there.
-            drop(child);
-            sh.latch_fatal(Error::from_errno(
-                format!(
-                    "on-demand restore of ramblock '{}': the process forked while the range was served; the child's copy is not served (pages not yet resident read as zero in the child; mark guest memory MADV_DONTFORK)",
-                    sh.idstr
-                ),
-                libc::ECHILD,
-            ));
-        }
+        // Not requested (see `Lazy::start_ref`): a child forked while the
+        // range is served has it unregistered, so pages not yet resident
+        // read as zero there. Guest RAM should be MADV_DONTFORK, as in QEMU.
+        Event::Fork { child } => drop(child),
         Event::Unknown(code) => sh.latch_fatal(Error::from_errno(
             format!(
                 "on-demand restore of ramblock '{}': unknown userfaultfd event 0x{code:x}",

@@ -174,10 +174,13 @@ impl Lazy {
         let want = UFFD_FEATURE_EVENT_REMOVE
             | UFFD_FEATURE_EVENT_UNMAP
             | UFFD_FEATURE_EVENT_REMAP
-            | UFFD_FEATURE_EVENT_FORK
             | UFFD_FEATURE_MISSING_SHMEM
             | UFFD_FEATURE_MISSING_HUGETLBFS
             | UFFD_FEATURE_POISON;
+        // Not UFFD_FEATURE_EVENT_FORK: with it the kernel holds fork() until
+        // the fault thread reads the event, while glibc's fork holds the
+        // allocator locks that thread may need: a deadlock. A child gets no
+        // registration (see `fault.rs`).
         let uffd = Uffd::open(want, 0, "")?;
         let ioctls = uffd.register(range.start, range.len, UFFDIO_REGISTER_MODE_MISSING)?;
         let hot = opts.hot.as_deref();

@@ -46,10 +46,15 @@ pub(super) fn saver(sh: Arc<Shared>) {
     }
 }
 
-/// Pages a writer waits for first: the fault thread's copies (a chunk at a
-/// time, so several savers share a long queue) and the urgent pages.
+/// What comes before the units: the urgent pages (a writer waits on each),
+/// then the fault thread's copies (a chunk at a time, so several savers
+/// share a long queue; urgent pages are looked at again between chunks).
 fn service(sh: &Shared) {
     loop {
+        let urgent = std::mem::take(&mut *sh.urgent.lock());
+        for p in urgent {
+            save_claimed(sh, p, 1);
+        }
         let batch: Vec<(u64, Vec<u8>)> = {
             let mut q = sh.copies.lock();
             let n = q.len().min(64);
@@ -64,10 +69,6 @@ fn service(sh: &Shared) {
                 Err(e) => sh.latch(e),
             }
         }
-    }
-    let urgent = std::mem::take(&mut *sh.urgent.lock());
-    for p in urgent {
-        save_claimed(sh, p, 1);
     }
 }
 
