@@ -368,10 +368,8 @@ fn munmap_of_part_of_the_range_is_followed() {
     // SAFETY: as in `restore_with`; the unmapped part is never touched again.
     let lz = unsafe { Lazy::start(img, 0, m.ptr, &opts(NO_PREFETCH, 1)) }.unwrap();
     // SAFETY: the last 2 MiB of our own mapping.
-    assert_eq!(
-        unsafe { libc::munmap(m.ptr.add((6 * MIB) as usize).cast(), (2 * MIB) as usize) },
-        0
-    );
+    let r = unsafe { libc::munmap(m.ptr.add((6 * MIB) as usize).cast(), (2 * MIB) as usize) };
+    assert_eq!(r, 0);
     for p in (0..6 * MIB / PS).step_by(33) {
         assert_eq!(
             m.page(p),
