@@ -1,11 +1,13 @@
 //! `mr_lazy`: on-demand restore of a ramblock through userfaultfd.
 //!
-//! Ownership: BOXED. An `mr_lazy *` is a `Box<mr_lazy>` owned by the caller
-//! until `mr_lazy_stop`. It borrows the `mr_image` it was started on: the
-//! image must stay open until `mr_lazy_stop` returns.
+//! Ownership: [`OwnershipBox`]: an `mr_lazy *` is a boxed [`Lazy`] owned
+//! by the caller until `mr_lazy_stop`. It borrows the `mr_image` it was
+//! started on: the image must stay open until `mr_lazy_stop` returns.
+//! `mr_image_map_ramblock` lives here too (the other on-demand restore).
 
-use super::image::{image_inner, mr_image};
-use super::{arg_mut, call, check_flags, write_out, MR_LAZY_NO_PREFETCH};
+use super::handle::{box_from_handle, box_into_handle, try_ref_from_ptr, Castable, OwnershipBox};
+use super::image::mr_image;
+use super::{arg, arg_mut, call, check_flags, write_out, MR_LAZY_NO_PREFETCH};
 use crate::error::{Error, Result};
 use crate::lazy::{Lazy, LazyOptions};
 use crate::uffd::host::ImageRef;
@@ -13,7 +15,12 @@ use std::ffi::{c_int, c_void};
 
 /// A running on-demand restore (opaque).
 pub struct mr_lazy {
-    inner: Lazy,
+    _private: [u8; 0],
+}
+
+impl Castable for mr_lazy {
+    type Ownership = OwnershipBox;
+    type RustType = Lazy;
 }
 
 /// Options of `mr_lazy_start_opts`. Versioned by `size`: set it to
@@ -48,7 +55,7 @@ pub struct mr_lazy_options {
 unsafe fn read_options(opts: *const mr_lazy_options) -> Result<LazyOptions> {
     let known = std::mem::size_of::<mr_lazy_options>();
     // SAFETY: per this function's contract.
-    let size = unsafe { super::arg(opts.cast::<u32>(), "opts") }?;
+    let size = unsafe { arg(opts.cast::<u32>(), "opts") }?;
     let size = *size as usize;
     if !(known..=4096).contains(&size) {
         return Err(Error::Invalid(format!(
@@ -97,8 +104,7 @@ unsafe fn start(
     opts: &LazyOptions,
     out: *mut *mut mr_lazy,
 ) -> Result<c_int> {
-    // SAFETY: per the exported functions' contract.
-    let img = unsafe { image_inner(img) }?;
+    let img = &try_ref_from_ptr!(img)?.inner;
     let host = arg_mut(host, "host")?;
     let out = arg_mut(out, "out")?;
     // SAFETY: the caller keeps `img` open and `host` mapped until
@@ -106,7 +112,7 @@ unsafe fn start(
     let lz =
         unsafe { Lazy::start_ref(ImageRef::borrowed(img), block as usize, host.cast(), opts) }?;
     // SAFETY: checked non-NULL; writable per the contract.
-    unsafe { write_out(out, Box::into_raw(Box::new(mr_lazy { inner: lz }))) };
+    unsafe { write_out(out, box_into_handle::<mr_lazy>(lz)) };
     Ok(0)
 }
 
@@ -175,8 +181,7 @@ pub unsafe extern "C" fn mr_lazy_start_opts(
 #[no_mangle]
 pub unsafe extern "C" fn mr_lazy_wait(lz: *mut mr_lazy) -> c_int {
     call("mr_lazy_wait", || {
-        // SAFETY: per this function's contract.
-        unsafe { super::arg(lz.cast_const(), "lz") }?.inner.wait()?;
+        try_ref_from_ptr!(lz)?.wait()?;
         Ok(0)
     })
 }
@@ -191,12 +196,10 @@ pub unsafe extern "C" fn mr_lazy_wait(lz: *mut mr_lazy) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn mr_lazy_stop(lz: *mut mr_lazy) -> c_int {
     call("mr_lazy_stop", || {
-        if lz.is_null() {
-            return Ok(0);
+        // SAFETY: per this function's contract (not used again).
+        if let Some(lz) = unsafe { box_from_handle(lz) } {
+            lz.stop()?;
         }
-        // SAFETY: a live handle came from `Box::into_raw`; taken back once.
-        let lz = unsafe { Box::from_raw(lz) };
-        lz.inner.stop()?;
         Ok(0)
     })
 }
@@ -227,8 +230,7 @@ pub unsafe extern "C" fn mr_image_map_ramblock(
     out: *mut *mut c_void,
 ) -> c_int {
     call("mr_image_map_ramblock", || {
-        // SAFETY: per this function's contract.
-        let img = unsafe { image_inner(img) }?;
+        let img = &try_ref_from_ptr!(img)?.inner;
         check_flags(flags, 0, "map")?;
         let out = arg_mut(out, "out")?;
         let at = (!addr.is_null()).then_some(addr.cast::<u8>());
@@ -240,4 +242,12 @@ pub unsafe extern "C" fn mr_image_map_ramblock(
         unsafe { write_out(out, p.cast::<c_void>()) };
         Ok(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flag_matches_the_core() {
+        assert_eq!(super::MR_LAZY_NO_PREFETCH, crate::lazy::NO_PREFETCH);
+    }
 }

@@ -1,18 +1,24 @@
 //! `mr_snapshot`: live copy-on-write snapshot of a ramblock.
 //!
-//! Ownership: BOXED. An `mr_snapshot *` is a `Box<mr_snapshot>` owned by the
-//! caller until `mr_snapshot_stop`. It borrows the `mr_image` it writes to:
-//! the image must stay open until `mr_snapshot_stop` returns.
+//! Ownership: [`OwnershipBox`]: an `mr_snapshot *` is a boxed [`Snapshot`]
+//! owned by the caller until `mr_snapshot_stop`. It borrows the `mr_image`
+//! it writes to: the image must stay open until `mr_snapshot_stop` returns.
 
-use super::image::{image_inner, mr_image};
-use super::{arg, arg_mut, call, write_out};
+use super::handle::{box_from_handle, box_into_handle, try_ref_from_ptr, Castable, OwnershipBox};
+use super::image::mr_image;
+use super::{arg_mut, call, write_out};
 use crate::snapshot::Snapshot;
 use crate::uffd::host::ImageRef;
 use std::ffi::{c_int, c_void};
 
 /// A running live snapshot (opaque).
 pub struct mr_snapshot {
-    inner: Snapshot,
+    _private: [u8; 0],
+}
+
+impl Castable for mr_snapshot {
+    type Ownership = OwnershipBox;
+    type RustType = Snapshot;
 }
 
 /// Write-protect `host` (the block's `used_length` bytes, private anonymous
@@ -36,8 +42,7 @@ pub unsafe extern "C" fn mr_snapshot_start(
     out: *mut *mut mr_snapshot,
 ) -> c_int {
     call("mr_snapshot_start", || {
-        // SAFETY: per this function's contract.
-        let img = unsafe { image_inner(img) }?;
+        let img = &try_ref_from_ptr!(img)?.inner;
         let host = arg_mut(host, "host")?;
         let out = arg_mut(out, "out")?;
         // SAFETY: the caller keeps `img` open and `host` mapped until
@@ -51,7 +56,7 @@ pub unsafe extern "C" fn mr_snapshot_start(
             )
         }?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { write_out(out, Box::into_raw(Box::new(mr_snapshot { inner: s }))) };
+        unsafe { write_out(out, box_into_handle::<mr_snapshot>(s)) };
         Ok(0)
     })
 }
@@ -64,8 +69,7 @@ pub unsafe extern "C" fn mr_snapshot_start(
 #[no_mangle]
 pub unsafe extern "C" fn mr_snapshot_wait(s: *mut mr_snapshot) -> c_int {
     call("mr_snapshot_wait", || {
-        // SAFETY: per this function's contract.
-        unsafe { arg(s.cast_const(), "s") }?.inner.wait()?;
+        try_ref_from_ptr!(s)?.wait()?;
         Ok(0)
     })
 }
@@ -80,12 +84,10 @@ pub unsafe extern "C" fn mr_snapshot_wait(s: *mut mr_snapshot) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn mr_snapshot_stop(s: *mut mr_snapshot) -> c_int {
     call("mr_snapshot_stop", || {
-        if s.is_null() {
-            return Ok(0);
+        // SAFETY: per this function's contract (not used again).
+        if let Some(s) = unsafe { box_from_handle(s) } {
+            s.stop()?;
         }
-        // SAFETY: a live handle came from `Box::into_raw`; taken back once.
-        let s = unsafe { Box::from_raw(s) };
-        s.inner.stop()?;
         Ok(0)
     })
 }

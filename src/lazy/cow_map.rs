@@ -29,14 +29,17 @@ pub struct BlockMap {
 }
 
 impl BlockMap {
+    /// The first byte of the mapping.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }
 
+    /// Bytes mapped (the block's `used_length`).
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// True for an empty block.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -27,7 +27,7 @@ fn raise_io_priority() {
     }
 }
 
-pub(super) fn run(sh: Arc<Shared>, mut staging: Staging) {
+pub(super) fn run(sh: Arc<Shared>, staging: Staging) {
     raise_io_priority();
     let mut msgs = [uffd_msg::default(); 64];
     let mut events = Vec::with_capacity(msgs.len());
@@ -50,12 +50,12 @@ pub(super) fn run(sh: Arc<Shared>, mut staging: Staging) {
                     sh.faults.fetch_add(1, Ordering::Relaxed);
                     sh.note_fault();
                     sh.queue.touched(g * sh.granule);
-                    serve(&sh, g, &mut staging, &mut deferred);
+                    serve(&sh, g, &staging, &mut deferred);
                 }
             }
         }
         for g in std::mem::take(&mut deferred) {
-            serve(&sh, g, &mut staging, &mut deferred);
+            serve(&sh, g, &staging, &mut deferred);
         }
     }
 }
@@ -130,15 +130,14 @@ fn range_event(sh: &Shared, ev: Event) {
 
 /// Serve a fault on granule `g`: zero when discarded, a wake when already
 /// placed, else read it (its own buffer, no lock) and place it.
-fn serve(sh: &Shared, g: u64, staging: &mut Staging, deferred: &mut Vec<u64>) {
+fn serve(sh: &Shared, g: u64, staging: &Staging, deferred: &mut Vec<u64>) {
     let res = if sh.gone.test(g) {
         sh.place_run(g, 1, None)
     } else if sh.settled.test(g) {
         let _ = sh.uffd.wake(sh.addr(g), sh.granule);
         Ok(Place::Done)
     } else {
-        // SAFETY: the staging buffer holds one granule.
-        match unsafe { sh.read(g, 1, staging.ptr()) } {
+        match sh.read(g, 1, staging, 0) {
             Ok(true) => sh.place_run(g, 1, Some(staging.ptr())),
             Ok(false) => sh.place_run(g, 1, None),
             Err(e) => {

@@ -53,12 +53,9 @@ impl Shared {
         Ok(out)
     }
 
-    /// Read granules `[g, g+n)` into `dst` (absent pages zeroed); returns
-    /// whether any page held data.
-    ///
-    /// # Safety
-    /// `dst` must be valid for writes of `n * granule` bytes.
-    pub(super) unsafe fn read(&self, g: u64, n: u64, dst: *mut u8) -> Result<bool> {
+    /// Read granules `[g, g+n)` into `buf` from byte `off` (absent pages
+    /// zeroed); returns whether any page held data.
+    pub(super) fn read(&self, g: u64, n: u64, buf: &Staging, off: u64) -> Result<bool> {
         let ppg = self.granule / self.ps;
         let (first, end) = (g * ppg, (g + n) * ppg);
         let ps = self.ps;
@@ -67,18 +64,22 @@ impl Shared {
             if res.is_err() {
                 return;
             }
-            // SAFETY: pages s..s+k lie inside `dst` (caller's contract).
-            let p = unsafe { dst.add(((s - first) * ps) as usize) };
+            let at = (off + (s - first) * ps) as usize;
+            let mem = match buf.guest_mut(at, (k * ps) as usize) {
+                Ok(m) => m,
+                Err(e) => {
+                    res = Err(e);
+                    return;
+                }
+            };
             if set {
-                // SAFETY: as above.
-                res = match unsafe { self.img.load_pages(self.block, s, k, p) } {
+                res = match self.img.load_pages(self.block, s, mem) {
                     Ok(()) => Ok(true),
                     Err(e) => Err(self.read_error(s, k, e)),
                 };
                 self.bytes_read.fetch_add(k * ps, Ordering::Relaxed);
             } else {
-                // SAFETY: as above.
-                unsafe { std::ptr::write_bytes(p, 0, (k * ps) as usize) };
+                mem.zero();
             }
         })?;
         res.map(|data| data || n == 0)
@@ -249,11 +250,11 @@ impl Shared {
             if limit {
                 self.limiter.take(m * self.granule, &self.fill_all);
             }
-            // SAFETY: granules a..a+m lie inside `buf` from g0.
-            let p = unsafe { buf.ptr().add(((a - g0) * self.granule) as usize) };
-            // SAFETY: as above.
-            unsafe { self.read(a, m, p)? };
-            Some(p as *const u8)
+            let off = (a - g0) * self.granule;
+            self.read(a, m, buf, off)?;
+            // SAFETY: granules a..a+m lie inside `buf` from g0 (`read`
+            // checked the range).
+            Some(unsafe { buf.ptr().add(off as usize) } as *const u8)
         } else {
             None
         };

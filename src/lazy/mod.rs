@@ -161,7 +161,8 @@ impl Lazy {
         let info = img.block_info(block)?;
         img.block_in_file(block)?;
         let what = format!("lazy restore of ramblock '{}'", info.idstr);
-        let range = HostRange::new(host, info.used_length, &what)?;
+        // SAFETY: the caller keeps `host` mapped until the restore stops.
+        let range = unsafe { HostRange::new(host, info.used_length, &what) }?;
         let (host_page, _shared) = mapping_of(range.start);
         let granule = host_page.max(info.page_size);
         if info.used_length % granule != 0 {
@@ -267,6 +268,7 @@ impl Lazy {
         self.sh.settled.full()
     }
 
+    /// Counters so far.
     pub fn stats(&self) -> LazyStats {
         let sh = &self.sh;
         LazyStats {

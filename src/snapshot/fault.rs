@@ -105,9 +105,12 @@ fn copy_out(sh: &Shared, p: u64) {
         return;
     }
     let mut buf = vec![0u8; sh.ps as usize];
-    // SAFETY: page p lies inside the host range (checked by the caller),
-    // mapped for the snapshot's life; `buf` holds one page.
-    unsafe { std::ptr::copy_nonoverlapping(sh.host.ptr(p * sh.ps), buf.as_mut_ptr(), buf.len()) };
+    match sh.host.read(p * sh.ps, sh.ps) {
+        // SAFETY: the view is readable for one page (bounds-checked) and
+        // `buf` holds one page; raw copy, no reference to guest memory.
+        Ok(m) => unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), buf.as_mut_ptr(), buf.len()) },
+        Err(e) => return sh.latch(e),
+    }
     sh.unprotect(p, 1);
     sh.copied_out.fetch_add(1, Ordering::Relaxed);
     sh.copies.lock().push((p, buf));

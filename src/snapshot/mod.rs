@@ -112,7 +112,8 @@ impl Snapshot {
     ) -> Result<Snapshot> {
         let info = img.block_info(block)?;
         let what = format!("live snapshot of ramblock '{}'", info.idstr);
-        let range = HostRange::new(host, info.used_length, &what)?;
+        // SAFETY: the caller keeps `host` mapped until the snapshot stops.
+        let range = unsafe { HostRange::new(host, info.used_length, &what) }?;
         let (host_page, shared) = mapping_of(range.start);
         if host_page != info.page_size || info.page_size != system_page_size() {
             return Err(Error::Unsupported(format!(
@@ -137,7 +138,11 @@ impl Snapshot {
             // SAFETY: the range is the caller's mapping; populating reads
             // does not change its contents.
             let r = unsafe {
-                libc::madvise(range.ptr(0).cast(), range.len as usize, MADV_POPULATE_READ)
+                libc::madvise(
+                    range.start as *mut libc::c_void,
+                    range.len as usize,
+                    MADV_POPULATE_READ,
+                )
             };
             if r != 0 {
                 return Err(Error::last_os(format!("{what}: MADV_POPULATE_READ")));
@@ -214,10 +219,12 @@ impl Snapshot {
         }
     }
 
+    /// Whether every page is saved.
     pub fn is_complete(&self) -> bool {
         self.sh.saved.full()
     }
 
+    /// Counters so far.
     pub fn stats(&self) -> SnapshotStats {
         SnapshotStats {
             wp_faults: self.sh.wp_faults.load(Ordering::Relaxed),

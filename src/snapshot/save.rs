@@ -100,17 +100,12 @@ fn save_words(sh: &Shared, w: u64, n: u64) {
 /// Write pages `[first, first+len)`, which this thread claimed, from guest
 /// memory, then lift their protection.
 fn save_claimed(sh: &Shared, first: u64, len: u64) {
-    // SAFETY: the pages lie inside the host range, which stays mapped
-    // (caller's contract) and write-protected until the unprotect below
-    // (only the claimer lifts it), so it holds the start-instant bytes.
-    let r = unsafe {
-        sh.img.write_pages_raw(
-            sh.block,
-            first * sh.ps,
-            sh.host.ptr(first * sh.ps),
-            len * sh.ps,
-        )
-    };
+    // The pages stay write-protected until the unprotect below (only the
+    // claimer lifts it), so they hold the start-instant bytes.
+    let r = sh
+        .host
+        .read(first * sh.ps, len * sh.ps)
+        .and_then(|mem| sh.img.write_guest_pages(sh.block, first * sh.ps, mem));
     // Lifted even after an error: the snapshot failed, never hold the guest.
     sh.unprotect(first, len);
     match r {

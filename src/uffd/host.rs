@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::memory::{GuestSlice, GuestSliceMut};
 use std::sync::Arc;
 
 /// The image a service reads from or writes to.
@@ -44,17 +45,26 @@ impl std::ops::Deref for ImageRef {
     }
 }
 
-/// The caller's memory a service covers: `len` bytes at `start`.
-#[derive(Clone, Copy, Debug)]
+/// The caller's memory a service covers: `len` bytes at `start`, as guest
+/// memory (the guest and other threads use it while the service runs).
+#[derive(Debug)]
 pub struct HostRange {
+    /// First address.
     pub start: u64,
+    /// Bytes.
     pub len: u64,
+    mem: GuestSliceMut<'static>,
 }
 
 impl HostRange {
     /// Check a caller's pointer: non-NULL, aligned to the system page size,
     /// `len` a non-zero multiple of it.
-    pub fn new(ptr: *mut u8, len: u64, what: &str) -> Result<HostRange> {
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes until the
+    /// service built on it has stopped (the `'static` of the view is that
+    /// contract; the service never outlives it).
+    pub unsafe fn new(ptr: *mut u8, len: u64, what: &str) -> Result<HostRange> {
         let sys = system_page_size();
         let start = ptr as u64;
         if ptr.is_null() {
@@ -70,18 +80,25 @@ impl HostRange {
         start.checked_add(len).ok_or_else(|| {
             Error::Invalid(format!("{what}: host range 0x{start:x}+0x{len:x} wraps"))
         })?;
-        Ok(HostRange { start, len })
+        let n = usize::try_from(len)
+            .map_err(|_| Error::Invalid(format!("{what}: host range too large")))?;
+        // SAFETY: forwarded contract.
+        let mem = unsafe { GuestSliceMut::new(ptr, n) }?;
+        Ok(HostRange { start, len, mem })
     }
 
+    /// One past the last address.
     pub fn end(&self) -> u64 {
         self.start + self.len
     }
 
-    pub fn ptr(&self, off: u64) -> *mut u8 {
-        (self.start + off) as *mut u8
+    /// `n` bytes from `off`, for reading (bounds-checked).
+    pub fn read(&self, off: u64, n: u64) -> Result<GuestSlice<'static>> {
+        Ok(self.mem.subslice(off as usize, n as usize)?.as_read())
     }
 }
 
+/// The system page size (`sysconf(_SC_PAGESIZE)`).
 pub fn system_page_size() -> u64 {
     // SAFETY: sysconf has no memory arguments.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -150,6 +167,7 @@ unsafe impl Send for Staging {}
 unsafe impl Sync for Staging {}
 
 impl Staging {
+    /// `len` bytes of fresh anonymous memory.
     pub fn new(len: usize) -> Result<Staging> {
         // SAFETY: an anonymous private mapping of `len` bytes at an address
         // of the kernel's choice; no existing memory is affected.
@@ -174,16 +192,27 @@ impl Staging {
         })
     }
 
+    /// The first byte.
     pub fn ptr(&self) -> *mut u8 {
         self.ptr
     }
 
+    /// Bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Never true (at least one byte is mapped).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// `[off, off+n)` as writable memory for the image's reads.
+    pub fn guest_mut(&self, off: usize, n: usize) -> Result<GuestSliceMut<'_>> {
+        assert!(off + n <= self.len);
+        // SAFETY: inside our mapping, alive as long as the borrow of self;
+        // only the thread owning this buffer writes it.
+        unsafe { GuestSliceMut::new(self.ptr.add(off), n) }
     }
 
     /// Zero `[off, off+n)`.

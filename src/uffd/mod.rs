@@ -10,6 +10,8 @@
 
 pub mod host;
 pub(crate) mod pages;
+// The kernel header's names and layout, documented there.
+#[allow(missing_docs)]
 pub mod sys;
 
 use crate::error::{Error, Result};
@@ -21,15 +23,42 @@ use sys::*;
 #[derive(Debug)]
 pub enum Event {
     /// A thread touched a missing page (or wrote a write-protected one).
-    Fault { addr: u64, write: bool, wp: bool },
+    Fault {
+        /// The faulting address.
+        addr: u64,
+        /// A write access.
+        write: bool,
+        /// A write to a write-protected page.
+        wp: bool,
+    },
     /// The process forked; the child's copy of the range has its own fd.
-    Fork { child: OwnedFd },
+    Fork {
+        /// The child's userfaultfd.
+        child: OwnedFd,
+    },
     /// `mremap` moved `[from, from+len)` to `to`.
-    Remap { from: u64, to: u64, len: u64 },
+    Remap {
+        /// Old start.
+        from: u64,
+        /// New start.
+        to: u64,
+        /// Bytes moved.
+        len: u64,
+    },
     /// `madvise(MADV_DONTNEED/REMOVE)` (or a balloon) drops `[start, end)`.
-    Remove { start: u64, end: u64 },
+    Remove {
+        /// First address.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
     /// `munmap` of `[start, end)`.
-    Unmap { start: u64, end: u64 },
+    Unmap {
+        /// First address.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
     /// An event this code does not know (reported, never ignored silently).
     Unknown(u8),
 }
@@ -38,7 +67,9 @@ pub enum Event {
 /// bytes were placed before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Partial {
+    /// The error.
     pub errno: i32,
+    /// Bytes placed before it.
     pub done: u64,
 }
 
@@ -158,14 +189,17 @@ impl Uffd {
         Uffd { fd, features }
     }
 
+    /// The negotiated `UFFD_FEATURE_*` bits.
     pub fn features(&self) -> u64 {
         self.features
     }
 
+    /// Whether every bit of `feature` was negotiated.
     pub fn has(&self, feature: u64) -> bool {
         self.features & feature == feature
     }
 
+    /// The descriptor.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -190,6 +224,7 @@ impl Uffd {
         Ok(r.ioctls)
     }
 
+    /// Unregister `[start, start+len)` (wakes its waiters).
     pub fn unregister(&self, start: u64, len: u64) -> Result<()> {
         let mut r = uffdio_range { start, len };
         ioctl(self.fd.as_fd(), UFFDIO_UNREGISTER, &mut r).map_err(|e| {
@@ -359,6 +394,7 @@ fn decode(m: &uffd_msg) -> Event {
 pub struct Waker(OwnedFd);
 
 impl Waker {
+    /// A new, unsignalled eventfd.
     pub fn new() -> Result<Waker> {
         // SAFETY: eventfd takes two integers and returns a new fd or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -369,6 +405,7 @@ impl Waker {
         Ok(Waker(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
+    /// The descriptor to poll.
     pub fn raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }

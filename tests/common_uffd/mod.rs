@@ -6,7 +6,7 @@
 
 use crate::common_faults::{block_memory, specs, Aligned, TmpDir, PS};
 use mappedram::engine::save_ramblock;
-use mappedram::{Image, ImageFlags};
+use mappedram::{GuestSlice, Image, ImageFlags};
 use std::path::PathBuf;
 
 /// A mapping like guest RAM, unmapped on drop.
@@ -113,12 +113,10 @@ pub fn mixed_image(dir: &TmpDir, len: u64, zero_every: u64) -> (PathBuf, Aligned
     let path = dir.join("lazy.img");
     let mem = block_memory(1, 0, len, zero_every);
     let img = Image::create(&path, "pc-i440fx-10.0", &specs(len), ImageFlags::default()).unwrap();
-    // SAFETY: `mem` holds `len` bytes.
-    unsafe { save_ramblock(&img, 0, mem.ptr(), None, 2).unwrap() };
+    save_ramblock(&img, 0, GuestSlice::from_slice(mem.as_slice()), None, 2).unwrap();
     for b in 1..3 {
         let m = block_memory(1, b, img.block_info(b).unwrap().used_length, zero_every);
-        // SAFETY: as above.
-        unsafe { save_ramblock(&img, b, m.ptr(), None, 1).unwrap() };
+        save_ramblock(&img, b, GuestSlice::from_slice(m.as_slice()), None, 1).unwrap();
     }
     img.finish().unwrap();
     img.close().unwrap();

@@ -14,7 +14,7 @@
 
 use mappedram::lazy::{Lazy, LazyOptions, NO_PREFETCH};
 use mappedram::snapshot::Snapshot;
-use mappedram::{engine, Image, ImageFlags};
+use mappedram::{engine, GuestSliceMut, Image, ImageFlags};
 use mappedram_bench::*;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,8 +115,9 @@ fn residency(
     let mut dst = Mem::anon(src.len()).unwrap();
     drop_cache(path);
     let t = Instant::now();
-    // SAFETY: `dst` holds the block.
-    unsafe { engine::read_ramblock(&img, 0, dst.as_mut_ptr(), false, threads).unwrap() };
+    // SAFETY: `dst` holds the block and outlives the view.
+    let guest = unsafe { GuestSliceMut::new(dst.as_mut_ptr(), dst.len()) }.unwrap();
+    engine::read_ramblock(&img, 0, guest, false, threads).unwrap();
     let eager = t.elapsed().as_secs_f64();
     assert!(first_mismatch(dst.as_slice(), src.as_slice()).is_none());
     drop(dst);
