@@ -6,13 +6,19 @@
  *   options refused when too small, reserved set, or unknown fields set;
  * - bad arguments name what is wrong; the stop functions accept NULL;
  * - a process without the right to use userfaultfd gets -EPERM and a
- *   message naming vm.unprivileged_userfaultfd and /dev/userfaultfd;
+ *   message naming vm.unprivileged_userfaultfd and /dev/userfaultfd; a
+ *   kernel without userfaultfd (seccomp: ENOSYS) gets -ENOSYS saying so;
  * - a live snapshot while a thread writes: the image equals the memory at
  *   the start instant;
  * - mr_image_map_ramblock: a private map of the block equals the saved
  *   memory, writes stay private. */
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include "mrtest.h"
@@ -164,6 +170,7 @@ static void bad_arguments(mr_image *img)
     CHECK_ERR(mr_lazy_wait(NULL), EINVAL, "lz");
     CHECK_ERR(mr_snapshot_start(img, 0, NULL, 1, &s), EINVAL, "host");
     CHECK_ERR(mr_snapshot_wait(NULL), EINVAL, "s");
+    CHECK_ERR(mr_snapshot_start(img, 0, host, 1, &s), EPERM, "read-only");
     CHECK(lz == NULL && s == NULL);
     OK(mr_lazy_stop(NULL));
     OK(mr_snapshot_stop(NULL));
@@ -225,6 +232,41 @@ static void map_block(mr_image *img, const uint8_t *want)
     CHECK_ERR(mr_image_map_ramblock(img, 0, host + 1, 0, &p), EINVAL, "aligned");
     CHECK_ERR(mr_image_map_ramblock(img, 0, NULL, 1, &p), EINVAL, "flags");
     CHECK_ERR(mr_image_map_ramblock(img, 3, NULL, 0, &p), ENOENT, "3");
+    CHECK(munmap(host, LEN) == 0);
+}
+
+/* A kernel without userfaultfd, simulated in a child with a seccomp filter
+ * that answers the system call with ENOSYS. */
+static void no_userfaultfd(mr_image *img)
+{
+    uint8_t *host = map_anon();
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        struct sock_filter f[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_userfaultfd, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { (unsigned short)(sizeof(f) / sizeof(f[0])), f };
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+            prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+            _exit(3);
+        mr_lazy *lz = NULL;
+        int r = mr_lazy_start(img, 0, host, 0, 1, &lz);
+        const char *m = mr_last_error();
+        if (r != -ENOSYS || !strstr(m, "CONFIG_USERFAULTFD")) {
+            fprintf(stderr, "child: lazy r=%d msg=%s\n", r, m);
+            _exit(1);
+        }
+        _exit(0);
+    }
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st));
+    CHECK_EQ(WEXITSTATUS(st), 0);
     CHECK(munmap(host, LEN) == 0);
 }
 
@@ -294,6 +336,7 @@ int main(void)
     lazy_options(img, want);
     bad_arguments(img);
     no_permission(img);
+    no_userfaultfd(img);
     map_block(img, want);
     OK(mr_image_close(img));
     live_snapshot(snap, want);

@@ -112,6 +112,13 @@ impl Snapshot {
     ) -> Result<Snapshot> {
         let info = img.block_info(block)?;
         let what = format!("live snapshot of ramblock '{}'", info.idstr);
+        if !img.is_writable() {
+            return Err(Error::ReadOnly(format!(
+                "{what}: {} is open read-only",
+                img.channel().name()
+            )));
+        }
+        img.block_in_file(block)?;
         // SAFETY: the caller keeps `host` mapped until the snapshot stops.
         let range = unsafe { HostRange::new(host, info.used_length, &what) }?;
         let (host_page, shared) = mapping_of(range.start);
