@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 /// the fault thread can wait to read events.
 const PLACE_CHUNK: u64 = 256 << 10;
 
-/// Largest prefetch read while the guest is quiet.
-const READ_CHUNK: u64 = 1 << 20;
+/// Largest prefetch read while the guest is quiet: the engine's unit, so
+/// prefetch keeps as many bytes in flight as an eager restore.
+const READ_CHUNK: u64 = crate::engine::UNIT_BYTES;
 /// Largest prefetch read while the guest faults (and right after start):
 /// a fault's read waits behind at most one of these per worker in the
 /// device's queue.

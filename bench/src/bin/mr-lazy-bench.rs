@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)]";
+const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)] [--only restore|snapshot]";
 
 struct Args {
     size: usize,
@@ -29,6 +29,8 @@ struct Args {
     threads: u32,
     samples: usize,
     rounds: usize,
+    /// Which parts: "all", "restore" or "snapshot".
+    only: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -38,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         threads: 2,
         samples: 2000,
         rounds: 3,
+        only: "all".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -51,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--samples" => a.samples = val()?.parse().map_err(|e| format!("--samples: {e}"))?,
             "--rounds" => a.rounds = val()?.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--only" => a.only = val()?,
             _ => return Err(USAGE.into()),
         }
     }
@@ -252,9 +256,19 @@ fn main() {
         a.threads,
         path.display()
     );
+    if a.only != "snapshot" {
+        restore_figures(&a, &path, &src, &pages);
+    }
+    if a.only != "restore" {
+        snapshot_figures(&a, &dir, &src);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn restore_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
     let (mut eager, mut lazy, mut first) = (vec![], vec![], vec![]);
     for r in 0..a.rounds {
-        let (e, l, f) = residency(&path, &src, &pages, a.threads, r);
+        let (e, l, f) = residency(path, src, pages, a.threads, r);
         println!(
             "round {r}: eager {:.3} s, lazy+prefetch {:.3} s ({:.3}x), first page {:.0} us",
             e,
@@ -273,8 +287,8 @@ fn main() {
         median(&first),
         first.iter().cloned().fold(0.0, f64::max)
     );
-    let mut disk = fault_latency(&path, &src, &pages, a.samples, true);
-    let mut cache = fault_latency(&path, &src, &pages, a.samples, false);
+    let mut disk = fault_latency(path, src, pages, a.samples, true);
+    let mut cache = fault_latency(path, src, pages, a.samples, false);
     println!(
         "fault latency from disk (O_DIRECT, cold): p50 {:.1} us, p99 {:.1} us",
         pct(&mut disk, 0.5),
@@ -285,6 +299,9 @@ fn main() {
         pct(&mut cache, 0.5),
         pct(&mut cache, 0.99)
     );
+}
+
+fn snapshot_figures(a: &Args, dir: &Path, src: &Mem) {
     // The same guest in THP-backed memory (QEMU madvises guest RAM
     // MADV_HUGEPAGE): write-protecting it changes 512x fewer entries.
     let mut thp = Mem::anon(a.size).unwrap();
@@ -292,13 +309,13 @@ fn main() {
     unsafe { libc::madvise(thp.as_mut_ptr().cast(), a.size, libc::MADV_HUGEPAGE) };
     thp.as_mut_slice().copy_from_slice(src.as_slice());
     let gib = a.size as f64 / (1u64 << 30) as f64;
-    for (mem, name) in [(&src, "4 KiB pages"), (&thp, "THP (MADV_HUGEPAGE)")] {
+    for (mem, name) in [(src, "4 KiB pages"), (&thp, "THP (MADV_HUGEPAGE)")] {
         for busy in [false, true] {
             let (mut paused, mut total, mut pause) = (vec![], vec![], vec![]);
             let mut all_stalls = vec![];
             let mut faults = 0;
             for _ in 0..a.rounds {
-                let (p, pz, t, st, f) = snapshot(&dir, mem, a.threads, busy);
+                let (p, pz, t, st, f) = snapshot(dir, mem, a.threads, busy);
                 paused.push(p);
                 total.push(t);
                 pause.push(pz);
@@ -319,5 +336,4 @@ fn main() {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
