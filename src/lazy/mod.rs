@@ -38,7 +38,7 @@ mod fill;
 mod prefetch;
 
 use crate::error::{Error, Result};
-use crate::image::Image;
+use crate::image::{BlockInfo, Image};
 use crate::uffd::host::{mapping_of, HostRange, ImageRef, Staging};
 use crate::uffd::pages::PageSet;
 use crate::uffd::{sys::*, Uffd, Waker};
@@ -71,7 +71,8 @@ pub struct LazyOptions {
 pub struct LazyStats {
     /// Faults served by the fault thread.
     pub faults: u64,
-    /// Granules placed by prefetch.
+    /// Granules in the units prefetch went through (placed by it, or
+    /// already resident when it got there).
     pub prefetched: u64,
     /// Bytes read from the image.
     pub bytes_read: u64,
@@ -161,29 +162,9 @@ impl Lazy {
         let info = img.block_info(block)?;
         img.block_in_file(block)?;
         let what = format!("lazy restore of ramblock '{}'", info.idstr);
-        // SAFETY: the caller keeps `host` mapped until the restore stops.
-        let range = unsafe { HostRange::new(host, info.used_length, &what) }?;
-        let (host_page, _shared) = mapping_of(range.start);
-        let granule = host_page.max(info.page_size);
-        if info.used_length % granule != 0 {
-            return Err(Error::Invalid(format!(
-                "{what}: used_length 0x{:x} is not a multiple of the host page size {granule}",
-                info.used_length
-            )));
-        }
+        // SAFETY: forwarded contract: `host` stays mapped until the stop.
+        let (range, granule, uffd, ioctls) = unsafe { register(&info, host, &what) }?;
         let granules = info.used_length / granule;
-        let want = UFFD_FEATURE_EVENT_REMOVE
-            | UFFD_FEATURE_EVENT_UNMAP
-            | UFFD_FEATURE_EVENT_REMAP
-            | UFFD_FEATURE_MISSING_SHMEM
-            | UFFD_FEATURE_MISSING_HUGETLBFS
-            | UFFD_FEATURE_POISON;
-        // Not UFFD_FEATURE_EVENT_FORK: with it the kernel holds fork() until
-        // the fault thread reads the event, while glibc's fork holds the
-        // allocator locks that thread may need: a deadlock. A child gets no
-        // registration (see `fault.rs`).
-        let uffd = Uffd::open(want, 0, "")?;
-        let ioctls = uffd.register(range.start, range.len, UFFDIO_REGISTER_MODE_MISSING)?;
         let hot = opts.hot.as_deref();
         let sh = Arc::new(Shared {
             queue: prefetch::Queue::new(info.used_length, granule, hot, info.page_size)?,
@@ -322,6 +303,42 @@ impl Lazy {
         }
         Ok(())
     }
+}
+
+/// Register `host` for missing-page faults; returns the range, the
+/// granule (host page), the userfaultfd and the ioctls the range supports.
+///
+/// # Safety
+/// `host` must stay mapped (`info.used_length` bytes) until the restore
+/// built on it has stopped.
+unsafe fn register(
+    info: &BlockInfo,
+    host: *mut u8,
+    what: &str,
+) -> Result<(HostRange, u64, Uffd, u64)> {
+    // SAFETY: the caller keeps `host` mapped until the restore stops.
+    let range = unsafe { HostRange::new(host, info.used_length, what) }?;
+    let (host_page, _shared) = mapping_of(range.start);
+    let granule = host_page.max(info.page_size);
+    if info.used_length % granule != 0 {
+        return Err(Error::Invalid(format!(
+            "{what}: used_length 0x{:x} is not a multiple of the host page size {granule}",
+            info.used_length
+        )));
+    }
+    let want = UFFD_FEATURE_EVENT_REMOVE
+        | UFFD_FEATURE_EVENT_UNMAP
+        | UFFD_FEATURE_EVENT_REMAP
+        | UFFD_FEATURE_MISSING_SHMEM
+        | UFFD_FEATURE_MISSING_HUGETLBFS
+        | UFFD_FEATURE_POISON;
+    // Not UFFD_FEATURE_EVENT_FORK: with it the kernel holds fork() until
+    // the fault thread reads the event, while glibc's fork holds the
+    // allocator locks that thread may need: a deadlock. A child gets no
+    // registration (see `fault.rs`).
+    let uffd = Uffd::open(want, 0, "")?;
+    let ioctls = uffd.register(range.start, range.len, UFFDIO_REGISTER_MODE_MISSING)?;
+    Ok((range, granule, uffd, ioctls))
 }
 
 impl Drop for Lazy {

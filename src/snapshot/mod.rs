@@ -24,7 +24,7 @@ mod fault;
 mod save;
 
 use crate::error::{Error, Result};
-use crate::image::Image;
+use crate::image::{BlockInfo, Image};
 use crate::lazy::dup;
 use crate::uffd::host::{mapping_of, system_page_size, HostRange, ImageRef};
 use crate::uffd::pages::PageSet;
@@ -119,53 +119,8 @@ impl Snapshot {
             )));
         }
         img.block_in_file(block)?;
-        // SAFETY: the caller keeps `host` mapped until the snapshot stops.
-        let range = unsafe { HostRange::new(host, info.used_length, &what) }?;
-        let (host_page, shared) = mapping_of(range.start);
-        if host_page != info.page_size || info.page_size != system_page_size() {
-            return Err(Error::Unsupported(format!(
-                "{what}: host page size {host_page} and image page size {} must both be the system page size {} (hugetlbfs is not supported by the snapshot)",
-                info.page_size,
-                system_page_size()
-            )));
-        }
-        let want = UFFD_FEATURE_WP_UNPOPULATED
-            | UFFD_FEATURE_EVENT_REMOVE
-            | UFFD_FEATURE_EVENT_UNMAP
-            | UFFD_FEATURE_EVENT_REMAP;
-        let mut need = UFFD_FEATURE_PAGEFAULT_FLAG_WP;
-        let mut need_what = "write-protect faults (UFFD_FEATURE_PAGEFAULT_FLAG_WP)";
-        if shared {
-            need |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
-            need_what = "write protection of shared memory (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)";
-        }
-        let uffd = Uffd::open(want, need, need_what)?;
-        if !uffd.has(UFFD_FEATURE_WP_UNPOPULATED) || shared {
-            // Protection applies to mapped pages only: map them all first.
-            // SAFETY: the range is the caller's mapping; populating reads
-            // does not change its contents.
-            let r = unsafe {
-                libc::madvise(
-                    range.start as *mut libc::c_void,
-                    range.len as usize,
-                    MADV_POPULATE_READ,
-                )
-            };
-            if r != 0 {
-                return Err(Error::last_os(format!("{what}: MADV_POPULATE_READ")));
-            }
-        }
-        uffd.register(range.start, range.len, UFFDIO_REGISTER_MODE_WP)?;
-        uffd.writeprotect(range.start, range.len, true)
-            .map_err(|e| {
-                Error::io(
-                    format!(
-                        "{what}: UFFDIO_WRITEPROTECT of 0x{:x}+0x{:x}",
-                        range.start, range.len
-                    ),
-                    e,
-                )
-            })?;
+        // SAFETY: forwarded contract: `host` stays mapped until the stop.
+        let (range, uffd) = unsafe { protect(&info, host, &what) }?;
         let pages = info.used_length / info.page_size;
         let sh = Arc::new(Shared {
             img,
@@ -274,6 +229,63 @@ impl Snapshot {
         unprotect.map_err(|e| Error::io("live snapshot: lifting write protection", e))?;
         unreg
     }
+}
+
+/// Register `host` for write protection and protect all of it: the start
+/// instant. Populates first when unpopulated pages cannot be protected.
+///
+/// # Safety
+/// `host` must stay mapped (`info.used_length` bytes) until the snapshot
+/// built on it has stopped.
+unsafe fn protect(info: &BlockInfo, host: *mut u8, what: &str) -> Result<(HostRange, Uffd)> {
+    // SAFETY: the caller keeps `host` mapped until the snapshot stops.
+    let range = unsafe { HostRange::new(host, info.used_length, what) }?;
+    let (host_page, shared) = mapping_of(range.start);
+    if host_page != info.page_size || info.page_size != system_page_size() {
+        return Err(Error::Unsupported(format!(
+            "{what}: host page size {host_page} and image page size {} must both be the system page size {} (hugetlbfs is not supported by the snapshot)",
+            info.page_size,
+            system_page_size()
+        )));
+    }
+    let want = UFFD_FEATURE_WP_UNPOPULATED
+        | UFFD_FEATURE_EVENT_REMOVE
+        | UFFD_FEATURE_EVENT_UNMAP
+        | UFFD_FEATURE_EVENT_REMAP;
+    let mut need = UFFD_FEATURE_PAGEFAULT_FLAG_WP;
+    let mut need_what = "write-protect faults (UFFD_FEATURE_PAGEFAULT_FLAG_WP)";
+    if shared {
+        need |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+        need_what = "write protection of shared memory (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)";
+    }
+    let uffd = Uffd::open(want, need, need_what)?;
+    if !uffd.has(UFFD_FEATURE_WP_UNPOPULATED) || shared {
+        // Protection applies to mapped pages only: map them all first.
+        // SAFETY: the range is the caller's mapping; populating reads
+        // does not change its contents.
+        let r = unsafe {
+            libc::madvise(
+                range.start as *mut libc::c_void,
+                range.len as usize,
+                MADV_POPULATE_READ,
+            )
+        };
+        if r != 0 {
+            return Err(Error::last_os(format!("{what}: MADV_POPULATE_READ")));
+        }
+    }
+    uffd.register(range.start, range.len, UFFDIO_REGISTER_MODE_WP)?;
+    uffd.writeprotect(range.start, range.len, true)
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "{what}: UFFDIO_WRITEPROTECT of 0x{:x}+0x{:x}",
+                    range.start, range.len
+                ),
+                e,
+            )
+        })?;
+    Ok((range, uffd))
 }
 
 impl Drop for Snapshot {
