@@ -3,11 +3,10 @@
 //! restore; MADV_DONTNEED during service; an injected read error blocks the
 //! touching thread, never fills zeros, and is reported with block/offset.
 
-mod common_faults;
-mod common_uffd;
+mod common;
 
-use common_faults::{Rng, TmpDir, PS};
-use common_uffd::{first_diff, mixed_image, Mapping};
+use common::uffd::{first_diff, mixed_image, Mapping};
+use common::{Rng, TmpDir, PS};
 use mappedram::channel::{FaultFn, FaultOp};
 use mappedram::lazy::{Lazy, LazyOptions, NO_PREFETCH};
 use mappedram::{Image, ImageFlags};

@@ -303,7 +303,20 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
     let pages: u64 = left.iter().map(|r| r.1).sum();
     let what = if sh.poison_ok {
         for &(a, m) in &left {
-            let _ = sh.uffd.poison(sh.addr(a), m * sh.granule);
+            // EAGAIN: an event is pending; the fault thread (still running)
+            // reads it, then the retry goes through.
+            let (mut at, end) = (sh.addr(a), sh.addr(a + m));
+            while at < end {
+                match sh.uffd.poison(at, end - at) {
+                    Ok(()) => break,
+                    Err(p) if p.errno == libc::EAGAIN => {
+                        at += p.done;
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                    // EEXIST: that page got filled after all; go on.
+                    Err(p) => at += p.done + sh.granule,
+                }
+            }
         }
         "poisoned (touching them raises SIGBUS)"
     } else {

@@ -13,8 +13,11 @@ const MAX_QUEUED: usize = 4096;
 pub(super) fn run(sh: Arc<Shared>) {
     let mut msgs = [uffd_msg::default(); 64];
     let mut events = Vec::with_capacity(msgs.len());
+    // Pages whose un-protect met a pending event (`EAGAIN`).
+    let mut retry: Vec<u64> = Vec::new();
     loop {
-        if let Err(e) = sh.uffd.poll(sh.waker.raw_fd(), 100) {
+        let ms = if retry.is_empty() { 100 } else { 1 };
+        if let Err(e) = sh.uffd.poll(sh.waker.raw_fd(), ms) {
             sh.latch(e);
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -31,16 +34,19 @@ pub(super) fn run(sh: Arc<Shared>) {
                 }
             };
             for ev in events.drain(..) {
-                handle(&sh, ev);
+                handle(&sh, ev, &mut retry);
             }
             if n < msgs.len() {
                 break;
             }
         }
+        for p in std::mem::take(&mut retry) {
+            lift(&sh, p, &mut retry);
+        }
     }
 }
 
-fn handle(sh: &Shared, ev: Event) {
+fn handle(sh: &Shared, ev: Event, retry: &mut Vec<u64>) {
     match ev {
         Event::Fault { addr, .. } => {
             if addr < sh.host.start || addr >= sh.host.end() {
@@ -49,7 +55,7 @@ fn handle(sh: &Shared, ev: Event) {
             let p = (addr - sh.host.start) / sh.ps;
             sh.wp_faults.fetch_add(1, Ordering::Relaxed);
             if sh.claimed.claim(p) {
-                copy_out(sh, p);
+                copy_out(sh, p, retry);
             } else if sh.saved.test(p) {
                 let _ = sh.uffd.wake(sh.host.start + p * sh.ps, sh.ps);
             }
@@ -94,12 +100,21 @@ fn handle(sh: &Shared, ev: Event) {
     }
 }
 
+/// Lift page `p`'s protection; on `EAGAIN` (an event is pending) keep it
+/// for after the next read of events.
+fn lift(sh: &Shared, p: u64, retry: &mut Vec<u64>) {
+    match sh.try_unprotect(p, 1) {
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => retry.push(p),
+        r => sh.unprotect_result(p, r),
+    }
+}
+
 /// Copy page `p` (still protected: start-instant bytes) out, lift its
 /// protection, queue the copy. With too many copies queued (the guest
 /// writes faster than the disk takes them), the page is queued for a saver
 /// to write straight from guest memory instead, and the writer waits for
 /// that: memory stays bounded and the fault thread never does I/O.
-fn copy_out(sh: &Shared, p: u64) {
+fn copy_out(sh: &Shared, p: u64, retry: &mut Vec<u64>) {
     if sh.copies.lock().len() >= MAX_QUEUED {
         sh.urgent.lock().push(p);
         return;
@@ -111,7 +126,7 @@ fn copy_out(sh: &Shared, p: u64) {
         Ok(m) => unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), buf.as_mut_ptr(), buf.len()) },
         Err(e) => return sh.latch(e),
     }
-    sh.unprotect(p, 1);
     sh.copied_out.fetch_add(1, Ordering::Relaxed);
     sh.copies.lock().push((p, buf));
+    lift(sh, p, retry);
 }

@@ -212,8 +212,17 @@ impl Snapshot {
         if let Some(f) = self.fault.take() {
             let _ = f.join();
         }
-        // Lifting the protection wakes every writer still held.
-        let unprotect = sh.uffd.writeprotect(sh.host.start, sh.host.len, false);
+        // Lifting the protection wakes every writer still held. The fault
+        // thread is gone: read pending events here so `EAGAIN` clears.
+        let mut unprotect = sh.uffd.writeprotect(sh.host.start, sh.host.len, false);
+        let mut msgs = [crate::uffd::sys::uffd_msg::default(); 16];
+        for _ in 0..1000 {
+            if unprotect.as_ref().err().and_then(|e| e.raw_os_error()) != Some(libc::EAGAIN) {
+                break;
+            }
+            let _ = sh.uffd.read_events(&mut msgs, &mut Vec::new());
+            unprotect = sh.uffd.writeprotect(sh.host.start, sh.host.len, false);
+        }
         let unreg = sh.uffd.unregister(sh.host.start, sh.host.len);
         if let Some(e) = sh.error.lock().take() {
             return Err(e);
@@ -323,9 +332,28 @@ impl Shared {
     }
 
     /// Lift the protection of pages `[first, first+n)` (wakes writers).
+    /// For savers: `EAGAIN` (an event is pending; the fault thread reads
+    /// it) is retried.
     fn unprotect(&self, first: u64, n: u64) {
+        loop {
+            match self.try_unprotect(first, n) {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                r => return self.unprotect_result(first, r),
+            }
+        }
+    }
+
+    /// One attempt; the fault thread handles `EAGAIN` itself (it must read
+    /// the pending event before a retry can succeed).
+    fn try_unprotect(&self, first: u64, n: u64) -> std::io::Result<()> {
         let start = self.host.start + first * self.ps;
-        if let Err(e) = self.uffd.writeprotect(start, n * self.ps, false) {
+        self.uffd.writeprotect(start, n * self.ps, false)
+    }
+
+    fn unprotect_result(&self, first: u64, r: std::io::Result<()>) {
+        if let Err(e) = r {
             self.latch(Error::io(
                 format!(
                     "live snapshot of ramblock '{}': lifting protection at offset 0x{:x}",

@@ -2,9 +2,7 @@
 //! guest-like mappings (private anonymous, shared memfd) and images with a
 //! mixed layout (data pages, zero pages, runs of both).
 
-#![allow(dead_code)]
-
-use crate::common_faults::{block_memory, specs, Aligned, TmpDir, PS};
+use super::{block_memory, specs, Aligned, TmpDir, PS};
 use mappedram::engine::save_ramblock;
 use mappedram::{GuestSlice, Image, ImageFlags};
 use std::path::PathBuf;
