@@ -7,7 +7,7 @@
 
 use super::handle::{box_from_handle, box_into_handle, try_ref_from_ptr, Castable, OwnershipBox};
 use super::image::mr_image;
-use super::{arg, arg_mut, call, check_flags, write_out, MR_LAZY_NO_PREFETCH};
+use super::{arg_mut, arg_ptr, call, check_flags, write_out, MR_LAZY_NO_PREFETCH};
 use crate::error::{Error, Result};
 use crate::lazy::{Lazy, LazyOptions};
 use crate::uffd::host::ImageRef;
@@ -54,9 +54,10 @@ pub struct mr_lazy_options {
 /// `hot_words` words.
 unsafe fn read_options(opts: *const mr_lazy_options) -> Result<LazyOptions> {
     let known = std::mem::size_of::<mr_lazy_options>();
-    // SAFETY: per this function's contract.
-    let size = unsafe { arg(opts.cast::<u32>(), "opts") }?;
-    let size = *size as usize;
+    let opts = arg_ptr(opts, "opts")?;
+    // SAFETY: non-NULL and readable (at least the `size` field) per this
+    // function's contract.
+    let size = unsafe { opts.cast::<u32>().read() } as usize;
     if !(known..=4096).contains(&size) {
         return Err(Error::Invalid(format!(
             "opts->size is {size}: must be at least sizeof(mr_lazy_options) = {known} (and at most 4096)"
