@@ -34,8 +34,8 @@ mod handle;
 pub mod image;
 pub mod image_info;
 pub mod image_io;
-pub mod options;
 pub mod lazy;
+pub mod options;
 pub mod snapshot;
 
 use crate::error::{Error, Result};
