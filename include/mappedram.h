@@ -135,6 +135,11 @@
 #define MR_CHECKSUM_XXH3 1
 
 /**
+ * `mr_lazy_start` flag: serve faults only; no background prefetch.
+ */
+#define MR_LAZY_NO_PREFETCH 1
+
+/**
  * A thread-safe seekable file channel (opaque). Shared ownership: see
  * `mr_channel_close`.
  */
@@ -144,6 +149,16 @@ typedef struct mr_channel mr_channel;
  * A mapped-ram image (opaque).
  */
 typedef struct mr_image mr_image;
+
+/**
+ * A running on-demand restore (opaque).
+ */
+typedef struct mr_lazy mr_lazy;
+
+/**
+ * A running live snapshot (opaque).
+ */
+typedef struct mr_snapshot mr_snapshot;
 
 /**
  * Describes one ramblock of a new image.
@@ -197,6 +212,44 @@ typedef struct mr_ramblock_info {
  * are serialised; each call uses the callback installed at that moment.
  */
 typedef int (*mr_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+
+/**
+ * Options of `mr_lazy_start_opts`. Versioned by `size`: set it to
+ * `sizeof(mr_lazy_options)`; fields added later go at the end, and a
+ * library that does not know them refuses a non-zero value there.
+ */
+typedef struct mr_lazy_options {
+  /**
+   * `sizeof(mr_lazy_options)` as the caller compiled it.
+   */
+  uint32_t size;
+  /**
+   * `MR_LAZY_NO_PREFETCH` or 0.
+   */
+  uint32_t flags;
+  /**
+   * Prefetch threads (0 = a default).
+   */
+  uint32_t threads;
+  /**
+   * Must be 0.
+   */
+  uint32_t reserved;
+  /**
+   * Prefetch rate limit in bytes per second (0 = unlimited). Faults are
+   * never limited.
+   */
+  uint64_t rate_limit;
+  /**
+   * Hot pages to prefetch first: one bit per page of the block (u64
+   * words, LSB first), or NULL. Copied by the call.
+   */
+  const uint64_t *hot;
+  /**
+   * Words in `hot`.
+   */
+  uint64_t hot_words;
+} mr_lazy_options;
 
 /**
  * Options of a new image (`mr_image_create_opts`). Zero-initialise it,
@@ -735,6 +788,88 @@ int mr_image_set_progress(struct mr_image *img, mr_progress_fn func, void *opaqu
 int mr_image_cancel(struct mr_image *img);
 
 /**
+ * Serve ramblock `block` of `img` into `host` (page aligned, the block's
+ * `used_length` bytes, mapped by the caller as private anonymous or shared
+ * memfd/hugetlbfs memory and not touched yet). Returns at once; the first
+ * touch of a page by any thread (a KVM vCPU too) is filled from the image.
+ * Without `MR_LAZY_NO_PREFETCH`, `threads` threads (0 = a default) fill
+ * the rest in the background. `-ENOSYS`/`-EPERM` when the kernel has no
+ * userfaultfd or the caller may not use it (the message says which).
+ *
+ * # Safety
+ * `img` a live image handle that stays open until `mr_lazy_stop`; `host`
+ * a mapping of `used_length` bytes that stays mapped until then; `out`
+ * writable.
+ */
+int mr_lazy_start(struct mr_image *img,
+                  uint32_t block,
+                  void *host,
+                  uint32_t flags,
+                  uint32_t threads,
+                  struct mr_lazy **out);
+
+/**
+ * `mr_lazy_start` with options: prefetch rate limit, hot pages first.
+ *
+ * # Safety
+ * As `mr_lazy_start`; `opts` valid for reads of `opts->size` bytes, its
+ * `hot` NULL or valid for `hot_words` words.
+ */
+int mr_lazy_start_opts(struct mr_image *img,
+                       uint32_t block,
+                       void *host,
+                       const struct mr_lazy_options *opts,
+                       struct mr_lazy **out);
+
+/**
+ * Block until every page is resident (or was discarded by the caller with
+ * `MADV_DONTNEED`/`munmap`), or return the first error: an I/O error names
+ * the block and offset, and the threads touching those pages stay blocked
+ * (never given wrong data). With `MR_LAZY_NO_PREFETCH` this waits for the
+ * guest to touch every page.
+ *
+ * # Safety
+ * `lz` a live handle.
+ */
+int mr_lazy_wait(struct mr_lazy *lz);
+
+/**
+ * Make every page resident (prefetching what is left at full speed), stop
+ * the threads, unregister the range and free the handle (even on failure).
+ * Pages that still cannot be read are poisoned (touching them raises
+ * `SIGBUS`, never reads zero) and the error is returned. NULL is accepted.
+ *
+ * # Safety
+ * `lz` NULL or a live handle, not used again afterwards.
+ */
+int mr_lazy_stop(struct mr_lazy *lz);
+
+/**
+ * Map ramblock `block`'s pages `MAP_PRIVATE` straight from the image file
+ * (copy-on-write restore: pages come from the page cache on first touch,
+ * a write makes a private copy). Slots whose bit is clear read as zero
+ * even when the file holds stale bytes there. With `addr` non-NULL (page
+ * aligned) the mapping replaces the caller's memory at `addr` for
+ * `used_length` bytes (`MAP_FIXED`); else the kernel picks the address.
+ * `*out` receives the address; unmap it with `munmap(*out, used_length)`.
+ * The mapping stays valid after `mr_image_close`. `flags` must be 0.
+ *
+ * Safe only while nobody writes the image file: pages not yet written
+ * through the mapping show the file's current contents (an in-place update
+ * or a new save into the file would show through), and `O_DIRECT` writes
+ * bypass the page cache the mapping reads.
+ *
+ * # Safety
+ * `img` a live handle; `addr` NULL or a range of `used_length` bytes the
+ * caller gives up; `out` writable.
+ */
+int mr_image_map_ramblock(struct mr_image *img,
+                          uint32_t block,
+                          void *addr,
+                          uint32_t flags,
+                          void **out);
+
+/**
  * As `mr_image_create`, with options (`opts` NULL = a plain image). A
  * compressed or checksummed image is read and written by every other call
  * unchanged; QEMU refuses it (`mrtool expand` converts it back).
@@ -762,6 +897,46 @@ int mr_image_create_opts(const char *path,
 int mr_image_ramblock_stats(const struct mr_image *img,
                             uint32_t block,
                             struct mr_ramblock_stats *out);
+
+/**
+ * Write-protect `host` (the block's `used_length` bytes, private anonymous
+ * or shared memfd/shmem memory with 4 KiB pages) and start saving it into
+ * ramblock `block` of `img` with `threads` threads (0 = a default). The
+ * caller pauses its vCPUs around the start calls of all blocks; after they
+ * return the guest runs again while the image receives every page as it
+ * was at the start: a write to a page not yet saved is held until the page
+ * is copied out. Zero pages stay holes.
+ *
+ * # Safety
+ * `img` a live, writable image handle that stays open until
+ * `mr_snapshot_stop`; `host` a mapping of `used_length` bytes that stays
+ * mapped until then; `out` writable.
+ */
+int mr_snapshot_start(struct mr_image *img,
+                      uint32_t block,
+                      void *host,
+                      uint32_t threads,
+                      struct mr_snapshot **out);
+
+/**
+ * Block until every page is saved as of the start instant, or return the
+ * first error.
+ *
+ * # Safety
+ * `s` a live handle.
+ */
+int mr_snapshot_wait(struct mr_snapshot *s);
+
+/**
+ * Stop the savers, remove the write protection (releasing any held
+ * writer), unregister and free the handle (even on failure). Stopping
+ * before every page was saved returns `-ECANCELED`: the image then does
+ * not hold a consistent snapshot. NULL is accepted.
+ *
+ * # Safety
+ * `s` NULL or a live handle, not used again afterwards.
+ */
+int mr_snapshot_stop(struct mr_snapshot *s);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -14,6 +14,8 @@
 //!   with progress and cancel through an [`engine::Control`];
 //! - [`memory`]: typed views of guest memory and dirty bitmaps (shared with
 //!   the guest and other threads, never a Rust reference);
+//! - [`uffd`], [`lazy`], [`snapshot`]: userfaultfd services over an image:
+//!   on-demand restore and live copy-on-write snapshots;
 //! - `ffi`: the C ABI (`include/mappedram.h`), a thin skin.
 //!
 //! # Example
@@ -56,7 +58,10 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod image;
+pub mod lazy;
 pub mod memory;
+pub mod snapshot;
+pub mod uffd;
 
 mod ffi;
 mod silent_panic;

@@ -156,6 +156,12 @@ impl Channel {
         self.flags
     }
 
+    /// The buffered descriptor, for mapping the file (`mmap`); reads and
+    /// writes go through the positional calls.
+    pub fn mapping_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
     /// The direct-I/O alignment, when the channel has an `O_DIRECT` descriptor.
     pub fn dio_align(&self) -> Option<DioAlign> {
         self.direct.as_ref().map(Direct::align)

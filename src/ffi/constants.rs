@@ -61,3 +61,5 @@ pub const MR_IMAGE_OPT_NO_CHECKSUMS: u32 = 0x2;
 pub const MR_CHECKSUM_NONE: u32 = 0;
 /// `mr_ramblock_stats.checksum`: xxh3-64 of each chunk.
 pub const MR_CHECKSUM_XXH3: u32 = 1;
+/// `mr_lazy_start` flag: serve faults only; no background prefetch.
+pub const MR_LAZY_NO_PREFETCH: u32 = 0x1;

@@ -34,7 +34,9 @@ mod handle;
 pub mod image;
 pub mod image_info;
 pub mod image_io;
+pub mod lazy;
 pub mod options;
+pub mod snapshot;
 
 use crate::error::{Error, Result};
 use crate::silent_panic;

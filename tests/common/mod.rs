@@ -11,6 +11,8 @@
 //! - [`qemu`]: find/version-check QEMU, start paused guests, save/restore;
 //! - [`qmp`]: a minimal QMP client;
 //! - [`raw`]: an independent minimal reader of mapped-ram files;
+//! - [`uffd`]: guest-like mappings and mixed images for the userfaultfd
+//!   tests (on-demand restore, live snapshot);
 //! - [`libvirt_header`]: libvirt's 92-byte save-image header, built by hand.
 
 // Each test binary uses a different subset of the helpers (and of the
@@ -27,6 +29,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod raw;
 pub mod rng;
+pub mod uffd;
 
 pub use dirs::{TmpDir, TmpfsMount};
 pub use guest::{block_memory, compare_image, page_content, specs, PS};

@@ -1,0 +1,339 @@
+//! mr-lazy-bench: on-demand restore and live snapshot figures, side by side
+//! with the eager restore and the paused save of the same guest, in one run.
+//!
+//! A mixed guest (~45 % random, ~30 % zero, text, mostly-zero pages) is
+//! saved once (O_DIRECT). The page cache of the image is dropped
+//! (`posix_fadvise(DONTNEED)`) before every cold measurement. Figures:
+//! - start -> first touched page's data (prefetch running);
+//! - fault service latency p50/p99, from disk (O_DIRECT image, cold, no
+//!   prefetch) and from the page cache (buffered image, warm);
+//! - time to full residency with prefetch vs an eager `read_ramblock`;
+//! - snapshot pause (the start call) and total time (a writer thread keeps
+//!   writing) vs a paused `save_ramblock`, and the writer's stall per write
+//!   fault.
+
+use mappedram::lazy::{Lazy, LazyOptions, NO_PREFETCH};
+use mappedram::snapshot::Snapshot;
+use mappedram::{engine, GuestSliceMut, Image, ImageFlags};
+use mappedram_bench::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)] [--only restore|snapshot]";
+
+struct Args {
+    size: usize,
+    dir: PathBuf,
+    threads: u32,
+    samples: usize,
+    rounds: usize,
+    /// Which parts: "all", "restore" or "snapshot".
+    only: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        size: 1 << 30,
+        dir: std::env::temp_dir(),
+        threads: 2,
+        samples: 2000,
+        rounds: 3,
+        only: "all".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || {
+            it.next()
+                .ok_or_else(|| format!("{k} needs a value\n{USAGE}"))
+        };
+        match k.as_str() {
+            "--size" => a.size = parse_size(&val()?)?,
+            "--dir" => a.dir = PathBuf::from(val()?),
+            "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--samples" => a.samples = val()?.parse().map_err(|e| format!("--samples: {e}"))?,
+            "--rounds" => a.rounds = val()?.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--only" => a.only = val()?,
+            _ => return Err(USAGE.into()),
+        }
+    }
+    Ok(a)
+}
+
+/// Drop the image's pages from the page cache.
+fn drop_cache(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("open image");
+    // SAFETY: fadvise on an open descriptor; no memory is passed.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// Read the whole file once (into the page cache).
+fn warm_cache(path: &Path) {
+    let mut f = std::fs::File::open(path).expect("open image");
+    std::io::copy(&mut f, &mut std::io::sink()).expect("read image");
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Read one byte of page `p` (a guest touch); returns its latency in µs.
+fn touch(mem: &Mem, p: usize) -> f64 {
+    let t = Instant::now();
+    // SAFETY: inside the mapping.
+    let _ = unsafe { std::ptr::read_volatile(mem.as_ptr().add(p * PAGE)) };
+    t.elapsed().as_secs_f64() * 1e6
+}
+
+/// Present pages of the guest (touches of these are served from the file).
+fn present_pages(src: &Mem) -> Vec<usize> {
+    src.as_slice()
+        .chunks(PAGE)
+        .enumerate()
+        .filter(|(_, c)| c.iter().any(|&b| b != 0))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn lazy_opts(flags: u32, threads: u32) -> LazyOptions {
+    LazyOptions {
+        flags,
+        threads,
+        ..Default::default()
+    }
+}
+
+/// Eager restore vs lazy full residency (both cold, image open excluded),
+/// plus start -> first touched page. Returns (eager s, lazy s, first µs).
+fn residency(
+    path: &Path,
+    src: &Mem,
+    pages: &[usize],
+    threads: u32,
+    round: usize,
+) -> (f64, f64, f64) {
+    let img = Arc::new(Image::open(path, ImageFlags::DIRECT).unwrap());
+    let mut dst = Mem::anon(src.len()).unwrap();
+    drop_cache(path);
+    let t = Instant::now();
+    // SAFETY: `dst` holds the block and outlives the view.
+    let guest = unsafe { GuestSliceMut::new(dst.as_mut_ptr(), dst.len()) }.unwrap();
+    engine::read_ramblock(&img, 0, guest, false, threads).unwrap();
+    let eager = t.elapsed().as_secs_f64();
+    assert!(first_mismatch(dst.as_slice(), src.as_slice()).is_none());
+    drop(dst);
+    let dst = Mem::anon(src.len()).unwrap();
+    drop_cache(path);
+    let probe = pages[(mix64(round as u64) as usize) % pages.len()];
+    let t = Instant::now();
+    // SAFETY: `dst` is fresh memory of the block's size, alive past stop.
+    let lz = unsafe {
+        Lazy::start(
+            img.clone(),
+            0,
+            dst.as_ptr() as *mut u8,
+            &lazy_opts(0, threads),
+        )
+    }
+    .unwrap();
+    let started = t.elapsed().as_secs_f64() * 1e6;
+    let _ = touch(&dst, probe);
+    let first = t.elapsed().as_secs_f64() * 1e6;
+    println!("  start call {started:.0} us, first touched page's data at {first:.0} us");
+    lz.wait().unwrap();
+    let lazy = t.elapsed().as_secs_f64();
+    lz.stop().unwrap();
+    assert!(first_mismatch(dst.as_slice(), src.as_slice()).is_none());
+    (eager, lazy, first)
+}
+
+/// Fault latencies (µs) of `n` random present pages, one thread, no prefetch.
+fn fault_latency(path: &Path, src: &Mem, pages: &[usize], n: usize, cold: bool) -> Vec<f64> {
+    let flags = if cold {
+        ImageFlags::DIRECT
+    } else {
+        ImageFlags::default()
+    };
+    let img = Arc::new(Image::open(path, flags).unwrap());
+    if cold {
+        drop_cache(path);
+    } else {
+        warm_cache(path);
+    }
+    let dst = Mem::anon(src.len()).unwrap();
+    // SAFETY: as in `residency`.
+    let lz = unsafe { Lazy::start(img, 0, dst.as_ptr() as *mut u8, &lazy_opts(NO_PREFETCH, 1)) }
+        .unwrap();
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()];
+        lat.push(touch(&dst, p));
+    }
+    lz.stop().unwrap();
+    lat
+}
+
+/// Paused save vs live snapshot with a writer (random pages, about 15-20k
+/// writes/s: 4 writes, then a 200 us sleep). Returns (paused s, pause ms,
+/// total s, stalls µs of the writer's slow writes, wp faults).
+fn snapshot(dir: &Path, src: &Mem, threads: u32, busy: bool) -> (f64, f64, f64, Vec<f64>, u64) {
+    let p1 = dir.join("paused.img");
+    let (paused, _) = lib_save(&p1, src, None, threads).unwrap();
+    let _ = std::fs::remove_file(&p1);
+    let p2 = dir.join("live.img");
+    let stop = AtomicBool::new(false);
+    let len = src.len();
+    let mut stalls = Vec::new();
+    let (pause, total, faults) = std::thread::scope(|s| {
+        let w = s.spawn(|| {
+            let mut v = Vec::new();
+            let mut i = 0u64;
+            while busy && !stop.load(Ordering::Acquire) {
+                i += 1;
+                let p = (mix64(i) as usize) % (len / PAGE);
+                let t = Instant::now();
+                // SAFETY: inside the mapping; the writer plays a vCPU.
+                unsafe {
+                    std::ptr::write_volatile((src.as_ptr() as *mut u8).add(p * PAGE + 8), i as u8)
+                };
+                let us = t.elapsed().as_secs_f64() * 1e6;
+                if us > 2.0 {
+                    v.push(us);
+                }
+                if i % 4 == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+            v.push(-(i as f64));
+            v
+        });
+        let t = Instant::now();
+        let img =
+            Arc::new(Image::create(&p2, MACHINE, &specs(len, &[]), ImageFlags::DIRECT).unwrap());
+        let t_start = Instant::now();
+        // SAFETY: `src` stays mapped past stop.
+        let snap =
+            unsafe { Snapshot::start(img.clone(), 0, src.as_ptr() as *mut u8, threads) }.unwrap();
+        let pause = t_start.elapsed().as_secs_f64() * 1e3;
+        snap.wait().unwrap();
+        let faults = snap.stats().wp_faults;
+        snap.stop().unwrap();
+        img.finish().unwrap();
+        Arc::into_inner(img).unwrap().close().unwrap();
+        let total = t.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Release);
+        stalls = w.join().unwrap();
+        let writes = -stalls.pop().unwrap_or(0.0);
+        println!("  pause {pause:.2} ms, total {total:.3} s, {faults} wp faults, {writes} writes ({:.0}/s)", writes / total);
+        (pause, total, faults)
+    });
+    let _ = std::fs::remove_file(&p2);
+    (paused.as_secs_f64(), pause, total, stalls, faults)
+}
+
+fn main() {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let dir = a.dir.join(format!("mr-lazy-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("guest.img");
+    let mut src = Mem::anon(a.size).unwrap();
+    Pattern::Realistic.fill(0x6c617a79, src.as_mut_slice());
+    lib_save(&path, &src, None, a.threads).unwrap();
+    let pages = present_pages(&src);
+    println!(
+        "guest {} mixed ({} present pages), threads {}, image {}",
+        human(a.size as u64),
+        pages.len(),
+        a.threads,
+        path.display()
+    );
+    if a.only != "snapshot" {
+        restore_figures(&a, &path, &src, &pages);
+    }
+    if a.only != "restore" {
+        snapshot_figures(&a, &dir, &src);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn restore_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
+    let (mut eager, mut lazy, mut first) = (vec![], vec![], vec![]);
+    for r in 0..a.rounds {
+        let (e, l, f) = residency(path, src, pages, a.threads, r);
+        println!(
+            "round {r}: eager {:.3} s, lazy+prefetch {:.3} s ({:.3}x), first page {:.0} us",
+            e,
+            l,
+            l / e,
+            f
+        );
+        eager.push(e);
+        lazy.push(l);
+        first.push(f);
+    }
+    let (me, ml) = (median(&eager), median(&lazy));
+    println!("residency (cold, median of {}): eager read_ramblock {:.3} s, lazy with prefetch {:.3} s: ratio {:.3} (target <= 1.05)", a.rounds, me, ml, ml / me);
+    println!(
+        "start -> first touched page: median {:.0} us, max {:.0} us (target <= 2000 us)",
+        median(&first),
+        first.iter().cloned().fold(0.0, f64::max)
+    );
+    let mut disk = fault_latency(path, src, pages, a.samples, true);
+    let mut cache = fault_latency(path, src, pages, a.samples, false);
+    println!(
+        "fault latency from disk (O_DIRECT, cold): p50 {:.1} us, p99 {:.1} us",
+        pct(&mut disk, 0.5),
+        pct(&mut disk, 0.99)
+    );
+    println!(
+        "fault latency from page cache: p50 {:.1} us, p99 {:.1} us (target p99 <= 100 us)",
+        pct(&mut cache, 0.5),
+        pct(&mut cache, 0.99)
+    );
+}
+
+fn snapshot_figures(a: &Args, dir: &Path, src: &Mem) {
+    // The same guest in THP-backed memory (QEMU madvises guest RAM
+    // MADV_HUGEPAGE): write-protecting it changes 512x fewer entries.
+    let mut thp = Mem::anon(a.size).unwrap();
+    // SAFETY: advice on our own mapping.
+    unsafe { libc::madvise(thp.as_mut_ptr().cast(), a.size, libc::MADV_HUGEPAGE) };
+    thp.as_mut_slice().copy_from_slice(src.as_slice());
+    let gib = a.size as f64 / (1u64 << 30) as f64;
+    for (mem, name) in [(src, "4 KiB pages"), (&thp, "THP (MADV_HUGEPAGE)")] {
+        for busy in [false, true] {
+            let (mut paused, mut total, mut pause) = (vec![], vec![], vec![]);
+            let mut all_stalls = vec![];
+            let mut faults = 0;
+            for _ in 0..a.rounds {
+                let (p, pz, t, st, f) = snapshot(dir, mem, a.threads, busy);
+                paused.push(p);
+                total.push(t);
+                pause.push(pz);
+                all_stalls.extend(st);
+                faults += f;
+            }
+            let (mp, mt) = (median(&paused), median(&total));
+            let who = if busy { "writer running" } else { "idle guest" };
+            println!("snapshot, {name}, {who} (median of {}): pause {:.2} ms = {:.2} ms/GiB (target <= 1), total {:.3} s vs paused save {:.3} s: ratio {:.3} (target <= 1.1), {faults} wp faults", a.rounds, median(&pause), median(&pause) / gib, mt, mp, mt / mp);
+            if !all_stalls.is_empty() {
+                let n = all_stalls.len();
+                println!(
+                    "  writer stalls > 2 us: {n}: p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+                    pct(&mut all_stalls, 0.5),
+                    pct(&mut all_stalls, 0.99),
+                    pct(&mut all_stalls, 1.0)
+                );
+            }
+        }
+    }
+}

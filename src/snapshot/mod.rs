@@ -1,0 +1,367 @@
+//! Live copy-on-write snapshot: save a ramblock while the guest keeps
+//! running, with the image receiving every page as it was at the start.
+//!
+//! At start the whole range is write-protected (`UFFDIO_REGISTER_MODE_WP` +
+//! `UFFDIO_WRITEPROTECT`); that is the pause. Then:
+//! - **saver threads** (`save.rs`) take 4 MiB units and, per 64-page word,
+//!   *claim* the pages nobody claimed yet (`claimed`, one atomic
+//!   `fetch_or`), write them to the image straight from guest memory (it is
+//!   still protected, so it holds the start-instant bytes; zero pages stay
+//!   holes), then lift the protection of those pages (which wakes a writer
+//!   held on them) and mark them `saved`;
+//! - the **fault thread** (`fault.rs`) gets the guest's first write to a
+//!   protected page. If it wins the page's claim it copies the page out (a
+//!   4 KiB `memcpy`), lifts the protection at once (the writer goes on)
+//!   and queues the copy for a saver to write. If a saver holds the claim,
+//!   the saver's own un-protect releases the writer.
+//!
+//! The claim is the whole hand-off: whoever wins a page's bit reads its
+//! start-instant content while it is still protected and is the only one
+//! to un-protect it. A page is never un-protected before its content is in
+//! the image or in a queued copy.
+
+mod fault;
+mod save;
+
+use crate::error::{Error, Result};
+use crate::image::{BlockInfo, Image};
+use crate::lazy::dup;
+use crate::uffd::host::{mapping_of, system_page_size, HostRange, ImageRef};
+use crate::uffd::pages::PageSet;
+use crate::uffd::{sys::*, Uffd, Waker};
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// `MADV_POPULATE_READ` (Linux 5.14): map every page (zero pages shared)
+/// so it can be write-protected on kernels without WP_UNPOPULATED.
+const MADV_POPULATE_READ: i32 = 22;
+
+/// Counters of one live snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Guest writes that hit a protected page (each was held once).
+    pub wp_faults: u64,
+    /// Pages copied out by the fault thread before their first write.
+    pub copied_out: u64,
+    /// Pages saved (including the copied-out ones once written).
+    pub saved: u64,
+}
+
+pub(crate) struct Shared {
+    img: ImageRef,
+    block: usize,
+    idstr: String,
+    host: HostRange,
+    ps: u64,
+    uffd: Uffd,
+    waker: Waker,
+    claimed: PageSet,
+    saved: PageSet,
+    /// Pages copied out by the fault thread, waiting to be written.
+    copies: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Pages the fault thread claimed but did not copy (queue full): a
+    /// saver writes them from guest memory, then un-protects them.
+    urgent: Mutex<Vec<u64>>,
+    next_unit: AtomicU64,
+    error: Mutex<Option<Error>>,
+    cv: Condvar,
+    stop: AtomicBool,
+    wp_faults: AtomicU64,
+    copied_out: AtomicU64,
+}
+
+/// A running live snapshot of one ramblock.
+pub struct Snapshot {
+    sh: Arc<Shared>,
+    fault: Option<JoinHandle<()>>,
+    savers: Vec<JoinHandle<()>>,
+}
+
+impl Snapshot {
+    /// Write-protect `host` (the block's `used_length` bytes) and start
+    /// saving it into `block` of `img` with `threads` threads. The caller
+    /// pauses its vCPUs around the start calls of all blocks.
+    ///
+    /// # Safety
+    /// `host` must be a mapping of `used_length` bytes (private anonymous
+    /// or shared memfd/shmem) that stays mapped until the snapshot is
+    /// stopped or dropped.
+    pub unsafe fn start(
+        img: Arc<Image>,
+        block: usize,
+        host: *mut u8,
+        threads: u32,
+    ) -> Result<Snapshot> {
+        // SAFETY: forwarded contract.
+        unsafe { Snapshot::start_ref(ImageRef::Shared(img), block, host, threads) }
+    }
+
+    /// As [`start`](Self::start) with an image the caller keeps open.
+    ///
+    /// # Safety
+    /// As `start`, and `img` must stay valid until the snapshot is stopped
+    /// or dropped.
+    pub unsafe fn start_ref(
+        img: ImageRef,
+        block: usize,
+        host: *mut u8,
+        threads: u32,
+    ) -> Result<Snapshot> {
+        let info = img.block_info(block)?;
+        let what = format!("live snapshot of ramblock '{}'", info.idstr);
+        if !img.is_writable() {
+            return Err(Error::ReadOnly(format!(
+                "{what}: {} is open read-only",
+                img.channel().name()
+            )));
+        }
+        img.block_in_file(block)?;
+        // SAFETY: forwarded contract: `host` stays mapped until the stop.
+        let (range, uffd) = unsafe { protect(&info, host, &what) }?;
+        let pages = info.used_length / info.page_size;
+        let sh = Arc::new(Shared {
+            img,
+            block,
+            idstr: info.idstr,
+            host: range,
+            ps: info.page_size,
+            uffd,
+            waker: Waker::new()?,
+            claimed: PageSet::new(pages),
+            saved: PageSet::new(pages),
+            copies: Mutex::new(Vec::new()),
+            urgent: Mutex::new(Vec::new()),
+            next_unit: AtomicU64::new(0),
+            error: Mutex::new(None),
+            cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            wp_faults: AtomicU64::new(0),
+            copied_out: AtomicU64::new(0),
+        });
+        let mut s = Snapshot {
+            sh: sh.clone(),
+            fault: None,
+            savers: Vec::new(),
+        };
+        let f = sh.clone();
+        s.fault = Some(
+            std::thread::Builder::new()
+                .name("mr-snap-fault".into())
+                .spawn(move || fault::run(f))
+                .map_err(|e| Error::io("live snapshot: starting the fault thread", e))?,
+        );
+        let n = crate::engine::effective_threads(threads, save::units(&sh));
+        for i in 0..n {
+            let w = sh.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("mr-snap-save{i}"))
+                .spawn(move || save::saver(w))
+                .map_err(|e| Error::io("live snapshot: starting a saver thread", e))?;
+            s.savers.push(h);
+        }
+        Ok(s)
+    }
+
+    /// Block until every page is saved as of the start instant, or return
+    /// the first error.
+    pub fn wait(&self) -> Result<()> {
+        let sh = &self.sh;
+        let mut err = sh.error.lock();
+        loop {
+            if let Some(e) = err.as_ref() {
+                return Err(dup(e));
+            }
+            if sh.saved.full() {
+                return Ok(());
+            }
+            sh.cv.wait_for(&mut err, Duration::from_millis(20));
+        }
+    }
+
+    /// Whether every page is saved.
+    pub fn is_complete(&self) -> bool {
+        self.sh.saved.full()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SnapshotStats {
+        SnapshotStats {
+            wp_faults: self.sh.wp_faults.load(Ordering::Relaxed),
+            copied_out: self.sh.copied_out.load(Ordering::Relaxed),
+            saved: self.sh.saved.count(),
+        }
+    }
+
+    /// Stop the threads, remove the protection, unregister. Stopping before
+    /// every page was saved returns `ECANCELED` (the image does not hold a
+    /// consistent snapshot then); otherwise the first error, if any.
+    pub fn stop(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let sh = self.sh.clone();
+        sh.stop.store(true, Ordering::Release);
+        for s in self.savers.drain(..) {
+            let _ = s.join();
+        }
+        sh.waker.wake();
+        if let Some(f) = self.fault.take() {
+            let _ = f.join();
+        }
+        // Lifting the protection wakes every writer still held. The fault
+        // thread is gone: read pending events here so `EAGAIN` clears.
+        let mut unprotect = sh.uffd.writeprotect(sh.host.start, sh.host.len, false);
+        let mut msgs = [crate::uffd::sys::uffd_msg::default(); 16];
+        for _ in 0..1000 {
+            if unprotect.as_ref().err().and_then(|e| e.raw_os_error()) != Some(libc::EAGAIN) {
+                break;
+            }
+            let _ = sh.uffd.read_events(&mut msgs, &mut Vec::new());
+            unprotect = sh.uffd.writeprotect(sh.host.start, sh.host.len, false);
+        }
+        let unreg = sh.uffd.unregister(sh.host.start, sh.host.len);
+        if let Some(e) = sh.error.lock().take() {
+            return Err(e);
+        }
+        if !sh.saved.full() {
+            return Err(Error::Cancelled(format!(
+                "live snapshot of ramblock '{}' stopped after {} of {} pages were saved: the image does not hold a consistent snapshot",
+                sh.idstr,
+                sh.saved.count(),
+                sh.saved.len()
+            )));
+        }
+        unprotect.map_err(|e| Error::io("live snapshot: lifting write protection", e))?;
+        unreg
+    }
+}
+
+/// Register `host` for write protection and protect all of it: the start
+/// instant. Populates first when unpopulated pages cannot be protected.
+///
+/// # Safety
+/// `host` must stay mapped (`info.used_length` bytes) until the snapshot
+/// built on it has stopped.
+unsafe fn protect(info: &BlockInfo, host: *mut u8, what: &str) -> Result<(HostRange, Uffd)> {
+    // SAFETY: the caller keeps `host` mapped until the snapshot stops.
+    let range = unsafe { HostRange::new(host, info.used_length, what) }?;
+    let (host_page, shared) = mapping_of(range.start);
+    if host_page != info.page_size || info.page_size != system_page_size() {
+        return Err(Error::Unsupported(format!(
+            "{what}: host page size {host_page} and image page size {} must both be the system page size {} (hugetlbfs is not supported by the snapshot)",
+            info.page_size,
+            system_page_size()
+        )));
+    }
+    let want = UFFD_FEATURE_WP_UNPOPULATED
+        | UFFD_FEATURE_EVENT_REMOVE
+        | UFFD_FEATURE_EVENT_UNMAP
+        | UFFD_FEATURE_EVENT_REMAP;
+    let mut need = UFFD_FEATURE_PAGEFAULT_FLAG_WP;
+    let mut need_what = "write-protect faults (UFFD_FEATURE_PAGEFAULT_FLAG_WP)";
+    if shared {
+        need |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+        need_what = "write protection of shared memory (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)";
+    }
+    let uffd = Uffd::open(want, need, need_what)?;
+    if !uffd.has(UFFD_FEATURE_WP_UNPOPULATED) || shared {
+        // Protection applies to mapped pages only: map them all first.
+        // SAFETY: the range is the caller's mapping; populating reads
+        // does not change its contents.
+        let r = unsafe {
+            libc::madvise(
+                range.start as *mut libc::c_void,
+                range.len as usize,
+                MADV_POPULATE_READ,
+            )
+        };
+        if r != 0 {
+            return Err(Error::last_os(format!("{what}: MADV_POPULATE_READ")));
+        }
+    }
+    uffd.register(range.start, range.len, UFFDIO_REGISTER_MODE_WP)?;
+    uffd.writeprotect(range.start, range.len, true)
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "{what}: UFFDIO_WRITEPROTECT of 0x{:x}+0x{:x}",
+                    range.start, range.len
+                ),
+                e,
+            )
+        })?;
+    Ok((range, uffd))
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if self.fault.is_some() {
+            let _ = self.shutdown();
+        }
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("ramblock", &self.sh.idstr)
+            .field("host", &self.sh.host)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Shared {
+    fn latch(&self, e: Error) {
+        let mut slot = self.error.lock();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        self.cv.notify_all();
+    }
+
+    fn mark_saved(&self, first: u64, n: u64) {
+        if self.saved.set_range(first, n) > 0 && self.saved.full() {
+            let _l = self.error.lock();
+            self.cv.notify_all();
+        }
+    }
+
+    /// Lift the protection of pages `[first, first+n)` (wakes writers).
+    /// For savers: `EAGAIN` (an event is pending; the fault thread reads
+    /// it) is retried.
+    fn unprotect(&self, first: u64, n: u64) {
+        loop {
+            match self.try_unprotect(first, n) {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                r => return self.unprotect_result(first, r),
+            }
+        }
+    }
+
+    /// One attempt; the fault thread handles `EAGAIN` itself (it must read
+    /// the pending event before a retry can succeed).
+    fn try_unprotect(&self, first: u64, n: u64) -> std::io::Result<()> {
+        let start = self.host.start + first * self.ps;
+        self.uffd.writeprotect(start, n * self.ps, false)
+    }
+
+    fn unprotect_result(&self, first: u64, r: std::io::Result<()>) {
+        if let Err(e) = r {
+            self.latch(Error::io(
+                format!(
+                    "live snapshot of ramblock '{}': lifting protection at offset 0x{:x}",
+                    self.idstr,
+                    first * self.ps
+                ),
+                e,
+            ));
+        }
+    }
+}

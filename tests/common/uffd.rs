@@ -1,0 +1,137 @@
+//! Helpers of the userfaultfd tests (on-demand restore, live snapshot):
+//! guest-like mappings (private anonymous, shared memfd) and images with a
+//! mixed layout (data pages, zero pages, runs of both).
+
+use super::{block_memory, specs, Aligned, TmpDir, PS};
+use mappedram::engine::save_ramblock;
+use mappedram::{GuestSlice, Image, ImageFlags};
+use std::path::PathBuf;
+
+/// A mapping like guest RAM, unmapped on drop.
+pub struct Mapping {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+// SAFETY: the mapping is plain memory; tests share it between threads the
+// way a hypervisor shares guest RAM with vCPU threads.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Private anonymous memory, never touched.
+    pub fn anon(len: usize) -> Mapping {
+        // SAFETY: a fresh anonymous mapping; no existing memory affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap {len}");
+        Mapping { ptr: p.cast(), len }
+    }
+
+    /// Shared memfd (shmem) memory, never touched.
+    pub fn memfd(len: usize) -> Mapping {
+        // SAFETY: memfd_create with a NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"mr-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: our fd; ftruncate then mmap it shared, then close the fd
+        // (the mapping keeps the file).
+        unsafe {
+            assert_eq!(libc::ftruncate(fd, len as i64), 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            libc::close(fd);
+            assert_ne!(p, libc::MAP_FAILED);
+            Mapping { ptr: p.cast(), len }
+        }
+    }
+
+    /// Copy page `p` out (touching it).
+    pub fn page(&self, p: u64) -> Vec<u8> {
+        let mut v = vec![0u8; PS as usize];
+        assert!((p + 1) * PS <= self.len as u64);
+        // SAFETY: inside the mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.add((p * PS) as usize),
+                v.as_mut_ptr(),
+                PS as usize,
+            )
+        };
+        v
+    }
+
+    /// The whole mapping (touching every page).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len];
+        // SAFETY: inside the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr, v.as_mut_ptr(), self.len) };
+        v
+    }
+
+    /// Write a u64 at byte offset `off` (volatile, like a guest store).
+    pub fn write_u64(&self, off: u64, v: u64) {
+        assert!(off + 8 <= self.len as u64);
+        // SAFETY: inside the mapping, 8-byte aligned by callers.
+        unsafe { std::ptr::write_volatile(self.ptr.add(off as usize) as *mut u64, v) };
+    }
+
+    pub fn madvise(&self, off: u64, len: u64, advice: i32) {
+        // SAFETY: the range lies inside the mapping.
+        let r = unsafe { libc::madvise(self.ptr.add(off as usize).cast(), len as usize, advice) };
+        assert_eq!(r, 0, "madvise: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly our mapping.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A finished image of one `mem` block of `len` bytes (plus the two small
+/// ROM blocks) whose pages are distinct, about one in `zero_every` zero;
+/// returns its path and the block's memory.
+pub fn mixed_image(dir: &TmpDir, len: u64, zero_every: u64) -> (PathBuf, Aligned) {
+    let path = dir.join("lazy.img");
+    let mem = block_memory(1, 0, len, zero_every);
+    let img = Image::create(&path, "pc-i440fx-10.0", &specs(len), ImageFlags::default()).unwrap();
+    save_ramblock(&img, 0, GuestSlice::from_slice(mem.as_slice()), None, 2).unwrap();
+    for b in 1..3 {
+        let m = block_memory(1, b, img.block_info(b).unwrap().used_length, zero_every);
+        save_ramblock(&img, b, GuestSlice::from_slice(m.as_slice()), None, 1).unwrap();
+    }
+    img.finish().unwrap();
+    img.close().unwrap();
+    (path, mem)
+}
+
+/// The first page that differs, as a message.
+pub fn first_diff(got: &[u8], want: &[u8]) -> Option<String> {
+    assert_eq!(got.len(), want.len());
+    let ps = PS as usize;
+    (0..got.len() / ps)
+        .find(|&p| got[p * ps..(p + 1) * ps] != want[p * ps..(p + 1) * ps])
+        .map(|p| {
+            format!(
+                "page {p} differs: got {:02x?}.. want {:02x?}..",
+                &got[p * ps..p * ps + 16],
+                &want[p * ps..p * ps + 16]
+            )
+        })
+}
