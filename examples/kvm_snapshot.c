@@ -30,7 +30,9 @@
  * Exit 0 when every combination passed, 1 on failure, 77 when /dev/kvm is
  * missing (meson's skip code).
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -672,7 +674,7 @@ static void run_mode(const char *mode, const char *restore, const char *dir,
 int main(int argc, char **argv)
 {
     const char *save = "all", *restore = "all", *dir = getenv("MR_TEST_DIR");
-    uint32_t threads = 2, delay = 0;
+    uint32_t threads = 2, delay = 100;
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) {
             usage();
