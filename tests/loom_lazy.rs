@@ -34,8 +34,12 @@
 //! Negative controls (each makes loom fail): a worker that re-checks
 //! `settled` without holding `layout`, a fault thread that marks `gone`
 //! after releasing `layout`, and a fault thread that drops an `EAGAIN`ed
-//! fault instead of deferring it. `model_matches_the_library` fails when
-//! the steps the model copies change in `src/lazy/` or `src/uffd/pages.rs`.
+//! fault instead of deferring it.
+//!
+//! The live snapshot's claim-bit hand-off is modelled too (`mod snapshot`
+//! below, with its own claims and controls). `model_matches_the_library`
+//! fails when the steps the models copy change in `src/lazy/`,
+//! `src/snapshot/` or `src/uffd/pages.rs`.
 
 use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use loom::sync::{Arc, Condvar, Mutex, RwLock};
@@ -480,4 +484,235 @@ fn model_matches_the_library() {
             "while self.place(a, m, src)? == Place::Again {",
         ],
     );
+    // Snapshot: claim, read while protected, un-protect, mark saved.
+    has(
+        "src/uffd/pages.rs",
+        &[
+            "pub(crate) fn claim_word(",
+            "self.words[w as usize].fetch_or(mask, Ordering::AcqRel);",
+        ],
+    );
+    has(
+        "src/snapshot/save.rs",
+        &[
+            "let won = sh.claimed.claim_word(i);",
+            "fn save_claimed(",
+            ".read(first * sh.ps, len * sh.ps)",
+            "sh.unprotect(first, len);",
+            "Ok(()) => sh.mark_saved(first, len),",
+        ],
+    );
+    has(
+        "src/snapshot/fault.rs",
+        &[
+            "if sh.claimed.claim(p) {",
+            "copy_out(sh, p, retry);",
+            "} else if sh.saved.test(p) {",
+            "sh.uffd.wake(",
+            "fn copy_out(",
+            "sh.host.read(p * sh.ps, sh.ps)",
+            "sh.copies.lock().push((p, buf));",
+            "lift(sh, p, retry);",
+        ],
+    );
+}
+
+/// The live snapshot's claim-bit hand-off (`src/snapshot/`): a saver claims
+/// a word of pages (`claim_word`, `fetch_or` `AcqRel`), writes the won
+/// pages from guest memory while they are still write-protected, then lifts
+/// the protection and marks them saved; the fault thread, on a write fault,
+/// claims the page (`claim`), copies it out, queues the copy and lifts the
+/// protection; when it loses the claim it wakes the writer only if the page
+/// is saved (else the saver's un-protect wakes it). Claim: the image holds
+/// every page's start-instant value, and every writer is woken.
+mod snapshot {
+    use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use loom::sync::{Arc, Condvar, Mutex};
+    use loom::thread;
+    use std::collections::VecDeque;
+
+    const N: usize = 2;
+    const START: [u8; N] = [1, 2];
+
+    #[derive(Clone, Copy, PartialEq)]
+    pub(super) enum Variant {
+        Library,
+        /// The fault thread lifts the protection even when a saver holds
+        /// the claim.
+        LiftWithoutClaim,
+        /// The saver lifts the protection before reading the page.
+        LiftBeforeSave,
+    }
+
+    #[derive(Default)]
+    struct Kernel {
+        mem: [u8; N],
+        wp: [bool; N],
+        faults: VecDeque<usize>,
+        wakes: [u32; N],
+        /// What the image holds; the fault thread's queued copies.
+        image: [Option<u8>; N],
+        copies: VecDeque<(usize, u8)>,
+    }
+
+    struct Model {
+        k: Mutex<Kernel>,
+        cv: Condvar,
+        claimed: AtomicU64,
+        saved: AtomicU64,
+        stop: AtomicBool,
+        variant: Variant,
+    }
+
+    impl Model {
+        fn unprotect(&self, p: usize) {
+            let mut k = self.k.lock().unwrap();
+            k.wp[p] = false;
+            k.wakes[p] += 1;
+            self.cv.notify_all();
+        }
+
+        fn mark_saved(&self, p: usize) {
+            self.saved.fetch_or(1 << p, Ordering::AcqRel);
+            let _k = self.k.lock().unwrap();
+            self.cv.notify_all();
+        }
+
+        /// A guest store: blocks in the write-protect fault until woken.
+        fn write(&self, p: usize, v: u8) {
+            let mut k = self.k.lock().unwrap();
+            while k.wp[p] {
+                k.faults.push_back(p);
+                self.cv.notify_all();
+                let gen = k.wakes[p];
+                while k.wakes[p] == gen {
+                    k = self.cv.wait(k).unwrap();
+                }
+            }
+            k.mem[p] = v;
+        }
+
+        /// `save_words` + `save_claimed`, then `service` until all saved.
+        fn saver(&self) {
+            let won = self.claimed.fetch_or((1 << N) - 1, Ordering::AcqRel);
+            for p in (0..N).filter(|p| won & (1 << p) == 0) {
+                if self.variant == Variant::LiftBeforeSave {
+                    self.unprotect(p);
+                }
+                let v = self.k.lock().unwrap().mem[p];
+                self.k.lock().unwrap().image[p] = Some(v);
+                self.unprotect(p);
+                self.mark_saved(p);
+            }
+            let mut k = self.k.lock().unwrap();
+            loop {
+                while let Some((p, v)) = k.copies.pop_front() {
+                    k.image[p] = Some(v);
+                    drop(k);
+                    self.mark_saved(p);
+                    k = self.k.lock().unwrap();
+                }
+                if self.saved.load(Ordering::Acquire) == (1 << N) - 1 {
+                    return;
+                }
+                k = self.cv.wait(k).unwrap();
+            }
+        }
+
+        /// `snapshot::fault::run` + `handle` + `copy_out`.
+        fn fault_thread(&self) {
+            loop {
+                let faults: Vec<usize> = {
+                    let mut k = self.k.lock().unwrap();
+                    while k.faults.is_empty() && !self.stop.load(Ordering::Acquire) {
+                        k = self.cv.wait(k).unwrap();
+                    }
+                    if self.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    k.faults.drain(..).collect()
+                };
+                for p in faults {
+                    let old = self.claimed.fetch_or(1 << p, Ordering::AcqRel);
+                    if old & (1 << p) == 0 {
+                        let mut k = self.k.lock().unwrap();
+                        let v = k.mem[p];
+                        k.copies.push_back((p, v));
+                        self.cv.notify_all();
+                        drop(k);
+                        self.unprotect(p);
+                    } else if self.saved.load(Ordering::Acquire) & (1 << p) != 0 {
+                        let mut k = self.k.lock().unwrap();
+                        k.wakes[p] += 1;
+                        self.cv.notify_all();
+                    } else if self.variant == Variant::LiftWithoutClaim {
+                        self.unprotect(p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One saver, the fault thread, and a guest writing both pages.
+    pub(super) fn check(variant: Variant) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(super::PREEMPTIONS);
+        b.check(move || {
+            let m = Arc::new(Model {
+                k: Mutex::new(Kernel {
+                    mem: START,
+                    wp: [true; N],
+                    ..Kernel::default()
+                }),
+                cv: Condvar::new(),
+                claimed: AtomicU64::new(0),
+                saved: AtomicU64::new(0),
+                stop: AtomicBool::new(false),
+                variant,
+            });
+            let f = m.clone();
+            let fault = thread::spawn(move || f.fault_thread());
+            let s = m.clone();
+            let saver = thread::spawn(move || s.saver());
+            let g = m.clone();
+            let guest = thread::spawn(move || {
+                g.write(1, 21);
+                g.write(0, 20);
+            });
+            guest.join().unwrap();
+            saver.join().unwrap();
+            {
+                let _k = m.k.lock().unwrap();
+                m.stop.store(true, Ordering::Release);
+                m.cv.notify_all();
+            }
+            fault.join().unwrap();
+            let k = m.k.lock().unwrap();
+            for (p, &start) in START.iter().enumerate() {
+                assert_eq!(
+                    k.image[p],
+                    Some(start),
+                    "torn snapshot: page {p} not saved with its start-instant value"
+                );
+            }
+            assert_eq!(k.mem, [20, 21]);
+        });
+    }
+}
+
+#[test]
+fn snapshot_claim_hand_off_holds_under_loom() {
+    snapshot::check(snapshot::Variant::Library);
+}
+
+#[test]
+#[should_panic(expected = "torn snapshot")]
+fn loom_catches_a_lift_without_the_claim() {
+    snapshot::check(snapshot::Variant::LiftWithoutClaim);
+}
+
+#[test]
+#[should_panic(expected = "torn snapshot")]
+fn loom_catches_a_lift_before_the_save() {
+    snapshot::check(snapshot::Variant::LiftBeforeSave);
 }
