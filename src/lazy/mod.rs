@@ -231,17 +231,7 @@ impl Lazy {
     /// first error. With [`NO_PREFETCH`] this waits for the guest to touch
     /// every page.
     pub fn wait(&self) -> Result<()> {
-        let sh = &self.sh;
-        let mut err = sh.error.lock();
-        loop {
-            if let Some(e) = err.as_ref() {
-                return Err(dup(e));
-            }
-            if sh.settled.full() {
-                return Ok(());
-            }
-            sh.cv.wait_for(&mut err, Duration::from_millis(20));
-        }
+        wait_until(&self.sh.error, &self.sh.cv, || self.sh.settled.full())
     }
 
     /// Whether every page is resident (or discarded).
@@ -371,6 +361,26 @@ impl Shared {
             let _l = self.error.lock();
             self.cv.notify_all();
         }
+    }
+}
+
+/// Block until `done()` holds or an error is recorded in `error` (the first
+/// error wins); `cv` is notified under `error`'s lock by whoever records an
+/// error or completes the work. Shared by on-demand restore and snapshots.
+pub(crate) fn wait_until(
+    error: &Mutex<Option<Error>>,
+    cv: &Condvar,
+    done: impl Fn() -> bool,
+) -> Result<()> {
+    let mut err = error.lock();
+    loop {
+        if let Some(e) = err.as_ref() {
+            return Err(dup(e));
+        }
+        if done() {
+            return Ok(());
+        }
+        cv.wait_for(&mut err, Duration::from_millis(20));
     }
 }
 

@@ -25,7 +25,7 @@ mod save;
 
 use crate::error::{Error, Result};
 use crate::image::{BlockInfo, Image};
-use crate::lazy::dup;
+use crate::lazy::wait_until;
 use crate::uffd::host::{mapping_of, system_page_size, HostRange, ImageRef};
 use crate::uffd::pages::PageSet;
 use crate::uffd::{sys::*, Uffd, Waker};
@@ -168,17 +168,7 @@ impl Snapshot {
     /// Block until every page is saved as of the start instant, or return
     /// the first error.
     pub fn wait(&self) -> Result<()> {
-        let sh = &self.sh;
-        let mut err = sh.error.lock();
-        loop {
-            if let Some(e) = err.as_ref() {
-                return Err(dup(e));
-            }
-            if sh.saved.full() {
-                return Ok(());
-            }
-            sh.cv.wait_for(&mut err, Duration::from_millis(20));
-        }
+        wait_until(&self.sh.error, &self.sh.cv, || self.sh.saved.full())
     }
 
     /// Whether every page is saved.
