@@ -5,7 +5,9 @@
  * successful create over a 0644 file (another owner, an access ACL granting
  * a second user) gives a 0600 file of the caller without ACL. Flags: READ_WRITE
  * is accepted (and changes nothing), RECOVER is not. A symbolic link is
- * followed: the link stays, its target is replaced. */
+ * followed: the link stays, its target is replaced. mr_image_create_opts with
+ * compression takes the same safe path: the same argument errors and bad
+ * options leave the image and the directory alone. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -157,6 +159,68 @@ static void bad_creates_leave_everything_alone(void)
     printf("%zu bad creates (x2 targets) left the image and the directory alone\n", n);
 }
 
+/* The same bad creates through mr_image_create_opts with zstd, plus bad
+ * options, over an existing compressed image and at a new path. */
+static void bad_compressed_creates_leave_everything_alone(void)
+{
+    char path[4200], fresh[4200];
+    snprintf(path, sizeof path, "%s/old.img", dir);
+    snprintf(fresh, sizeof fresh, "%s/new.img", dir);
+    mr_image_options z = { .size = sizeof z, .codec = MR_CODEC_ZSTD };
+    mr_ramblock_desc b = { "mem", MEM_LEN, PAGE };
+    mr_image *img = NULL;
+    OK(mr_image_create_opts(path, "pc-i440fx-10.0", &b, 1, 0, &z, &img));
+    uint8_t page[PAGE];
+    for (uint32_t i = 0; i < PAGE; i++)
+        page[i] = pattern(6, i);
+    OK(mr_image_write_page(img, 0, 5 * PAGE, page));
+    OK(mr_image_finish(img));
+    OK(mr_image_close(img));
+    size_t before_len;
+    uint8_t *before = slurp(path, &before_len);
+    size_t n;
+    const struct bad_case *c = bad_cases(&n);
+    mr_image_options bad_opts[3] = { z, z, z };
+    bad_opts[0].codec = 7;
+    bad_opts[1].level = 23;
+    bad_opts[2].chunk_size = 2048;
+    const char *bad_what[3] = { "codec 7", "level 23", "chunk size 2048" };
+    const char *bad_needle[3] = { "codec", "level", "chunk size" };
+    for (size_t i = 0; i < n + 3; i++) {
+        int opt = i >= n;
+        const char *what = opt ? bad_what[i - n] : c[i].what;
+        for (int target = 0; target < 2; target++) {
+            const char *p = target == 0 ? path : fresh;
+            int rc = opt ? mr_image_create_opts(p, "pc", &b, 1, 0, &bad_opts[i - n], &img)
+                         : mr_image_create_opts(p, c[i].machine, c[i].blocks, c[i].nblocks,
+                                                c[i].flags, &z, &img);
+            int want = opt ? EINVAL : c[i].err;
+            if (rc != -want)
+                FAIL("zstd, %s on %s: rc %d (%s), want -%d", what,
+                     target ? "a new path" : "an existing image", rc, strerror(-rc), want);
+            mrtest_check_msg(what, opt ? bad_needle[i - n] : c[i].needle, __FILE__, __LINE__);
+            CHECK(img == NULL);
+            size_t after_len;
+            uint8_t *after = slurp(path, &after_len);
+            if (after_len != before_len || memcmp(before, after, before_len) != 0)
+                FAIL("zstd, %s: the existing image changed (%zu -> %zu bytes)", what,
+                     before_len, after_len);
+            free(after);
+            if (dir_entries() != 1)
+                FAIL("zstd, %s: %d entries in %s, want only old.img", what, dir_entries(),
+                     dir);
+        }
+    }
+    free(before);
+    OK(mr_image_open(path, 0, &img));
+    CHECK_EQ(mr_image_read_page(img, 0, 5 * PAGE, page), 1);
+    CHECK_EQ(page[9], pattern(6, 9));
+    OK(mr_image_close(img));
+    CHECK(unlink(path) == 0);
+    printf("%zu bad compressed creates (x2 targets) left the image and the directory alone\n",
+           n + 3);
+}
+
 /* Give `path` an access ACL granting user 65534 read-write (the binary
  * form of system.posix_acl_access: version 2, then tag/perm/id entries). */
 static void set_acl(const char *path)
@@ -258,6 +322,7 @@ int main(void)
     snprintf(dir, sizeof dir, "%s/create_safe.XXXXXX", base && base[0] ? base : ".");
     CHECK(mkdtemp(dir) != NULL);
     bad_creates_leave_everything_alone();
+    bad_compressed_creates_leave_everything_alone();
     create_over_0644_gives_0600();
     symlink_target_is_replaced();
     rw_flag_on_create_on();

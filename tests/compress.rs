@@ -346,3 +346,212 @@ fn bad_options_are_rejected() {
         assert!(e.to_string().contains(want), "{e}");
     }
 }
+
+fn entries(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A finished compressed image at `path` holding a pattern.
+fn finished_zstd(path: &Path) {
+    let img = create(path, 2 << 20, &ImageOptions::zstd(1));
+    save_all(&img, &[&pattern(7, 2 << 20), &pattern(8, 0x41000)], 2);
+    img.finish().unwrap();
+    img.close().unwrap();
+}
+
+/// A compressed create goes through the same safe create as a plain one:
+/// every argument error (options, block list, flags, a size no file can
+/// hold) leaves an existing image byte for byte as it was, creates nothing
+/// at a new path and leaves no temporary behind.
+#[test]
+fn failed_chunked_creates_leave_the_path_alone() {
+    let d = TmpDir::new("cmp-create-safe");
+    let old = d.join("old.img");
+    finished_zstd(&old);
+    let before = std::fs::read(&old).unwrap();
+    let spec = |id: &str, len: u64, ps: u64| BlockSpec {
+        idstr: id.into(),
+        used_length: len,
+        page_size: ps,
+    };
+    let z = ImageOptions::zstd(1);
+    let cases: Vec<(
+        &str,
+        &str,
+        Vec<BlockSpec>,
+        ImageFlags,
+        ImageOptions,
+        i32,
+        &str,
+    )> = vec![
+        (
+            "level 23",
+            "pc",
+            specs(1 << 20),
+            ImageFlags::default(),
+            ImageOptions::zstd(23),
+            libc::EINVAL,
+            "level",
+        ),
+        (
+            "chunk of 2 KiB",
+            "pc",
+            specs(1 << 20),
+            ImageFlags::default(),
+            ImageOptions {
+                chunk_bytes: 2048,
+                ..z
+            },
+            libc::EINVAL,
+            "chunk size",
+        ),
+        (
+            "used_length 4097",
+            "pc",
+            vec![spec("mem", 4097, 4096)],
+            ImageFlags::default(),
+            z,
+            libc::EINVAL,
+            "multiple of the page size",
+        ),
+        (
+            "used_length 0",
+            "pc",
+            vec![spec("mem", 0, 4096)],
+            ImageFlags::default(),
+            z,
+            libc::EINVAL,
+            "non-zero",
+        ),
+        (
+            "two page sizes",
+            "pc",
+            vec![spec("mem", 1 << 20, 4096), spec("rom", 1 << 16, 8192)],
+            ImageFlags::default(),
+            z,
+            libc::EINVAL,
+            "page size",
+        ),
+        (
+            "duplicate idstr",
+            "pc",
+            vec![spec("mem", 1 << 20, 4096), spec("mem", 1 << 20, 4096)],
+            ImageFlags::default(),
+            z,
+            libc::EINVAL,
+            "listed twice",
+        ),
+        (
+            "empty idstr",
+            "pc",
+            vec![spec("", 1 << 20, 4096)],
+            ImageFlags::default(),
+            z,
+            libc::EINVAL,
+            "idstr",
+        ),
+        (
+            "empty machine type",
+            "",
+            specs(1 << 20),
+            ImageFlags::default(),
+            z,
+            libc::EINVAL,
+            "machine type",
+        ),
+        (
+            "unknown flag",
+            "pc",
+            specs(1 << 20),
+            ImageFlags(0x100),
+            z,
+            libc::EINVAL,
+            "unknown image flags",
+        ),
+        (
+            "used_length 1<<63",
+            "pc",
+            vec![spec("mem", 1 << 63, 4096)],
+            ImageFlags::default(),
+            z,
+            libc::EFBIG,
+            "largest file offset",
+        ),
+        // Fits a file offset, not an ext4 file: the file system refuses it
+        // while the new image is still unnamed.
+        (
+            "used_length 1<<62",
+            "pc",
+            vec![spec("mem", 1 << 62, 4096)],
+            ImageFlags::default(),
+            z,
+            libc::EFBIG,
+            "",
+        ),
+    ];
+    for (what, machine, blocks, flags, opts, errno, needle) in &cases {
+        for target in [old.clone(), d.join("new.img")] {
+            let e = Image::create_with(&target, machine, blocks, *flags, opts).unwrap_err();
+            assert_eq!(e.errno(), *errno, "{what} on {}: {e}", target.display());
+            assert!(e.to_string().contains(needle), "{what}: {e}");
+            assert!(
+                std::fs::read(&old).unwrap() == before,
+                "{what}: the image changed"
+            );
+            assert_eq!(entries(d.path()), ["old.img"], "{what}");
+        }
+    }
+    let img = Image::open(&old, ImageFlags::default()).unwrap();
+    assert!(img.is_complete());
+    assert!(read_ramblock_to_vec(&img, 0, 2).unwrap() == pattern(7, 2 << 20));
+}
+
+/// Over an image another handle holds, a compressed create behaves like a
+/// plain one. (The image lock is an OFD lock: it belongs to the open file
+/// description, so a second handle in this process conflicts exactly like
+/// one in another process.) A writer's lock refuses it with `EBUSY` and the
+/// image is untouched; a reader's shared lock lets it replace the path (a
+/// new inode: the reader keeps reading the old image).
+#[test]
+fn chunked_create_over_a_held_image_behaves_like_plain() {
+    let d = TmpDir::new("cmp-create-lock");
+    let old = d.join("held.img");
+    let z = ImageOptions::zstd(1);
+    let new_blocks = [BlockSpec {
+        idstr: "other".into(),
+        used_length: 4 << 20,
+        page_size: 4096,
+    }];
+    for opts in [ImageOptions::default(), z] {
+        finished_zstd(&old);
+        let before = std::fs::read(&old).unwrap();
+        let writer = Image::open(&old, ImageFlags::READ_WRITE).unwrap();
+        let e =
+            Image::create_with(&old, "pc", &new_blocks, ImageFlags::default(), &opts).unwrap_err();
+        assert_eq!(e.errno(), libc::EBUSY, "{opts:?}: {e}");
+        assert!(e.to_string().contains("was not replaced"), "{e}");
+        assert!(std::fs::read(&old).unwrap() == before, "{opts:?}");
+        assert_eq!(entries(d.path()), ["held.img"]);
+        writer.close().unwrap();
+
+        let reader = Image::open(&old, ImageFlags::default()).unwrap();
+        let img =
+            Image::create_with(&old, "pc", &new_blocks, ImageFlags::default(), &opts).unwrap();
+        assert_eq!(img.is_chunked(0).unwrap(), opts.is_chunked());
+        // The new image is locked for writing like a plain new one.
+        let e = Image::open(&old, ImageFlags::default()).unwrap_err();
+        assert_eq!(e.errno(), libc::EBUSY, "{opts:?}: {e}");
+        assert!(read_ramblock_to_vec(&reader, 0, 2).unwrap() == pattern(7, 2 << 20));
+        img.finish().unwrap();
+        img.close().unwrap();
+        reader.close().unwrap();
+        let img = Image::open(&old, ImageFlags::default()).unwrap();
+        assert_eq!(img.find_block("other").unwrap(), 0);
+        assert_eq!(entries(d.path()), ["held.img"]);
+    }
+}

@@ -175,6 +175,19 @@ fn field_offsets(img: &Image, size: u64) -> Vec<(u64, usize)> {
     v
 }
 
+/// Page `p` of block `b`: every fourth random, the rest text-like, so a
+/// compressed image holds both zstd frames and raw chunks.
+fn mixed_page(b: usize, p: u64, out: &mut [u8]) {
+    if p % 4 == 3 {
+        page_content(1, b, p, 0, out);
+        return;
+    }
+    let text = format!("ramblock {b} page {p}: guest text, compressible. ");
+    for (k, x) in out.iter_mut().enumerate() {
+        *x = text.as_bytes()[k % text.len()];
+    }
+}
+
 fn base_image(opts: &ImageOptions) -> (Vec<u8>, Vec<(u64, usize)>) {
     let dir = TmpDir::in_memory("fuzz-open");
     let path = dir.join("base.img");
@@ -193,7 +206,7 @@ fn base_image(opts: &ImageOptions) -> (Vec<u8>, Vec<(u64, usize)>) {
     let mut page = vec![0u8; PS as usize];
     for (b, s) in specs.iter().enumerate() {
         for p in (0..s.used_length / PS).filter(|p| p % 3 != 1) {
-            page_content(1, b, p, 0, &mut page);
+            mixed_page(b, p, &mut page);
             img.write_page(b, p * PS, &page).unwrap();
         }
     }
@@ -485,4 +498,191 @@ fn fuzz(opts: &ImageOptions) {
         st.opened_complete > 0 && st.refused.values().sum::<usize>() > 0,
         "{st:?}"
     );
+}
+
+/// Where the pieces of the targeted chunk-table cases sit.
+struct Geo {
+    /// File offset of block 0's chunk table header.
+    table: u64,
+    /// File offset of block 0's page region.
+    pages: u64,
+    chunk: u64,
+}
+
+impl Geo {
+    fn entry(&self, i: u64) -> u64 {
+        self.table + 32 + i * 16
+    }
+}
+
+/// A finished zstd image (16 KiB chunks; the base image's blocks) and its
+/// geometry; chunk 1 of `mem` must be a zstd frame for the cases below.
+fn chunked_base() -> (Vec<u8>, Geo) {
+    let opts = ImageOptions {
+        chunk_bytes: 16 << 10,
+        ..ImageOptions::zstd(1)
+    };
+    let (bytes, _) = base_image(&opts);
+    let dir = TmpDir::in_memory("fuzz-open-geo");
+    let path = dir.join("g.img");
+    std::fs::write(&path, &bytes).unwrap();
+    let img = Image::open(&path, ImageFlags::default()).unwrap();
+    let b = &img.layout().blocks[0];
+    let g = Geo {
+        table: b.bitmap_offset + b.bitmap_len,
+        pages: b.pages_offset,
+        chunk: 16 << 10,
+    };
+    assert_eq!(bytes[g.entry(1) as usize], 2, "chunk 1 is not a zstd frame");
+    (bytes, g)
+}
+
+/// Open `f` and read block 0 and a page of chunk 1; the first error must be
+/// `errno` and name everything in `needles`. No single allocation may
+/// exceed the file (+ 1 MiB), and nothing may panic.
+fn expect_bad(what: &str, f: &[u8], errno: i32, needles: &[&str]) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fd = Sparse::from_bytes(f).memfd();
+    MAX_SINGLE.store(0, Ordering::SeqCst);
+    TRACK.store(true, Ordering::SeqCst);
+    let res = (|| -> Result<(), Error> {
+        let ch = Channel::from_fd(fd.as_raw_fd(), OpenFlags::READ)?;
+        let img = Image::open_on(Arc::new(ch), None, ImageFlags::default())?;
+        // Page 5 (in chunk 1) is present.
+        let page_err = img.read_page(0, 5 * PS, &mut vec![0u8; PS as usize]);
+        let block_err = read_ramblock_to_vec(&img, 0, 2).map(|_| ());
+        // Both read paths must fail the same way.
+        match (page_err, block_err) {
+            (Err(a), Err(b)) => {
+                assert_eq!(a.errno(), b.errno(), "{what}: {a} / {b}");
+                Err(b)
+            }
+            (a, b) => panic!("{what}: read_page {a:?}, read_ramblock {b:?}"),
+        }
+    })();
+    TRACK.store(false, Ordering::SeqCst);
+    let max = MAX_SINGLE.load(Ordering::SeqCst);
+    assert!(max <= f.len() + (1 << 20), "{what}: allocation of {max}");
+    let e = res.unwrap_err();
+    assert_eq!(e.errno(), errno, "{what}: {e}");
+    for n in needles {
+        assert!(e.to_string().contains(n), "{what}: {e:?} lacks {n:?}");
+    }
+}
+
+fn put_be32(f: &mut [u8], at: u64, v: u32) {
+    f[at as usize..at as usize + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Targeted bad inputs of the chunk table, each with its specific error:
+/// `EBADMSG` naming block, chunk, offsets, expected and found.
+#[test]
+fn bad_chunk_tables_give_specific_errors() {
+    let (base, g) = chunked_base();
+    let e1 = format!("0x{:x}", g.entry(1));
+    let slot1 = format!("file offset 0x{:x}", g.pages + g.chunk);
+    let chunk1 = "ramblock 'mem': chunk 1 (block offset 0x4000";
+
+    // Stored length larger than the slot (and the largest u32).
+    for stored in [g.chunk as u32 + 1, u32::MAX] {
+        let mut f = base.clone();
+        put_be32(&mut f, g.entry(1) + 4, stored);
+        let found = format!("stored length {stored}");
+        let want = format!("(expected 1..={})", g.chunk);
+        let needles = [chunk1, e1.as_str(), found.as_str(), want.as_str()];
+        expect_bad("stored > slot", &f, libc::EBADMSG, &needles);
+    }
+    // Unknown codec in an entry.
+    let mut f = base.clone();
+    f[g.entry(1) as usize] = 9;
+    let needles = [chunk1, e1.as_str(), "unknown codec 9 (expected 0, 1 or 2)"];
+    expect_bad("entry codec", &f, libc::EBADMSG, &needles);
+    // A stored length too short for the frame: zstd says why.
+    let mut f = base.clone();
+    put_be32(&mut f, g.entry(1) + 4, 10);
+    let needles = [chunk1, slot1.as_str(), "10 stored bytes do not decompress"];
+    expect_bad("short frame", &f, libc::EBADMSG, &needles);
+    // Checksum mismatch: one flipped bit in the recorded checksum.
+    let mut f = base.clone();
+    f[g.entry(1) as usize + 15] ^= 1;
+    let needles = [
+        chunk1,
+        slot1.as_str(),
+        "checksum mismatch",
+        e1.as_str(),
+        "hashes to 0x",
+    ];
+    expect_bad("checksum", &f, libc::EBADMSG, &needles);
+    // A flipped bit in the frame itself (not its padding): caught by zstd
+    // or the checksum.
+    let stored = u32::from_be_bytes(base[g.entry(1) as usize + 4..][..4].try_into().unwrap());
+    for at in [0, 5, stored as u64 / 2, stored as u64 - 1] {
+        let mut f = base.clone();
+        f[(g.pages + g.chunk + at) as usize] ^= 0x10;
+        expect_bad("frame bit", &f, libc::EBADMSG, &[chunk1, slot1.as_str()]);
+    }
+}
+
+/// Bad table headers and a table outside the file refuse the open.
+#[test]
+fn bad_chunk_table_headers_refuse_the_open() {
+    let (base, g) = chunked_base();
+    let open = |f: &[u8]| {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = Sparse::from_bytes(f).memfd();
+        let ch = Channel::from_fd(fd.as_raw_fd(), OpenFlags::READ).unwrap();
+        Image::open_on(Arc::new(ch), None, ImageFlags::RECOVER).map(|_| ())
+    };
+    let at = format!("chunk table header at offset 0x{:x}", g.table);
+    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, i32, Vec<String>)> = vec![
+        (
+            "header codec",
+            Box::new(|f: &mut Vec<u8>| f[g.table as usize + 13] = 9),
+            libc::EBADMSG,
+            vec![at.clone(), "unknown codec 9 (expected 1 or 2)".into()],
+        ),
+        (
+            "chunk count",
+            Box::new(|f: &mut Vec<u8>| f[g.table as usize + 23] = 5),
+            libc::EBADMSG,
+            vec![at.clone(), "5 chunks recorded, expected 4".into()],
+        ),
+        (
+            "chunk count past the pages",
+            Box::new(|f: &mut Vec<u8>| f[g.table as usize + 17] = 0x10),
+            libc::EBADMSG,
+            vec![at.clone(), "chunks recorded, expected 4".into()],
+        ),
+        (
+            "chunk size",
+            Box::new(|f: &mut Vec<u8>| put_be32(f, g.table + 8, 3 << 12)),
+            libc::EBADMSG,
+            vec![at.clone(), "chunk size 12288 must be a power of two".into()],
+        ),
+        (
+            "table version",
+            Box::new(|f: &mut Vec<u8>| put_be32(f, g.table + 4, 2)),
+            libc::ENOTSUP,
+            vec!["chunk table version 2".into()],
+        ),
+        (
+            "table cut off by the end of the file",
+            Box::new(|f: &mut Vec<u8>| f.truncate(g.table as usize + 40)),
+            libc::EBADMSG,
+            vec!["is larger than the file".into()],
+        ),
+    ];
+    for (what, mutate, errno, needles) in cases {
+        let mut f = base.clone();
+        mutate(&mut f);
+        let e = open(&f).unwrap_err();
+        assert_eq!(e.errno(), errno, "{what}: {e}");
+        for n in &needles {
+            assert!(
+                e.to_string().contains(n.as_str()),
+                "{what}: {e} lacks {n:?}"
+            );
+        }
+        println!("{what}: {e}");
+    }
 }

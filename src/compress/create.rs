@@ -9,7 +9,9 @@ use crate::channel::{Channel, OpenFlags};
 use crate::error::{Error, Result};
 use crate::format::ramblock::{self, BlockSpec, StreamLayout};
 use crate::format::stream::Configuration;
-use crate::format::{CAP_CHUNKS, CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED};
+use crate::format::{CAP_CHUNKS, CAP_X_IGNORE_SHARED};
+use crate::image::bitmap::AtomicBitmap;
+use crate::image::{check_create_flags, create_planned, plan_new};
 use crate::image::{Block, DiskState, Image, ImageFlags};
 use std::path::Path;
 use std::sync::Arc;
@@ -33,9 +35,12 @@ pub struct BlockStats {
 }
 
 impl Image {
-    /// Create a new image file (mode 0600, truncated) with options. Plain
-    /// options ([`ImageOptions::default`]) give the same file as
-    /// [`Image::create`].
+    /// Create a new image file with options. Plain options
+    /// ([`ImageOptions::default`]) give the same file as [`Image::create`];
+    /// a chunked image is created the same safe way (see `image/create.rs`):
+    /// everything validated before the path is touched, written under no
+    /// name in the path's directory, locked, and named only once its headers
+    /// and tables are written.
     pub fn create_with(
         path: &Path,
         machine_type: &str,
@@ -46,31 +51,20 @@ impl Image {
         if !opts.is_chunked() {
             return Image::create(path, machine_type, blocks, flags);
         }
-        let mut of = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNC;
-        if flags.contains(ImageFlags::DIRECT) {
-            of = of | OpenFlags::DIRECT;
-        }
-        if flags.0 & !(ImageFlags::DIRECT.0 | ImageFlags::READ_WRITE.0) != 0 {
-            return Err(Error::Invalid(format!(
-                "image flags 0x{:x} are not valid for create",
-                flags.0
-            )));
-        }
-        let page_size = blocks.first().map(|b| b.page_size).unwrap_or(4096);
-        let config = Configuration {
-            machine_type: machine_type.to_string(),
-            capabilities: vec![CAP_MAPPED_RAM.to_string()],
-            target_page_bits: (page_size != 4096 && page_size.is_power_of_two())
-                .then(|| page_size.trailing_zeros()),
-        };
-        let ch = Channel::open(path, of)?;
-        Image::create_on_with(Arc::new(ch), 0, &config, 1, blocks, opts)
+        check_create_flags(flags)?;
+        let plain = plan_new(0, machine_type, blocks)?;
+        opts.check(plain.config.page_size())?;
+        let layout = layout::plan(0, &plain.config, 1, blocks, opts.chunk_bytes)?;
+        create_planned(path, flags, layout, |ch, layout| {
+            write_chunked(ch, layout, opts)
+        })
     }
 
     /// Create on a writable channel at `base` with a given configuration
     /// (machine type, target page bits, capabilities: `mapped-ram` only)
     /// and RAM section id — what `mrtool compress` uses to keep a QEMU
-    /// file's stream header.
+    /// file's stream header. Nothing is written when the arguments are
+    /// invalid.
     pub fn create_on_with(
         ch: Arc<Channel>,
         base: u64,
@@ -91,46 +85,10 @@ impl Image {
         } else {
             ramblock::plan(base, config, ram_section_id, blocks)?
         };
-        ch.set_len(base)?;
-        for (off, bytes) in ramblock::encode_pieces(&layout) {
-            ch.write_all_at(&bytes, off)?;
+        if !opts.is_chunked() {
+            return Image::write_new(ch, layout);
         }
-        let mut blocks: Vec<Block> = layout
-            .blocks
-            .iter()
-            .map(|l| {
-                Block::new(
-                    l.clone(),
-                    crate::image::bitmap::AtomicBitmap::new(l.pages()),
-                )
-            })
-            .collect();
-        if opts.is_chunked() {
-            for b in &mut blocks {
-                let hdr = TableHeader {
-                    chunk_bytes: opts.chunk_bytes,
-                    checksum: if opts.checksums {
-                        Checksum::Xxh3
-                    } else {
-                        Checksum::None
-                    },
-                    codec: opts.codec,
-                    level: opts.level as i8,
-                    nchunks: nchunks(b.layout.used_length, opts.chunk_bytes),
-                };
-                let t = ChunkTable::new_empty(hdr, layout::table_offset(&b.layout));
-                ch.write_all_at(&t.encode(), t.offset)?;
-                b.chunks = Some(t);
-            }
-        }
-        Ok(Image::assemble(
-            ch,
-            None,
-            layout,
-            blocks,
-            true,
-            DiskState::Unfinished,
-        ))
+        write_chunked(ch, layout, opts)
     }
 
     /// Storage figures of `block`.
@@ -201,6 +159,44 @@ impl Image {
     pub fn is_chunked(&self, block: usize) -> Result<bool> {
         Ok(self.block(block)?.chunks.is_some())
     }
+}
+
+/// Write the headers and empty chunk tables of a planned chunked image onto
+/// `ch` (everything from the layout's base on is replaced).
+fn write_chunked(ch: Arc<Channel>, layout: StreamLayout, opts: &ImageOptions) -> Result<Image> {
+    ch.set_len(layout.base)?;
+    for (off, bytes) in ramblock::encode_pieces(&layout) {
+        ch.write_all_at(&bytes, off)?;
+    }
+    let mut blocks: Vec<Block> = layout
+        .blocks
+        .iter()
+        .map(|l| Block::new(l.clone(), AtomicBitmap::new(l.pages())))
+        .collect();
+    for b in &mut blocks {
+        let hdr = TableHeader {
+            chunk_bytes: opts.chunk_bytes,
+            checksum: if opts.checksums {
+                Checksum::Xxh3
+            } else {
+                Checksum::None
+            },
+            codec: opts.codec,
+            level: opts.level as i8,
+            nchunks: nchunks(b.layout.used_length, opts.chunk_bytes),
+        };
+        let t = ChunkTable::new_empty(hdr, layout::table_offset(&b.layout));
+        ch.write_all_at(&t.encode(), t.offset)?;
+        b.chunks = Some(t);
+    }
+    Ok(Image::assemble(
+        ch,
+        None,
+        layout,
+        blocks,
+        true,
+        DiskState::Unfinished,
+    ))
 }
 
 /// Read the chunk tables of an image being opened (when its stream records

@@ -53,7 +53,7 @@ use std::sync::Arc;
 
 /// Validate a new image's arguments and lay it out, the stream at `base`.
 /// Touches nothing.
-pub(super) fn plan_new(
+pub(crate) fn plan_new(
     base: u64,
     machine_type: &str,
     blocks: &[BlockSpec],
@@ -113,8 +113,26 @@ pub(super) fn create_file(
     blocks: &[BlockSpec],
     flags: ImageFlags,
 ) -> Result<Image> {
-    flags.check(CREATE_FLAGS | ImageFlags::AUTO_DIRECT.0, "create")?;
+    check_create_flags(flags)?;
     let layout = plan_new(0, machine_type, blocks)?;
+    create_planned(path, flags, layout, Image::write_new)
+}
+
+/// The flags a file create takes.
+pub(crate) fn check_create_flags(flags: ImageFlags) -> Result<()> {
+    flags.check(CREATE_FLAGS | ImageFlags::AUTO_DIRECT.0, "create")
+}
+
+/// Steps 2 to 4 of the module docs for a validated, planned `layout`:
+/// `write` puts the headers on the new, unnamed file's channel (plain
+/// headers, or those of a chunked image) and returns the image; only then
+/// does the file get its name.
+pub(crate) fn create_planned(
+    path: &Path,
+    flags: ImageFlags,
+    layout: StreamLayout,
+    write: impl FnOnce(Arc<Channel>, StreamLayout) -> Result<Image>,
+) -> Result<Image> {
     let lock = !flags.contains(ImageFlags::NO_LOCK);
     let dest = resolve(path)?;
     let name = dest.path.display().to_string();
@@ -150,7 +168,7 @@ pub(super) fn create_file(
     if lock {
         ch.lock(LockKind::Exclusive)?;
     }
-    let mut img = Image::write_new(Arc::new(ch), layout)?;
+    let mut img = write(Arc::new(ch), layout)?;
     img.locked = lock;
     temp.commit(&dest, &dir, &name, img.channel())?;
     Ok(img)

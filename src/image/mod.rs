@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::format::libvirt::LibvirtHeader;
 use crate::format::ramblock::{self, BlockLayout, BlockSpec, StreamLayout};
 use bitmap::AtomicBitmap;
+pub(crate) use create::{check_create_flags, create_planned, plan_new};
 pub(crate) use open::block_device_error;
 pub use open::refuse_block_device;
 pub(crate) use pages::context;
@@ -237,7 +238,7 @@ impl Image {
     }
 
     /// Write the headers of a planned new image onto `ch`.
-    fn write_new(ch: Arc<Channel>, layout: StreamLayout) -> Result<Image> {
+    pub(crate) fn write_new(ch: Arc<Channel>, layout: StreamLayout) -> Result<Image> {
         ch.set_len(layout.base)?;
         for (off, bytes) in ramblock::encode_pieces(&layout) {
             ch.write_all_at(&bytes, off)?;
