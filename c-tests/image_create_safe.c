@@ -191,6 +191,7 @@ static void bad_compressed_creates_leave_everything_alone(void)
         const char *what = opt ? bad_what[i - n] : c[i].what;
         for (int target = 0; target < 2; target++) {
             const char *p = target == 0 ? path : fresh;
+            img = NULL;
             int rc = opt ? mr_image_create_opts(p, "pc", &b, 1, 0, &bad_opts[i - n], &img)
                          : mr_image_create_opts(p, c[i].machine, c[i].blocks, c[i].nblocks,
                                                 c[i].flags, &z, &img);

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::format::ramblock::BlockLayout;
 use parking_lot::{Mutex, RwLock};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Stored zstd frames are padded to this: the file-system block (so the
 /// rest of the slot can be a hole) and a multiple of every direct-I/O
@@ -28,6 +28,9 @@ pub(crate) struct ChunkTable {
     pub(crate) offset: u64,
     entries: Mutex<Vec<[u8; ENTRY_LEN as usize]>>,
     dirty: AtomicBool,
+    /// Bumped by every entry change: a chunk read ahead under its lock is
+    /// still current when this has not moved (see `restore.rs`).
+    generation: AtomicU64,
     locks: Vec<RwLock<()>>,
 }
 
@@ -40,6 +43,7 @@ impl ChunkTable {
             offset,
             entries: Mutex::new(vec![e; hdr.nchunks as usize]),
             dirty: AtomicBool::new(true),
+            generation: AtomicU64::new(0),
             locks: (0..STRIPES).map(|_| RwLock::new(())).collect(),
         }
     }
@@ -72,6 +76,7 @@ impl ChunkTable {
             offset: at,
             entries: Mutex::new(entries),
             dirty: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             locks: (0..STRIPES).map(|_| RwLock::new(())).collect(),
         })
     }
@@ -102,7 +107,13 @@ impl ChunkTable {
 
     pub(crate) fn set(&self, chunk: u64, e: Entry) {
         self.entries.lock()[chunk as usize] = e.encode();
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.mark_dirty();
+    }
+
+    /// The entry-change count (see the field).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Guest bytes of chunk `i` of block `l`.

@@ -45,16 +45,28 @@ impl Compressor {
     }
 }
 
-/// Per-thread decompression state.
+/// Per-thread decompression state: a zstd `DCtx` used through `zstd-sys`
+/// directly, so that a frame can be decompressed into memory known only by
+/// pointer and length (guest memory, which never becomes a Rust reference).
 pub struct Decompressor {
-    ctx: zstd::bulk::Decompressor<'static>,
+    ctx: std::ptr::NonNull<zstd::zstd_safe::zstd_sys::ZSTD_DCtx>,
 }
+
+// SAFETY: a zstd DCtx has no thread affinity; it is only used through
+// `&mut self` (one thread at a time) and freed once, in `drop`.
+unsafe impl Send for Decompressor {}
 
 impl Decompressor {
     /// A new context.
     pub fn new() -> Result<Decompressor> {
-        let ctx = zstd::bulk::Decompressor::new()
-            .map_err(|e| Error::io("creating a zstd decompression context", e))?;
+        // SAFETY: ZSTD_createDCtx has no preconditions; NULL is checked.
+        let ctx = unsafe { zstd::zstd_safe::zstd_sys::ZSTD_createDCtx() };
+        let ctx = std::ptr::NonNull::new(ctx).ok_or_else(|| {
+            Error::io(
+                "creating a zstd decompression context",
+                std::io::Error::from_raw_os_error(libc::ENOMEM),
+            )
+        })?;
         Ok(Decompressor { ctx })
     }
 
@@ -62,11 +74,55 @@ impl Decompressor {
     /// carries zstd's reason or the size mismatch (the caller names the
     /// chunk and offset).
     pub fn decompress(&mut self, src: &[u8], dst: &mut [u8]) -> std::result::Result<(), String> {
-        match self.ctx.decompress_to_buffer(src, dst) {
-            Ok(n) if n == dst.len() => Ok(()),
-            Ok(n) => Err(format!("decompressed to {n} bytes, expected {}", dst.len())),
-            Err(e) => Err(format!("zstd: {e}")),
+        // SAFETY: `dst` is a live, exclusive slice of `dst.len()` bytes.
+        unsafe { self.decompress_raw(src, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// As [`decompress`](Self::decompress), into `len` bytes at `dst`.
+    /// zstd writes the output and reads back what it wrote (matches copy
+    /// from earlier output), through the pointer only.
+    ///
+    /// # Safety
+    /// `dst` must be valid for reads and writes of `len` bytes for the
+    /// call and must not overlap `src`. Others may access it meanwhile (it
+    /// may be guest memory): the output is then some mix of bytes, which
+    /// the caller's verification catches; no reference to it is formed.
+    pub unsafe fn decompress_raw(
+        &mut self,
+        src: &[u8],
+        dst: *mut u8,
+        len: usize,
+    ) -> std::result::Result<(), String> {
+        use zstd::zstd_safe::zstd_sys as sys;
+        // SAFETY: the context is live; `src` is a live slice; `dst` is
+        // valid for `len` bytes per this function's contract; zstd writes
+        // at most `len` bytes.
+        let n = unsafe {
+            sys::ZSTD_decompressDCtx(
+                self.ctx.as_ptr(),
+                dst.cast(),
+                len,
+                src.as_ptr().cast(),
+                src.len(),
+            )
+        };
+        // SAFETY: ZSTD_isError only inspects the code.
+        if unsafe { sys::ZSTD_isError(n) } != 0 {
+            // SAFETY: zstd returns a static NUL-terminated string for any code.
+            let why = unsafe { std::ffi::CStr::from_ptr(sys::ZSTD_getErrorName(n)) };
+            return Err(format!("zstd: {}", why.to_string_lossy()));
         }
+        if n != len {
+            return Err(format!("decompressed to {n} bytes, expected {len}"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Decompressor {
+    fn drop(&mut self) {
+        // SAFETY: created by ZSTD_createDCtx, freed exactly once here.
+        unsafe { zstd::zstd_safe::zstd_sys::ZSTD_freeDCtx(self.ctx.as_ptr()) };
     }
 }
 

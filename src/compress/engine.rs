@@ -1,14 +1,16 @@
 //! Parallel save and restore of chunked blocks: units are whole chunks,
 //! so each worker compresses / decompresses its own chunks with its own
 //! codec context and writes / reads them with positional (`O_DIRECT`) I/O.
-//! Guest memory is only read and written through the `memory` views
-//! (copies between it and the worker's scratch chunk), so a chunk is
-//! checksummed and compressed from one consistent copy, and verified
-//! before any byte of it reaches the guest.
+//! Guest memory is only read and written through the `memory` views. A
+//! save copies each chunk into the worker's scratch chunk first, so it is
+//! checksummed and compressed from one consistent copy. A restore
+//! (`restore.rs`) decompresses straight into guest memory where the whole
+//! chunk is to be written, verifies it in the same pass, and zeroes the
+//! chunk's range again when it does not verify.
 
 use super::chunked::with_scratch;
+use super::restore::restore_unit;
 use super::slot::Chunked;
-use super::table::Entry;
 use crate::engine::{effective_threads, parallel, Control, Stats, UNIT_BYTES};
 use crate::error::Result;
 use crate::image::Image;
@@ -81,54 +83,15 @@ pub(crate) fn restore(
     threads: u32,
 ) -> Result<Stats> {
     let l = &c.b.layout;
-    let ps = l.page_size;
-    let cb = c.t.hdr.chunk_bytes;
-    let cpu = chunks_per_unit(cb);
+    let cpu = chunks_per_unit(c.t.hdr.chunk_bytes);
     let units = c.t.hdr.nchunks.div_ceil(cpu);
     let what = format!("restore of ramblock '{}'", l.idstr);
     let nthreads = effective_threads(threads, units);
     parallel::run(ctl, &what, units, nthreads, l.used_length, |u| {
         let mut st = Stats::default();
-        let mut covered = 0;
-        for i in u * cpu..((u + 1) * cpu).min(c.t.hdr.nchunks) {
-            let clen = c.t.chunk_len(l, i);
-            covered += clen;
-            let (fp, np) = (i * cb / ps, clen / ps);
-            st.pages_scanned += np;
-            // Units partition the chunks, so no two workers write one byte.
-            let dst = mem.subslice((i * cb) as usize, clen as usize)?;
-            let _g = c.t.lock(i).read();
-            if c.t.entry(l, i)? == Entry::Empty && !c.b.bitmap.any_in_range(fp, np) {
-                if zero_absent {
-                    dst.zero();
-                }
-                st.pages_zero += np;
-                continue;
-            }
-            with_scratch(c.t.scratch_len(l), |s| -> Result<()> {
-                img.load_chunk(c, i, s)?;
-                let data = &s.data.as_slice()[..clen as usize];
-                if zero_absent {
-                    dst.copy_from(data);
-                }
-                let mut res = Ok(());
-                c.b.bitmap.for_each_run(fp, fp + np, |p, n, set| {
-                    let r = ((p - fp) * ps) as usize..((p - fp + n) * ps) as usize;
-                    if set {
-                        st.pages_data += n;
-                        st.bytes += n * ps;
-                        if !zero_absent && res.is_ok() {
-                            res = dst
-                                .subslice(r.start, r.len())
-                                .map(|d| d.copy_from(&data[r]));
-                        }
-                    } else {
-                        st.pages_zero += n;
-                    }
-                });
-                res
-            })?;
-        }
+        let chunks = u * cpu..((u + 1) * cpu).min(c.t.hdr.nchunks);
+        let covered = chunks.clone().map(|i| c.t.chunk_len(l, i)).sum();
+        restore_unit(img, c, &mem, zero_absent, chunks, &mut st)?;
         Ok((st, covered))
     })
 }

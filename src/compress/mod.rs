@@ -119,6 +119,7 @@ impl ImageOptions {
 
 mod create;
 mod pages;
+mod restore;
 mod slot;
 
 pub(crate) use create::attach_tables;

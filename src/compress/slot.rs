@@ -4,6 +4,7 @@
 use super::chunked::{compressor, decompressor, AlignedVec, ChunkTable, Scratch, PAD};
 use super::codec::checksum;
 use super::codec::Decompressor;
+use super::restore::Verify;
 use super::table::{Checksum, Codec, Entry};
 use crate::channel::Channel;
 use crate::error::{Error, Result};
@@ -47,7 +48,8 @@ pub(crate) struct Chunked<'a> {
 }
 
 impl Chunked<'_> {
-    fn slot(&self, i: u64) -> u64 {
+    /// File offset of chunk `i`'s slot.
+    pub(super) fn slot(&self, i: u64) -> u64 {
         self.b.layout.pages_offset + i * self.t.hdr.chunk_bytes
     }
 
@@ -81,7 +83,14 @@ impl Image {
         Ok(b.chunks.as_ref().map(|t| Chunked { b, t }))
     }
 
-    fn read_exact_at(&self, c: &Chunked, i: u64, buf: &mut [u8], off: u64) -> Result<()> {
+    /// Read exactly `buf.len()` bytes of chunk `i` at `off`.
+    pub(super) fn read_exact_at(
+        &self,
+        c: &Chunked,
+        i: u64,
+        buf: &mut [u8],
+        off: u64,
+    ) -> Result<()> {
         let n = pread(self.channel(), buf, off).map_err(|e| {
             crate::image::context(e, &format!("{}: reading {} bytes", c.name(i), buf.len()))
         })?;
@@ -105,8 +114,7 @@ impl Image {
         self.load_chunk_into(c, i, &mut data.as_mut_slice()[..clen], comp, dctx)
     }
 
-    /// As [`load_chunk`](Self::load_chunk), into `out` (the chunk's length;
-    /// the restore path passes guest memory here to save a copy).
+    /// As [`load_chunk`](Self::load_chunk), into `out` (the chunk's length).
     pub(crate) fn load_chunk_into(
         &self,
         c: &Chunked,
@@ -115,10 +123,29 @@ impl Image {
         comp: &mut AlignedVec,
         dctx: &mut Option<Decompressor>,
     ) -> Result<()> {
+        let e = c.t.entry(&c.b.layout, i)?;
+        self.fill_chunk(c, i, e, out, comp, dctx)?;
+        let mut v = Verify::new(c, i, e);
+        for (k, page) in out.chunks_exact(c.b.layout.page_size as usize).enumerate() {
+            v.page(k as u64, page)?;
+        }
+        v.finish()
+    }
+
+    /// Chunk `i`'s uncompressed bytes (entry `e`; absent pages as zeros)
+    /// into `out`, unverified: the caller runs a [`Verify`] pass.
+    pub(super) fn fill_chunk(
+        &self,
+        c: &Chunked,
+        i: u64,
+        e: Entry,
+        out: &mut [u8],
+        comp: &mut AlignedVec,
+        dctx: &mut Option<Decompressor>,
+    ) -> Result<()> {
         let l = &c.b.layout;
         let clen = c.t.chunk_len(l, i);
         debug_assert_eq!(out.len() as u64, clen);
-        let e = c.t.entry(l, i)?;
         let ps = l.page_size;
         match e {
             Entry::Empty => {
@@ -133,7 +160,6 @@ impl Image {
                     )));
                 }
                 out.fill(0);
-                return Ok(());
             }
             Entry::Raw { .. } => {
                 for (p, n, set) in runs(c, i, clen) {
@@ -156,43 +182,6 @@ impl Image {
                             c.name(i)
                         ))
                     })?;
-                self.check_bits(c, i, out)?;
-            }
-        }
-        if c.t.hdr.checksum == Checksum::Xxh3 {
-            let got = checksum(out);
-            if got != e.sum() {
-                return Err(Error::Corrupt(format!(
-                    "{}: checksum mismatch: the table (entry at 0x{:x}) says 0x{:016x}, the data hashes to 0x{got:016x}",
-                    c.name(i),
-                    c.t.entry_offset(i),
-                    e.sum()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// A decompressed chunk must agree with the bitmap (bit set exactly for
-    /// its non-zero pages, as stored): a bitmap from another moment than
-    /// the table (a crash between writing the two) is caught, not read as
-    /// zero pages.
-    fn check_bits(&self, c: &Chunked, i: u64, data: &[u8]) -> Result<()> {
-        let l = &c.b.layout;
-        let ps = l.page_size as usize;
-        let first = i * c.t.hdr.chunk_bytes / l.page_size;
-        for (k, page) in data.chunks_exact(ps).enumerate() {
-            // SAFETY: `page` is a valid slice of `ps` bytes.
-            let nonzero = !unsafe { is_zero(page.as_ptr(), ps) };
-            if nonzero != c.b.bitmap.test(first + k as u64) {
-                return Err(Error::Corrupt(format!(
-                    "{}: page {} (block offset 0x{:x}) is {} in the chunk but its bitmap bit is {}: bitmap and chunk table are from different moments (torn update)",
-                    c.name(i),
-                    first + k as u64,
-                    (first + k as u64) * l.page_size,
-                    if nonzero { "data" } else { "zero" },
-                    if nonzero { "clear" } else { "set" }
-                )));
             }
         }
         Ok(())
