@@ -62,6 +62,22 @@ fn warm(p: &Path) {
     sh(&format!("cat {} > /dev/null", p.display()));
 }
 
+/// CPU seconds (user + system) used so far by this process (`self_`) or
+/// by its finished children.
+fn cpu(self_: bool) -> f64 {
+    // SAFETY: an all-zero rusage is valid; getrusage only writes it.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    let who = if self_ {
+        libc::RUSAGE_SELF
+    } else {
+        libc::RUSAGE_CHILDREN
+    };
+    // SAFETY: `r` is a valid, writable rusage.
+    unsafe { libc::getrusage(who, &mut r) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(r.ru_utime) + s(r.ru_stime)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -159,6 +175,8 @@ fn main() -> ExitCode {
         // (a) cold, (b) cached into fresh memory, (c) cached into
         // populated memory.
         let mut pairs: [Vec<(f64, f64)>; 4] = Default::default();
+        // Per restore pair: (zstd CPU seconds, library CPU seconds).
+        let mut cpus: [Vec<(f64, f64)>; 4] = Default::default();
         for _ in 0..reps {
             let tz = sh(&zstd_c);
             let _ = std::fs::remove_file(&img_path);
@@ -171,14 +189,17 @@ fn main() -> ExitCode {
             img.close().expect("close");
             pairs[0].push((tz, t.elapsed().as_secs_f64()));
             for (k, slot) in pairs.iter_mut().enumerate().skip(1) {
-                let tz = if k == 1 {
+                let (tz, cz) = if k == 1 {
                     evict(&zst);
-                    sh(&unzstd)
+                    let c0 = cpu(false);
+                    (sh(&unzstd), cpu(false) - c0)
                 } else {
                     warm(&zst);
+                    let c0 = cpu(false);
                     let t = sh(if k == 2 { &unzstd_mem } else { &unzstd });
+                    let c = cpu(false) - c0;
                     let _ = std::fs::remove_file(shm);
-                    t
+                    (t, c)
                 };
                 let mut out = Mem::anon(size).expect("mmap");
                 let flags = if k == 1 {
@@ -192,14 +213,26 @@ fn main() -> ExitCode {
                     out.prefault();
                 }
                 let t = Instant::now();
+                let c0 = cpu(true);
                 let img = Image::open(&img_path, flags).expect("open");
                 let dst = GuestSliceMut::from_mut_slice(out.as_mut_slice());
                 engine::read_ramblock(&img, 0, dst, k == 3, 2).expect("restore");
                 slot.push((tz, t.elapsed().as_secs_f64()));
+                cpus[k].push((cz, cpu(true) - c0));
                 assert!(out.as_slice() == mem.as_slice(), "restore differs");
             }
         }
         let alloc = allocated(&img_path);
+        // CPU seconds of the restore against zstd -d's: with two free
+        // cores the library can reach at most 2 x zstd_cpu / library_cpu.
+        let cpu_line = |v: &[(f64, f64)]| {
+            let z = median(v.iter().map(|p| p.0).collect());
+            let l = median(v.iter().map(|p| p.1).collect());
+            format!(
+                "CPU {l:.2} s vs zstd {z:.2} s (2-core ceiling {:.2}x)",
+                2.0 * z / l
+            )
+        };
         let line = |v: &[(f64, f64)]| {
             let ratio = median(v.iter().map(|(z, l)| z / l).collect());
             let z = median(v.iter().map(|p| p.0).collect());
@@ -214,6 +247,12 @@ fn main() -> ExitCode {
             line(&pairs[1]),
             line(&pairs[2]),
             line(&pairs[3]),
+        );
+        println!(
+            "  restore CPU (median): cold {}; cached fresh {}; cached populated {}",
+            cpu_line(&cpus[1]),
+            cpu_line(&cpus[2]),
+            cpu_line(&cpus[3]),
         );
         let _ = std::fs::remove_file(&img_path);
     }
