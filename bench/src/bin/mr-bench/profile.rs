@@ -146,10 +146,6 @@ fn one(
         for (v, d) in s.iter_mut().zip([d0, d1, d2, d3]) {
             v.push(d);
         }
-        // The same save reading every page (no page-table probe), and
-        // without preallocation.
-        no_probe.push(save_without(p, len, g, engine::tuning::set_page_tables)?);
-        no_prealloc.push(save_without(p, len, g, engine::tuning::set_preallocate)?);
         let (e0, img) = timed(|| Image::open(p, ImageFlags::DIRECT));
         let img = img.map_err(lib_err("open"))?;
         let (e1, x) = timed(|| engine::read_ramblock(&img, 0, dst.guest_mut(), false, 1));
@@ -159,6 +155,10 @@ fn one(
         for (v, d) in r.iter_mut().zip([e0, e1, e2]) {
             v.push(d);
         }
+        // The same save reading every page (no page-table probe), and
+        // without preallocation.
+        no_probe.push(save_without(p, len, g, engine::tuning::set_page_tables)?);
+        no_prealloc.push(save_without(p, len, g, engine::tuning::set_preallocate)?);
         let (d, zeros) = timed(|| {
             let mut z = 0u64;
             for off in (0..len).step_by(PAGE) {
