@@ -126,7 +126,7 @@ fn one(
     let wjoined = join_runs(&runs, unit, sgap as usize);
     let rjoined = join_runs(&runs, unit, rgap as usize);
     let (mut lib_w, mut lib_r) = (Vec::new(), Vec::new());
-    let mut no_probe = Vec::new();
+    let (mut no_probe, mut lib_w_alloc) = (Vec::new(), Vec::new());
     let mut dst = Mem::anon(len).map_err(io_err("mmap"))?;
     dst.prefault();
     let mut s = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
@@ -188,6 +188,11 @@ fn one(
         // SAFETY: every joined run lies inside the guest.
         let d = unsafe { raw_runs_par(raw, gm, len, &wjoined, true, writers as usize) };
         lib_w.push(d.map_err(io_err("raw runs"))?);
+        let _ = std::fs::remove_file(raw);
+        // SAFETY: as above.
+        let d = unsafe { raw_runs_par_in(raw, gm, len, &wjoined, true, writers as usize, true) };
+        lib_w_alloc.push(d.map_err(io_err("raw runs"))?);
+        let _ = std::fs::remove_file(raw);
         // SAFETY: every joined run lies inside `dst`.
         let d = unsafe { raw_runs_par(raw, dst.as_mut_ptr(), len, &rjoined, false, 1) };
         lib_r.push(d.map_err(io_err("raw runs"))?);
@@ -222,10 +227,11 @@ fn one(
         fixed.thread * 1e6
     );
     println!(
-        "    raw O_DIRECT with the library's current requests: write {} requests (gaps <= {} KiB joined) with {writers} in flight {:.1} ms; read {} requests (gaps <= {} KiB joined), one in flight, {:.1} ms",
+        "    raw O_DIRECT with the library's current requests: write {} requests (gaps <= {} KiB joined) with {writers} in flight {:.1} ms (into a preallocated file {:.1} ms); read {} requests (gaps <= {} KiB joined), one in flight, {:.1} ms",
         wjoined.len(),
         sgap >> 10,
         secs(&lib_w) * 1e3,
+        secs(&lib_w_alloc) * 1e3,
         rjoined.len(),
         rgap >> 10,
         secs(&lib_r) * 1e3
@@ -243,7 +249,7 @@ fn one(
     rep.add(
         format!("profile {name} save 1T"),
         format!(
-            "{:.0} ms: create {:.0} + engine {:.0} (reading every page {:.0}) + finish {:.0} + close {:.0}; scan alone {:.0}; raw stream {:.0}, raw runs 1 in flight {:.0} ({} req), raw lib's requests {:.0} ({} req, {writers} in flight)",
+            "{:.0} ms: create {:.0} + engine {:.0} (reading every page {:.0}) + finish {:.0} + close {:.0}; scan alone {:.0}; raw stream {:.0}, raw runs 1 in flight {:.0} ({} req), raw lib's requests {:.0} ({} req, {writers} in flight; into preallocated space {:.0})",
             save * 1e3,
             secs(&s[0]) * 1e3,
             secs(&s[1]) * 1e3,
@@ -255,7 +261,8 @@ fn one(
             secs(&runs_w) * 1e3,
             runs.len(),
             secs(&lib_w) * 1e3,
-            wjoined.len()
+            wjoined.len(),
+            secs(&lib_w_alloc) * 1e3
         ),
         "-",
         None,
