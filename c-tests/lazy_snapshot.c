@@ -10,6 +10,8 @@
  *   kernel without userfaultfd (seccomp: ENOSYS) gets -ENOSYS saying so;
  * - a live snapshot while a thread writes: the image equals the memory at
  *   the start instant;
+ * - a child forked while a range is served or protected has no mapping
+ *   there (MADV_DONTFORK): its touch is SIGSEGV, never zeros;
  * - mr_image_map_ramblock: a private map of the block equals the saved
  *   memory, writes stay private.
  * Without userfaultfd for this process (not root, vm.unprivileged_userfaultfd
@@ -20,11 +22,13 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <linux/userfaultfd.h>
-#include <sys/ioctl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -66,6 +70,29 @@ static int uffd_usable(char *why, size_t len)
         return 0;
     }
     return 1;
+}
+
+/* A forked child touching `p` must die by SIGSEGV (no mapping there). */
+static void child_touch_segv(volatile uint8_t *p, int write)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        struct rlimit none = { 0, 0 };
+        setrlimit(RLIMIT_CORE, &none);
+        signal(SIGSEGV, SIG_DFL); /* not ASan's handler: die by the signal */
+        if (write)
+            *p = 1;
+        else
+            (void)*p;
+        _exit(0);
+    }
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGSEGV)
+        FAIL("child touching %p (write %d): status 0x%x, want killed by SIGSEGV", (void *)p,
+             write, st);
 }
 
 static void fill_guest(uint8_t *m, unsigned seed)
@@ -167,6 +194,10 @@ static void lazy_options(mr_image *img, const uint8_t *want)
     CHECK(mincore(host, LEN, vec) == 0);
     CHECK((vec[5] & 1) == 1);
     CHECK((vec[4000] & 1) == 0);
+    child_touch_segv(host + 4000 * PAGE, 0);
+    child_touch_segv(host + 5 * PAGE, 1);
+    CHECK(mincore(host, LEN, vec) == 0);
+    CHECK((vec[4000] & 1) == 0); /* the child's touch placed nothing */
     OK(mr_lazy_stop(lz));
     CHECK(memcmp(host, want, LEN) == 0);
     CHECK(munmap(host, LEN) == 0);
@@ -338,6 +369,7 @@ static void live_snapshot(const char *path, const uint8_t *init)
     mr_snapshot *s = NULL;
     OK(mr_snapshot_start(img, 0, host, 2, &s));
     struct writer w = { host, 0 };
+    child_touch_segv(host + 3 * PAGE, 1);
     pthread_t th;
     CHECK(pthread_create(&th, NULL, write_pages, &w) == 0);
     OK(mr_snapshot_wait(s));

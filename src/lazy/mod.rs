@@ -131,7 +131,8 @@ pub struct Lazy {
 impl Lazy {
     /// Start serving `block` of `img` into `host` (page aligned, the
     /// block's `used_length` bytes, private anonymous or shared
-    /// memfd/hugetlbfs memory, not touched yet). Returns at once.
+    /// memfd/hugetlbfs memory, not touched yet). Returns at once. The
+    /// range is marked `MADV_DONTFORK` and stays so (see the module docs).
     ///
     /// # Safety
     /// `host` must be a mapping of `used_length` bytes that stays mapped

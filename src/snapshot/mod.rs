@@ -92,7 +92,8 @@ pub struct Snapshot {
 impl Snapshot {
     /// Write-protect `host` (the block's `used_length` bytes) and start
     /// saving it into `block` of `img` with `threads` threads. The caller
-    /// pauses its vCPUs around the start calls of all blocks.
+    /// pauses its vCPUs around the start calls of all blocks. The range is
+    /// marked `MADV_DONTFORK` and stays so (see the module docs).
     ///
     /// # Safety
     /// `host` must be a mapping of `used_length` bytes (private anonymous,

@@ -97,7 +97,7 @@ impl Mapping {
         assert!(off < self.len as u64);
         let at = self.ptr as usize + off as usize;
         // SAFETY: the child only calls async-signal-safe functions
-        // (setrlimit, _exit) and touches memory; the parent waits for it.
+        // (setrlimit, signal, _exit) and touches memory; the parent waits for it.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             let none = libc::rlimit {
@@ -109,6 +109,9 @@ impl Mapping {
             // has no mapping there, which is what is tested).
             unsafe {
                 libc::setrlimit(libc::RLIMIT_CORE, &none);
+                // Die by the signal, not through a handler (Rust's own
+                // SIGSEGV handler re-raises, a sanitizer's would not).
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
                 let p = at as *mut u8;
                 if write {
                     std::ptr::write_volatile(p, 0x5a);
