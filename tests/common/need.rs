@@ -78,7 +78,7 @@ impl Need {
             }
             Need::Cbindgen => check_cbindgen(),
             Need::Userfaultfd => probe_userfaultfd(),
-            Need::HugePages => Err("use need::hugepages(), which reserves them".into()),
+            Need::HugePages => panic!("call need::hugepages(n), which reserves them"),
         }
     }
 }
