@@ -539,6 +539,17 @@ fn hugetlbfs_memfd_under_a_4k_image_equals_eager_restore() {
     if let Some(d) = first_diff(&m.to_vec(), &eager) {
         panic!("hugetlbfs without prefetch: {d}");
     }
+    drop(m);
+    // Private hugetlbfs memory (MAP_HUGETLB) too.
+    let m = Mapping::hugetlb_private(len);
+    // SAFETY: as in `restore_with`.
+    let lz = unsafe { Lazy::start(img, 0, m.ptr, &opts(0, 2)) }.unwrap();
+    random_touches(&m, mem.as_slice(), 4, 200);
+    lz.wait().unwrap();
+    lz.stop().unwrap();
+    if let Some(d) = first_diff(&m.to_vec(), &eager) {
+        panic!("private hugetlbfs: {d}");
+    }
 }
 
 #[test]

@@ -256,13 +256,16 @@ fn discarding_unsaved_pages_is_an_error() {
 }
 
 #[test]
-fn four_writers_hugetlbfs_memory_image_is_the_start_instant() {
+fn four_writers_hugetlbfs_shared_and_private_image_is_the_start_instant() {
     if !met(Need::Userfaultfd) {
         return;
     }
     let Some(_huge) = hugepages(16) else { return };
     let len = 32 * MIB;
     let m = Mapping::hugetlb_memfd(len as usize);
+    live_snapshot(&m, len);
+    drop(m);
+    let m = Mapping::hugetlb_private(len as usize);
     live_snapshot(&m, len);
 }
 

@@ -90,6 +90,25 @@ impl Mapping {
         }
     }
 
+    /// Private hugetlbfs memory (`MAP_PRIVATE | MAP_HUGETLB`, 2 MiB
+    /// pages), never touched; `len` a multiple of 2 MiB.
+    pub fn hugetlb_private(len: usize) -> Mapping {
+        assert_eq!(len % (2 << 20), 0);
+        // SAFETY: a fresh anonymous mapping; no existing memory affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        Mapping { ptr: p.cast(), len }
+    }
+
     /// Read one byte at `off` in a forked child: the child's exit status
     /// (`waitpid`'s). The child does nothing but the read and `_exit(0)`,
     /// with core dumps off.
