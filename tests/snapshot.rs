@@ -312,3 +312,37 @@ fn fork_during_snapshot_child_gets_sigsegv() {
         );
     }
 }
+
+#[test]
+fn hugetlbfs_block_not_a_multiple_of_the_huge_page_is_refused() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
+    let Some(_huge) = hugepages(2) else { return };
+    // Block 1 (pc.bios) is 256 KiB: it cannot be served or protected in
+    // 2 MiB pages.
+    let dir = TmpDir::new("snap-huge-odd");
+    let path = dir.join("o.img");
+    let img = Arc::new(
+        Image::create(
+            &path,
+            "pc-i440fx-10.0",
+            &specs(4 * MIB),
+            ImageFlags::default(),
+        )
+        .unwrap(),
+    );
+    let m = Mapping::hugetlb_memfd((2 * MIB) as usize);
+    // SAFETY: the calls fail before touching memory.
+    let e = unsafe { Snapshot::start(img.clone(), 1, m.ptr, 1) }.unwrap_err();
+    assert_eq!(e.errno(), libc::ENOTSUP, "{e}");
+    assert!(e.to_string().contains("2097152"), "{e}");
+    img.finish().unwrap();
+    let o = mappedram::lazy::LazyOptions::default();
+    // SAFETY: as above.
+    let e = unsafe { mappedram::lazy::Lazy::start(img, 1, m.ptr, &o) }.unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "{e}");
+    assert!(e.to_string().contains("2097152"), "{e}");
+    // Refused before the range was touched: children still inherit it.
+    assert_eq!(m.touch_in_child(0, true), 0);
+}
