@@ -44,31 +44,6 @@ impl Channel {
         }
     }
 
-    /// Ask the file system to allocate `[offset, offset + len)` before a
-    /// write fills it, keeping the size; the range still reads as zeros.
-    /// A hint: returns whether it was done (no error: a file system that
-    /// cannot, or a full disk, leaves it to the write to succeed or fail).
-    ///
-    /// Why: an `O_DIRECT` write into a hole is an allocating write, which
-    /// ext4 runs under the inode's exclusive lock for the whole I/O, so
-    /// parallel allocating writes to one file go one at a time. Into
-    /// preallocated (unwritten) extents the same write is an overwrite,
-    /// taken under the shared lock: the writes of a save overlap on the
-    /// device (BENCHMARKS.md, "Preallocation").
-    pub fn preallocate(&self, offset: u64, len: u64) -> bool {
-        if len == 0 || self.check_write("preallocate", offset, len).is_err() {
-            return false;
-        }
-        let _mark = MarkUnsynced(&self.unsynced);
-        nix::fcntl::fallocate(
-            self.file.as_raw_fd(),
-            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-        .is_ok()
-    }
-
     /// Bytes allocated on disk (`st_blocks * 512`).
     pub fn allocated_bytes(&self) -> Result<u64> {
         let st = sys::fstat(self.file.as_fd())

@@ -19,7 +19,6 @@ static SAVE_GAP: AtomicU64 = AtomicU64::new(DEFAULT_SAVE_GAP);
 static READ_GAP: AtomicU64 = AtomicU64::new(DEFAULT_READ_GAP);
 static WRITERS: AtomicU64 = AtomicU64::new(DEFAULT_WRITERS);
 static PAGE_TABLES: AtomicBool = AtomicBool::new(true);
-static PREALLOCATE: AtomicBool = AtomicBool::new(true);
 
 /// Current rules: (save gap bytes, read gap bytes, writer threads).
 pub fn get() -> (u64, u64, u64) {
@@ -47,16 +46,4 @@ pub fn page_tables() -> bool {
 /// Turn [`page_tables`] on or off process-wide (benchmarks).
 pub fn set_page_tables(on: bool) {
     PAGE_TABLES.store(on, Ordering::Relaxed);
-}
-
-/// Whether a save's writes allocate their slots first (`fallocate`), so
-/// writes into holes run in parallel on file systems that serialize
-/// allocating `O_DIRECT` writes (on by default).
-pub fn preallocate() -> bool {
-    PREALLOCATE.load(Ordering::Relaxed)
-}
-
-/// Turn [`preallocate`] on or off process-wide (benchmarks).
-pub fn set_preallocate(on: bool) {
-    PREALLOCATE.store(on, Ordering::Relaxed);
 }

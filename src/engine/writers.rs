@@ -53,7 +53,7 @@ pub(crate) fn stopped() -> Error {
 }
 
 fn exec(img: &Image, block: usize, j: &Job<'_>) -> Result<()> {
-    img.store_span(block, j.start, j.mem, &j.runs, super::tuning::preallocate())
+    img.store_span(block, j.start, j.mem, &j.runs)
 }
 
 /// Run `f` with a queue served by `depth` writer threads (none: `f`'s

@@ -109,7 +109,7 @@ impl Image {
     ) -> Result<()> {
         let ps = self.plain_block(block)?.layout.page_size;
         let n = mem.len() as u64 / ps;
-        self.store_span(block, first_page, mem, &[(first_page, n)], false)
+        self.store_span(block, first_page, mem, &[(first_page, n)])
     }
 
     /// Mark pages zero: clear their bits and, when any was set, free their

@@ -25,15 +25,13 @@ impl Image {
 
     /// Write the pages of `mem` (a whole number) from page `start` on in
     /// one request, then set the bits of `runs` (each inside the span). No
-    /// zero check. With `preallocate`, slots not all written before are
-    /// allocated first ([`crate::channel::Channel::preallocate`]).
+    /// zero check.
     pub(crate) fn store_span(
         &self,
         block: usize,
         start: u64,
         mem: GuestSlice<'_>,
         runs: &[(u64, u64)],
-        preallocate: bool,
     ) -> Result<()> {
         let b = self.block_in_file(block)?;
         let l = &b.layout;
@@ -41,9 +39,6 @@ impl Image {
         let len = mem.len() as u64;
         let npages = len / l.page_size;
         let off = l.pages_offset + start * l.page_size;
-        if preallocate && !all_set(&b.bitmap, start, npages) {
-            self.ch.preallocate(off, len);
-        }
         let iov = [libc::iovec {
             // `pwritev` only reads through it: the const is not cast away
             // for a write.
@@ -125,12 +120,4 @@ impl Image {
         }
         Ok(())
     }
-}
-
-/// Whether every bit of `[first, first + n)` is set (its slots were
-/// written before: nothing there to allocate).
-fn all_set(bm: &super::bitmap::AtomicBitmap, first: u64, n: u64) -> bool {
-    let mut all = true;
-    bm.for_each_run(first, first + n, |_, _, set| all &= set);
-    all
 }
