@@ -43,6 +43,8 @@ log "running open_image for ${SECONDS_TO_RUN}s"
 # -detect_leaks=0: LeakSanitizer reports glibc's per-thread destructor list
 # (__cxa_thread_atexit_impl, 32 bytes) of the restore's worker threads as a
 # leak; that is a known false positive, not this crate's memory.
+# -dict: the stream's and the chunk table's magic numbers and field values
+# (fuzz/open_image.dict), so mutations get past the headers.
 exec cargo "${TOOLCHAIN[@]}" fuzz run open_image -- \
-    -max_total_time="$SECONDS_TO_RUN" -max_len=262144 \
+    -max_total_time="$SECONDS_TO_RUN" -max_len=262144 -dict="$ROOT/fuzz/open_image.dict" \
     -rss_limit_mb=2048 -malloc_limit_mb=64 -detect_leaks=0 -print_final_stats=1

@@ -112,15 +112,25 @@ pub fn exercise(fd: &OwnedFd) {
             continue;
         };
         let _ = img.is_complete();
+        let _ = img.capabilities();
         for b in 0..img.block_count() {
             let Ok(info) = img.block_info(b) else {
                 continue;
             };
+            // Chunked blocks: the table's figures (every entry decoded),
+            // then both thread counts of the restore (one chunk per unit
+            // with several workers), and pages in the first, a middle and
+            // the last chunk.
+            let _ = img.is_chunked(b);
+            let _ = img.block_stats(b);
             let _ = read_ramblock_to_vec(&img, b, 1);
+            let _ = read_ramblock_to_vec(&img, b, 2);
             let mut page = vec![0u8; info.page_size as usize];
-            let _ = img.read_page(b, 0, &mut page);
             let last = info.used_length.saturating_sub(info.page_size);
-            let _ = img.read_page(b, last, &mut page);
+            let mid = (info.used_length / 2) & !(info.page_size.max(1) - 1);
+            for off in [0, info.page_size, mid, last] {
+                let _ = img.read_page(b, off, &mut page);
+            }
         }
         if let Ok(names) = img.blob_names() {
             for n in names {
@@ -129,6 +139,53 @@ pub fn exercise(fd: &OwnedFd) {
         }
         let _ = img.close();
     }
+    rewrite(fd);
+}
+
+/// Open for writing and rewrite a page in place: on a chunked image that
+/// loads, verifies and re-stores the page's chunk (read-modify-write of a
+/// hostile frame), then writes the table and bitmap back.
+fn rewrite(fd: &OwnedFd) {
+    let Ok(ch) = Channel::from_fd(fd.as_raw_fd(), OpenFlags::READ | OpenFlags::WRITE) else {
+        return;
+    };
+    let Ok(img) = Image::open_on(Arc::new(ch), None, ImageFlags::READ_WRITE) else {
+        return;
+    };
+    for b in 0..img.block_count() {
+        let Ok(info) = img.block_info(b) else {
+            continue;
+        };
+        let page = vec![0x5au8; info.page_size as usize];
+        let _ = img.write_page(b, info.page_size, &page);
+        let mut back = vec![0u8; info.page_size as usize];
+        let _ = img.read_page(b, info.page_size, &mut back);
+    }
+    let _ = img.sync();
+    let _ = img.close();
+}
+
+/// Page `p` of block `b` of seed case `case`: what a real guest's memory
+/// looks like to zstd (text-like pages, a few incompressible ones), so the
+/// compressed seeds hold real frames with literals, sequences and Huffman
+/// tables, and chunks that stay raw inside a zstd image.
+fn seed_page(case: usize, b: usize, p: u64) -> Vec<u8> {
+    if case < 3 {
+        return vec![(p as u8) | 1; 4096];
+    }
+    let mut x = (b as u64) << 32 ^ p ^ 0x9e37_79b9_7f4a_7c15;
+    if p % 5 == 4 {
+        return (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+    }
+    let text = format!("block {b} page {p}: Linux version 6.1 (debian) #1 SMP; ");
+    text.bytes().cycle().take(4096).collect()
 }
 
 /// Valid images to start from (sparse-mode inputs).
@@ -163,6 +220,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         (shapes[2], plain),
         (shapes[0], zstd),
         (shapes[0], sums),
+        (shapes[2], zstd),
     ];
     for (i, (shape, opts)) in cases.iter().enumerate() {
         for finished in [true, false] {
@@ -180,8 +238,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
                     .unwrap();
             for (b, s) in specs.iter().enumerate() {
                 for p in (0..s.used_length / 4096).step_by(3) {
-                    let page = vec![(p as u8) | 1; 4096];
-                    img.write_page(b, p * 4096, &page).unwrap();
+                    img.write_page(b, p * 4096, &seed_page(i, b, p)).unwrap();
                 }
             }
             if finished {
