@@ -388,15 +388,17 @@ fn failed_chunked_creates_leave_the_path_alone() {
         page_size: ps,
     };
     let z = ImageOptions::zstd(1);
-    let cases: Vec<(
-        &str,
-        &str,
+    // (what, machine type, blocks, flags, options, errno, message part)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
         Vec<BlockSpec>,
         ImageFlags,
         ImageOptions,
         i32,
-        &str,
-    )> = vec![
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "level 23",
             "pc",

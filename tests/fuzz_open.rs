@@ -634,7 +634,8 @@ fn bad_chunk_table_headers_refuse_the_open() {
         Image::open_on(Arc::new(ch), None, ImageFlags::RECOVER).map(|_| ())
     };
     let at = format!("chunk table header at offset 0x{:x}", g.table);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, i32, Vec<String>)> = vec![
+    type Mutation<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
+    let cases: Vec<(&str, Mutation, i32, Vec<String>)> = vec![
         (
             "header codec",
             Box::new(|f: &mut Vec<u8>| f[g.table as usize + 13] = 9),

@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::uffd::{first_diff, mixed_image, Mapping};
 use common::need::{met, Need};
+use common::uffd::{first_diff, mixed_image, Mapping};
 use common::{specs, TmpDir, PS};
 use mappedram::engine::{read_ramblock, save_ramblock};
 use mappedram::lazy::{Lazy, LazyOptions, NO_PREFETCH};
