@@ -13,11 +13,12 @@
 //!   each page, feeds the checksum and copies the page out; nothing reaches
 //!   the guest before the chunk verified.
 //! - With `O_DIRECT`, the frames of a unit's next chunks (up to three) are
-//!   read at once, one short-lived thread each, while the worker reads and
-//!   decompresses the first: several requests per worker are in flight and
-//!   I/O overlaps decompression. A frame read ahead is used only if the
-//!   table did not change since it was read (its generation, checked under
-//!   the chunk's lock); otherwise it is read again.
+//!   read at once, one short-lived thread each, while the worker reads and decompresses
+//!   the first: several requests per worker are in flight and I/O overlaps
+//!   decompression.
+//!   A frame read ahead is used only if the table did not change since it
+//!   was read (its generation, checked under the chunk's lock); otherwise it
+//!   is read again.
 
 use super::chunked::{decompressor, with_scratch, AlignedVec, Scratch, PAD};
 use super::codec::Decompressor;
@@ -91,7 +92,7 @@ pub(crate) fn restore_unit(
     let len = c.t.scratch_len(&c.b.layout) as usize;
     let first = chunks.start;
     std::thread::scope(|s| {
-        // The next chunks' frames are read by a short-lived thread each,
+        // Every later chunk's frame is read by its own short-lived thread,
         // all at once, so the disk sees several requests per worker while
         // the worker reads and decompresses the first chunk itself.
         let ahead_end = chunks.end.min(first + AHEAD as u64);
