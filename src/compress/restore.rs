@@ -12,10 +12,8 @@
 //!   alone) is loaded into the worker's scratch chunk, and one pass checks
 //!   each page, feeds the checksum and copies the page out; nothing reaches
 //!   the guest before the chunk verified.
-//! - With `O_DIRECT`, the frames of a unit's next chunks (up to three) are
-//!   read at once, one short-lived thread each, while the worker reads and decompresses
-//!   the first: several requests per worker are in flight and I/O overlaps
-//!   decompression.
+//! - With `O_DIRECT`, a reader thread per unit reads the next chunks'
+//!   frames while the worker decompresses, so I/O and decompression overlap.
 //!   A frame read ahead is used only if the table did not change since it
 //!   was read (its generation, checked under the chunk's lock); otherwise it
 //!   is read again.
@@ -31,12 +29,12 @@ use crate::image::Image;
 use crate::memory::GuestSliceMut;
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use xxhash_rust::xxh3::Xxh3Default;
 
-/// A unit's chunks after the first that are read ahead: up to
-/// `AHEAD - 1` (all of a unit of 1 MiB chunks); later ones (smaller
-/// chunks) are read by the worker. Also the frame buffers a worker keeps.
-const AHEAD: usize = 4;
+/// Frames a unit's reader may hold ahead of its worker.
+const AHEAD: usize = 2;
 
 /// A zstd frame read ahead under its chunk's lock.
 struct Frame {
@@ -90,35 +88,50 @@ pub(crate) fn restore_unit(
             .try_for_each(|i| restore_chunk(img, c, mem, zero_absent, i, None, st));
     }
     let len = c.t.scratch_len(&c.b.layout) as usize;
+    let (free_tx, free_rx) = mpsc::channel::<AlignedVec>();
+    let (full_tx, full_rx) = mpsc::channel::<Frame>();
+    for _ in 0..AHEAD {
+        free_tx.send(pool_take(len)).expect("receiver alive");
+    }
+    let stop = AtomicBool::new(false);
     let first = chunks.start;
+    let later = first + 1..chunks.end;
     std::thread::scope(|s| {
-        // Every later chunk's frame is read by its own short-lived thread,
-        // all at once, so the disk sees several requests per worker while
-        // the worker reads and decompresses the first chunk itself.
-        let ahead_end = chunks.end.min(first + AHEAD as u64);
-        let readers: Vec<_> = (first + 1..ahead_end)
-            .map(|i| {
-                let buf = pool_take(len);
-                std::thread::Builder::new()
-                    .spawn_scoped(s, move || read_ahead(img, c, i, buf))
-                    .ok()
-            })
-            .collect();
-        let mut readers = readers.into_iter();
-        let mut res = Ok(());
-        for i in chunks {
-            // A reader that could not be started or panicked: read now.
-            let f = match i != first && i < ahead_end {
-                true => readers.next().flatten().and_then(|h| h.join().ok()),
-                false => None,
-            };
-            if res.is_ok() {
-                res = restore_chunk(img, c, mem, zero_absent, i, f.as_ref(), st);
+        let reader = std::thread::Builder::new().spawn_scoped(s, || {
+            for i in later {
+                let Ok(buf) = free_rx.recv() else { break };
+                let f = read_ahead(img, c, i, buf);
+                if stop.load(Ordering::Acquire) || full_tx.send(f).is_err() {
+                    break;
+                }
             }
-            if let Some(f) = f {
-                pool_put(f.buf);
+            drop(full_tx);
+            free_rx
+        });
+        let res = (|| {
+            for i in chunks {
+                // The first chunk (and every chunk when no reader thread
+                // could be started) is read by the worker itself.
+                let f = match reader.is_ok() && i != first {
+                    true => full_rx.recv().ok(),
+                    false => None,
+                };
+                let r = restore_chunk(img, c, mem, zero_absent, i, f.as_ref(), st);
+                if let Some(f) = f {
+                    let _ = free_tx.send(f.buf);
+                }
+                r?;
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::Release);
+        drop(free_tx);
+        if let Ok(h) = reader {
+            if let Ok(rx) = h.join() {
+                rx.try_iter().for_each(pool_put);
             }
         }
+        full_rx.try_iter().for_each(|f| pool_put(f.buf));
         res
     })
 }
