@@ -8,6 +8,9 @@ use std::sync::atomic::Ordering;
 /// Most bytes one placement holds `layout` (shared) for: bounds how long
 /// the fault thread can wait to read events.
 const PLACE_CHUNK: u64 = 256 << 10;
+/// The same while the guest faults: the fault thread reads events (and so
+/// serves a fault) after at most one of these per placer.
+const PLACE_CHUNK_FAULTING: u64 = 64 << 10;
 
 /// Largest prefetch read while the guest is quiet: the engine's unit, so
 /// prefetch keeps as many bytes in flight as an eager restore.
@@ -108,7 +111,12 @@ impl Shared {
     /// shared per chunk, re-checking `settled` under it (see the module
     /// docs). For prefetch and `stop`, never the fault thread.
     pub(super) fn place(&self, g: u64, n: u64, src: Option<*const u8>) -> Result<Place> {
-        let chunk = (PLACE_CHUNK / self.granule).max(1);
+        let bytes = if self.faulting() {
+            PLACE_CHUNK_FAULTING
+        } else {
+            PLACE_CHUNK
+        };
+        let chunk = (bytes / self.granule).max(1);
         let mut c = g;
         while c < g + n {
             let ce = (c + chunk).min(g + n);
@@ -193,6 +201,22 @@ impl Shared {
     /// Read and place the unsettled granules of `[g0, g1)` through `buf`
     /// (at least `(g1-g0) * granule` bytes); retries `EAGAIN`.
     pub(super) fn fill(&self, g0: u64, g1: u64, buf: &mut Staging, limit: bool) -> Result<()> {
+        self.read_unit(g0, g1, buf, limit, |a, m, src| self.place_all(a, m, src))
+    }
+
+    /// Read the unsettled granules of `[g0, g1)` into `buf` (laid out from
+    /// granule `g0`, at least `(g1-g0) * granule` bytes) one piece at a
+    /// time, handing each piece to `place(first, count, data)` right after
+    /// its read (`None`: absent pages, place zeros). The first error stops
+    /// the unit.
+    pub(super) fn read_unit(
+        &self,
+        g0: u64,
+        g1: u64,
+        buf: &Staging,
+        limit: bool,
+        mut place: impl FnMut(u64, u64, Option<*const u8>) -> Result<()>,
+    ) -> Result<()> {
         if self.settled.all(g0, g1) {
             return Ok(());
         }
@@ -212,7 +236,8 @@ impl Shared {
                         m
                     };
                     let n = step.min(a + m - c);
-                    self.fill_piece(g0, c, n, present, buf, limit)?;
+                    let src = self.read_piece(g0, c, n, present, buf, limit)?;
+                    place(c, n, src)?;
                     c += n;
                 }
             }
@@ -220,12 +245,17 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether the guest faulted lately (prefetch then reads and places in
+    /// smaller pieces); never while `stop` fills.
+    fn faulting(&self) -> bool {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        now.saturating_sub(self.last_fault_ns.load(Ordering::Relaxed)) < FAULT_QUIET_NS
+            && !self.fill_all.load(Ordering::Relaxed)
+    }
+
     /// The prefetch read size now: small while the guest faults.
     fn read_chunk(&self) -> u64 {
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        if now.saturating_sub(self.last_fault_ns.load(Ordering::Relaxed)) < FAULT_QUIET_NS
-            && !self.fill_all.load(Ordering::Relaxed)
-        {
+        if self.faulting() {
             READ_CHUNK_FAULTING
         } else {
             READ_CHUNK
@@ -238,27 +268,33 @@ impl Shared {
         self.last_fault_ns.store(now, Ordering::Relaxed);
     }
 
-    fn fill_piece(
+    /// Read granules `[a, a+m)` into `buf` at their place from `g0`;
+    /// returns where their data is (`None` for absent pages: nothing read).
+    fn read_piece(
         &self,
         g0: u64,
         a: u64,
         m: u64,
         present: bool,
-        buf: &mut Staging,
+        buf: &Staging,
         limit: bool,
-    ) -> Result<()> {
-        let src = if present {
-            if limit {
-                self.limiter.take(m * self.granule, &self.fill_all);
-            }
-            let off = (a - g0) * self.granule;
-            self.read(a, m, buf, off)?;
-            // SAFETY: granules a..a+m lie inside `buf` from g0 (`read`
-            // checked the range).
-            Some(unsafe { buf.ptr().add(off as usize) } as *const u8)
-        } else {
-            None
-        };
+    ) -> Result<Option<*const u8>> {
+        if !present {
+            return Ok(None);
+        }
+        if limit {
+            self.limiter.take(m * self.granule, &self.fill_all);
+        }
+        let off = (a - g0) * self.granule;
+        self.read(a, m, buf, off)?;
+        // SAFETY: granules a..a+m lie inside `buf` from g0 (`read` checked
+        // the range).
+        Ok(Some(unsafe { buf.ptr().add(off as usize) } as *const u8))
+    }
+
+    /// Place granules `[a, a+m)` from `src` (zeros when None), retrying
+    /// while an event is pending.
+    pub(super) fn place_all(&self, a: u64, m: u64, src: Option<*const u8>) -> Result<()> {
         while self.place(a, m, src)? == Place::Again {
             std::thread::sleep(std::time::Duration::from_micros(50));
         }

@@ -9,8 +9,10 @@
 //!   for prefetch I/O and takes no lock to serve a fault; the unit holding
 //!   the fault is also pushed to the front of the prefetch queue.
 //! - **prefetch workers** (`prefetch.rs`) claim units (hot units first,
-//!   then the rest in order), read the unsettled pages of a unit in large
-//!   positional reads, and place them.
+//!   then the rest in order) and read the unsettled pages of a unit in
+//!   large positional reads into one of two staging buffers; each worker's
+//!   **placer** thread places them, so the next unit's reads overlap the
+//!   copies of the last.
 //! - `settled` (one bit per granule, the host page) says "resident or
 //!   discarded": a placer sets it after its ioctl succeeded (or failed with
 //!   `EEXIST`, which means someone else placed it). Placing twice is
@@ -220,7 +222,7 @@ impl Lazy {
             let sh = self.sh.clone();
             let h = std::thread::Builder::new()
                 .name(format!("mr-lazy-fill{i}"))
-                .spawn(move || prefetch::worker(sh))
+                .spawn(move || prefetch::worker(sh, i))
                 .map_err(|e| Error::io("lazy restore: starting a prefetch thread", e))?;
             self.workers.push(h);
         }

@@ -5,21 +5,26 @@
 //! `UFFDIO_WRITEPROTECT`); that is the pause. Then:
 //! - **saver threads** (`save.rs`) take 4 MiB units and, per 64-page word,
 //!   *claim* the pages nobody claimed yet (`claimed`, one atomic
-//!   `fetch_or`), write them to the image straight from guest memory (it is
-//!   still protected, so it holds the start-instant bytes; zero pages stay
-//!   holes), then lift the protection of those pages (which wakes a writer
-//!   held on them) and mark them `saved`;
+//!   `fetch_or`), take the fault thread's copies of the other pages of
+//!   those words, write both to the image in runs (one request per run:
+//!   guest memory, still protected, so it holds the start-instant bytes,
+//!   and the copies, gathered with `pwritev`; zero pages stay holes), then
+//!   lift the protection of the claimed pages (which wakes a writer held
+//!   on them) and mark all of them `saved`;
 //! - the **fault thread** (`fault.rs`) gets the guest's first write to a
 //!   protected page. If it wins the page's claim it copies the page out (a
-//!   4 KiB `memcpy`), lifts the protection at once (the writer goes on)
-//!   and queues the copy for a saver to write. If a saver holds the claim,
-//!   the saver's own un-protect releases the writer.
+//!   4 KiB `memcpy` into a slot of `copies`; claim and copy under that
+//!   lock), lifts the protection at once (the writer goes on), and the
+//!   copy waits for the saver of its words. If a saver holds the claim,
+//!   the saver's own un-protect releases the writer. When the slots run
+//!   short, savers take the unit holding most copies next.
 //!
 //! The claim is the whole hand-off: whoever wins a page's bit reads its
 //! start-instant content while it is still protected and is the only one
 //! to un-protect it. A page is never un-protected before its content is in
 //! the image or in a queued copy.
 
+mod copies;
 mod fault;
 mod save;
 
@@ -38,6 +43,10 @@ use std::time::Duration;
 /// `MADV_POPULATE_READ` (Linux 5.14): map every page (zero pages shared)
 /// so it can be write-protected on kernels without WP_UNPOPULATED.
 const MADV_POPULATE_READ: i32 = 22;
+
+/// Copy slots (16 MiB of 4 KiB pages): pages the guest may write ahead of
+/// the savers before a write waits for its page's save.
+const COPY_SLOTS: u32 = 4096;
 
 /// Counters of one live snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,12 +69,19 @@ pub(crate) struct Shared {
     waker: Waker,
     claimed: PageSet,
     saved: PageSet,
-    /// Pages copied out by the fault thread, waiting to be written.
-    copies: Mutex<Vec<(u64, Vec<u8>)>>,
-    /// Pages the fault thread claimed but did not copy (queue full): a
+    /// Pages copied out by the fault thread, waiting for the saver of
+    /// their unit. The fault thread claims a page and stores its copy
+    /// under this lock (see `save::save_words`).
+    copies: Mutex<copies::Copies>,
+    /// Pages the fault thread claimed but did not copy (no slot free): a
     /// saver writes them from guest memory, then un-protects them.
     urgent: Mutex<Vec<u64>>,
+    /// Units a saver took (in order, or the one with most copies first).
+    units_taken: PageSet,
     next_unit: AtomicU64,
+    /// The block's slots hold pages (not compressed chunks): savers write
+    /// spans straight to them.
+    plain: bool,
     error: Mutex<Option<Error>>,
     cv: Condvar,
     stop: AtomicBool,
@@ -122,6 +138,10 @@ impl Snapshot {
         // SAFETY: forwarded contract: `host` stays mapped until the stop.
         let (range, uffd) = unsafe { protect(&info, host, &what) }?;
         let pages = info.used_length / info.page_size;
+        let unit_pages = save::unit_pages(info.page_size);
+        let units = pages.div_ceil(unit_pages);
+        let copies = copies::Copies::new(info.page_size, COPY_SLOTS, units, unit_pages)?;
+        let plain = img.chunked(block)?.is_none();
         let sh = Arc::new(Shared {
             img,
             block,
@@ -132,9 +152,11 @@ impl Snapshot {
             waker: Waker::new()?,
             claimed: PageSet::new(pages),
             saved: PageSet::new(pages),
-            copies: Mutex::new(Vec::new()),
+            copies: Mutex::new(copies),
             urgent: Mutex::new(Vec::new()),
+            units_taken: PageSet::new(units),
             next_unit: AtomicU64::new(0),
+            plain,
             error: Mutex::new(None),
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
