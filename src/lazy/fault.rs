@@ -9,6 +9,7 @@ use crate::uffd::sys::uffd_msg;
 use crate::uffd::Event;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Give this thread's reads precedence in the block layer's queue (the
 /// faulting page jumps the prefetch reads): the real-time I/O class when
@@ -33,16 +34,25 @@ pub(super) fn run(sh: Arc<Shared>, staging: Staging) {
     let mut events = Vec::with_capacity(msgs.len());
     // Faults whose placement met a pending event (`EAGAIN`).
     let mut deferred: Vec<u64> = Vec::new();
+    let mut served_at: Option<Instant> = None;
     loop {
         let ms = if deferred.is_empty() { 100 } else { 1 };
-        if let Err(e) = sh.uffd.poll(sh.waker.raw_fd(), ms) {
-            sh.latch(e);
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        // Right after a fault, look for the next one without sleeping for
+        // a while: a guest touching pages faults again within microseconds,
+        // and a sleeping fault thread first has to be scheduled again.
+        let spun = served_at.is_some_and(|t| spin_for_events(&sh, t));
+        if !spun {
+            if let Err(e) = sh.uffd.poll(sh.waker.raw_fd(), ms) {
+                sh.latch(e);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
         if sh.stop_fault.load(Ordering::Acquire) {
             return;
         }
+        let mut from = Instant::now();
         read_batch(&sh, &mut msgs, &mut events);
+        served_at = None;
         for ev in events.drain(..) {
             if let Event::Fault { addr, .. } = ev {
                 if addr >= sh.host.start && addr < sh.host.end() {
@@ -51,6 +61,10 @@ pub(super) fn run(sh: Arc<Shared>, staging: Staging) {
                     sh.note_fault();
                     sh.queue.touched(g * sh.granule);
                     serve(&sh, g, &staging, &mut deferred);
+                    let now = Instant::now();
+                    sh.note_service(now - from);
+                    from = now;
+                    served_at = Some(now);
                 }
             }
         }
@@ -58,6 +72,22 @@ pub(super) fn run(sh: Arc<Shared>, staging: Staging) {
             serve(&sh, g, &staging, &mut deferred);
         }
     }
+}
+
+/// How long the fault thread keeps looking for events after serving a
+/// fault before it sleeps in `poll`.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// Poll without sleeping until an event is pending (true) or `SPIN` has
+/// passed since `since` (false).
+fn spin_for_events(sh: &Shared, since: Instant) -> bool {
+    while since.elapsed() < SPIN {
+        if sh.uffd.pending() || sh.stop_fault.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
 }
 
 /// Read every pending event while holding `layout` exclusively, handling

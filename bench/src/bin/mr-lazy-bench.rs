@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)] [--only restore|snapshot]";
+const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)] [--only restore|faults|snapshot]";
 
 struct Args {
     size: usize,
@@ -150,8 +150,55 @@ fn residency(
     (eager, lazy, first)
 }
 
-/// Fault latencies (µs) of `n` random present pages, one thread, no prefetch.
-fn fault_latency(path: &Path, src: &Mem, pages: &[usize], n: usize, cold: bool) -> Vec<f64> {
+/// Round trips (µs) of a wake-up ping-pong between two threads blocked in
+/// `read` on eventfds: two wake-ups, as in a fault (the fault thread woken
+/// by the event, the faulting thread by the placement). The scheduling
+/// part of a fault's latency, measured beside it.
+fn wake_round_trips(n: usize) -> Vec<f64> {
+    // SAFETY: eventfd takes two integers and returns a new fd or -1.
+    let (a, b) = unsafe { (libc::eventfd(0, 0), libc::eventfd(0, 0)) };
+    assert!(a >= 0 && b >= 0);
+    let ping = |fd: i32| {
+        let one = 1u64;
+        // SAFETY: 8 bytes from a live u64 to an eventfd.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    };
+    let pong = |fd: i32| {
+        let mut v = 0u64;
+        // SAFETY: 8 bytes into a live u64 from an eventfd (blocks).
+        unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+    };
+    let mut out = Vec::with_capacity(n);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..n {
+                pong(a);
+                ping(b);
+            }
+        });
+        for _ in 0..n {
+            let t = Instant::now();
+            ping(a);
+            pong(b);
+            out.push(t.elapsed().as_secs_f64() * 1e6);
+            // Like the fault loop: the other thread goes back to sleep.
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    });
+    // SAFETY: closing our own descriptors.
+    unsafe { (libc::close(a), libc::close(b)) };
+    out
+}
+
+/// Fault latencies (µs) of `n` random present pages, one thread, no
+/// prefetch; and the library's own service time per fault (µs).
+fn fault_latency(
+    path: &Path,
+    src: &Mem,
+    pages: &[usize],
+    n: usize,
+    cold: bool,
+) -> (Vec<f64>, Vec<f64>) {
     let flags = if cold {
         ImageFlags::DIRECT
     } else {
@@ -172,8 +219,13 @@ fn fault_latency(path: &Path, src: &Mem, pages: &[usize], n: usize, cold: bool) 
         let p = pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()];
         lat.push(touch(&dst, p));
     }
+    let service = lz
+        .fault_service_ns()
+        .iter()
+        .map(|&ns| ns as f64 / 1e3)
+        .collect();
     lz.stop().unwrap();
-    lat
+    (lat, service)
 }
 
 /// Paused save vs live snapshot with a writer (random pages, about 15-20k
@@ -256,10 +308,14 @@ fn main() {
         a.threads,
         path.display()
     );
-    if a.only != "snapshot" {
+    if a.only == "pause" {
+        pause_probe(&a, &src);
+    } else if a.only == "faults" {
+        fault_figures(&a, &path, &src, &pages);
+    } else if a.only != "snapshot" {
         restore_figures(&a, &path, &src, &pages);
     }
-    if a.only != "restore" {
+    if a.only == "all" || a.only == "snapshot" {
         snapshot_figures(&a, &dir, &src);
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -287,17 +343,33 @@ fn restore_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
         median(&first),
         first.iter().cloned().fold(0.0, f64::max)
     );
-    let mut disk = fault_latency(path, src, pages, a.samples, true);
-    let mut cache = fault_latency(path, src, pages, a.samples, false);
+    fault_figures(a, path, src, pages);
+}
+
+/// Fault latency from disk and from the page cache, with the fault
+/// thread's own share and the scheduling baseline of the same run.
+fn fault_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
+    let (mut disk, mut disk_svc) = fault_latency(path, src, pages, a.samples, true);
+    let (mut cache, mut cache_svc) = fault_latency(path, src, pages, a.samples, false);
+    let mut wake = wake_round_trips(a.samples);
     println!(
-        "fault latency from disk (O_DIRECT, cold): p50 {:.1} us, p99 {:.1} us",
+        "fault latency from disk (O_DIRECT, cold): p50 {:.1} us, p99 {:.1} us; fault thread's service p50 {:.1} us, p99 {:.1} us",
         pct(&mut disk, 0.5),
-        pct(&mut disk, 0.99)
+        pct(&mut disk, 0.99),
+        pct(&mut disk_svc, 0.5),
+        pct(&mut disk_svc, 0.99)
     );
     println!(
-        "fault latency from page cache: p50 {:.1} us, p99 {:.1} us (target p99 <= 100 us)",
+        "fault latency from page cache: p50 {:.1} us, p99 {:.1} us (target p99 <= 100 us); fault thread's service p50 {:.1} us, p99 {:.1} us",
         pct(&mut cache, 0.5),
-        pct(&mut cache, 0.99)
+        pct(&mut cache, 0.99),
+        pct(&mut cache_svc, 0.5),
+        pct(&mut cache_svc, 0.99)
+    );
+    println!(
+        "two-thread wake-up round trip (eventfd ping-pong, same run): p50 {:.1} us, p99 {:.1} us",
+        pct(&mut wake, 0.5),
+        pct(&mut wake, 0.99)
     );
 }
 
@@ -334,6 +406,86 @@ fn snapshot_figures(a: &Args, dir: &Path, src: &Mem) {
                     pct(&mut all_stalls, 1.0)
                 );
             }
+        }
+    }
+}
+
+/// Where the snapshot pause goes: `UFFDIO_WRITEPROTECT` of the whole range
+/// from one thread, the same split over 2 and 4 threads (disjoint ranges,
+/// one userfaultfd), and a plain `mprotect` of the same memory, on the
+/// populated guest (4 KiB pages) and on a THP copy; medians of `rounds`,
+/// alternated in one run.
+fn pause_probe(a: &Args, src: &Mem) {
+    use mappedram::uffd::{sys::*, Uffd};
+    let mut thp = Mem::anon(a.size).unwrap();
+    // SAFETY: advice on our own mapping.
+    unsafe { libc::madvise(thp.as_mut_ptr().cast(), a.size, libc::MADV_HUGEPAGE) };
+    thp.as_mut_slice().copy_from_slice(src.as_slice());
+    let gib = a.size as f64 / (1u64 << 30) as f64;
+    for (mem, name) in [(src, "4 KiB pages"), (&thp, "THP")] {
+        let start = mem.as_ptr() as u64;
+        let len = mem.len() as u64;
+        let mut res: Vec<(String, Vec<f64>)> =
+            ["wp 1 thread", "wp 2 threads", "wp 4 threads", "mprotect"]
+                .iter()
+                .map(|s| (s.to_string(), vec![]))
+                .collect();
+        for _ in 0..a.rounds {
+            for (k, (_, v)) in res.iter_mut().enumerate() {
+                let ms = if k == 3 {
+                    let t = Instant::now();
+                    // SAFETY: our own mapping; read-only, then back.
+                    unsafe {
+                        libc::mprotect(start as *mut libc::c_void, len as usize, libc::PROT_READ)
+                    };
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    // SAFETY: as above.
+                    unsafe {
+                        libc::mprotect(
+                            start as *mut libc::c_void,
+                            len as usize,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                        )
+                    };
+                    ms
+                } else {
+                    let n = [1u64, 2, 4][k];
+                    let u = Uffd::open(
+                        UFFD_FEATURE_WP_UNPOPULATED,
+                        UFFD_FEATURE_PAGEFAULT_FLAG_WP,
+                        "wp",
+                    )
+                    .unwrap();
+                    u.register(start, len, UFFDIO_REGISTER_MODE_WP).unwrap();
+                    let per = (len / n).div_ceil(2 << 20) * (2 << 20);
+                    let t = Instant::now();
+                    std::thread::scope(|s| {
+                        for i in 0..n {
+                            let u = &u;
+                            s.spawn(move || {
+                                let a0 = start + i * per;
+                                let a1 = (a0 + per).min(start + len);
+                                if a0 < a1 {
+                                    u.writeprotect(a0, a1 - a0, true).unwrap();
+                                }
+                            });
+                        }
+                    });
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    u.writeprotect(start, len, false).unwrap();
+                    u.unregister(start, len).unwrap();
+                    ms
+                };
+                v.push(ms);
+            }
+        }
+        for (what, v) in &res {
+            println!(
+                "pause probe, {name}: {what}: median {:.2} ms = {:.2} ms/GiB ({} rounds)",
+                median(v),
+                median(v) / gib,
+                v.len()
+            );
         }
     }
 }
