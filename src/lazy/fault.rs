@@ -34,25 +34,17 @@ pub(super) fn run(sh: Arc<Shared>, staging: Staging) {
     let mut events = Vec::with_capacity(msgs.len());
     // Faults whose placement met a pending event (`EAGAIN`).
     let mut deferred: Vec<u64> = Vec::new();
-    let mut served_at: Option<Instant> = None;
     loop {
         let ms = if deferred.is_empty() { 100 } else { 1 };
-        // Right after a fault, look for the next one without sleeping for
-        // a while: a guest touching pages faults again within microseconds,
-        // and a sleeping fault thread first has to be scheduled again.
-        let spun = served_at.is_some_and(|t| spin_for_events(&sh, t));
-        if !spun {
-            if let Err(e) = sh.uffd.poll(sh.waker.raw_fd(), ms) {
-                sh.latch(e);
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
+        if let Err(e) = sh.uffd.poll(sh.waker.raw_fd(), ms) {
+            sh.latch(e);
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         if sh.stop_fault.load(Ordering::Acquire) {
             return;
         }
         let mut from = Instant::now();
         read_batch(&sh, &mut msgs, &mut events);
-        served_at = None;
         for ev in events.drain(..) {
             if let Event::Fault { addr, .. } = ev {
                 if addr >= sh.host.start && addr < sh.host.end() {
@@ -60,34 +52,17 @@ pub(super) fn run(sh: Arc<Shared>, staging: Staging) {
                     sh.faults.fetch_add(1, Ordering::Relaxed);
                     sh.note_fault();
                     sh.queue.touched(g * sh.granule);
-                    serve(&sh, g, &staging, &mut deferred);
+                    let read = serve(&sh, g, &staging, &mut deferred);
                     let now = Instant::now();
-                    sh.note_service(now - from);
+                    sh.note_service(now - from, read);
                     from = now;
-                    served_at = Some(now);
                 }
             }
         }
         for g in std::mem::take(&mut deferred) {
-            serve(&sh, g, &staging, &mut deferred);
+            let _ = serve(&sh, g, &staging, &mut deferred);
         }
     }
-}
-
-/// How long the fault thread keeps looking for events after serving a
-/// fault before it sleeps in `poll`.
-const SPIN: Duration = Duration::from_micros(50);
-
-/// Poll without sleeping until an event is pending (true) or `SPIN` has
-/// passed since `since` (false).
-fn spin_for_events(sh: &Shared, since: Instant) -> bool {
-    while since.elapsed() < SPIN {
-        if sh.uffd.pending() || sh.stop_fault.load(Ordering::Relaxed) {
-            return true;
-        }
-        std::hint::spin_loop();
-    }
-    false
 }
 
 /// Read every pending event while holding `layout` exclusively, handling
@@ -159,21 +134,26 @@ fn range_event(sh: &Shared, ev: Event) {
 }
 
 /// Serve a fault on granule `g`: zero when discarded, a wake when already
-/// placed, else read it (its own buffer, no lock) and place it.
-fn serve(sh: &Shared, g: u64, staging: &Staging, deferred: &mut Vec<u64>) {
+/// placed, else read it (its own buffer, no lock) and place it. Returns
+/// the time the read took.
+fn serve(sh: &Shared, g: u64, staging: &Staging, deferred: &mut Vec<u64>) -> Duration {
+    let mut took = Duration::ZERO;
     let res = if sh.gone.test(g) {
         sh.place_run(g, 1, None)
     } else if sh.settled.test(g) {
         let _ = sh.uffd.wake(sh.addr(g), sh.granule);
         Ok(Place::Done)
     } else {
-        match sh.read(g, 1, staging, 0) {
+        let t = Instant::now();
+        let read = sh.read(g, 1, staging, 0);
+        took = t.elapsed();
+        match read {
             Ok(true) => sh.place_run(g, 1, Some(staging.ptr())),
             Ok(false) => sh.place_run(g, 1, None),
             Err(e) => {
                 // Nothing placed: the faulting thread stays blocked.
                 sh.latch(e);
-                return;
+                return took;
             }
         }
     };
@@ -182,4 +162,5 @@ fn serve(sh: &Shared, g: u64, staging: &Staging, deferred: &mut Vec<u64>) {
         Ok(Place::Again) => deferred.push(g),
         Err(e) => sh.latch(e),
     }
+    took
 }

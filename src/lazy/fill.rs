@@ -220,7 +220,16 @@ impl Shared {
         if self.settled.all(g0, g1) {
             return Ok(());
         }
-        for (s, n, present) in self.granule_runs(g0, g1)? {
+        let runs = self.granule_runs(g0, g1)?;
+        let mut i = 0;
+        while i < runs.len() {
+            if let Some(j) = self.span_end(&runs, i) {
+                self.read_span(g0, &runs[i..j], buf, limit, &mut place)?;
+                i = j;
+                continue;
+            }
+            let (s, n, present) = runs[i];
+            i += 1;
             let mut todo = Vec::new();
             self.settled.runs(s, s + n, |a, m, set| {
                 if !set {
@@ -241,6 +250,69 @@ impl Shared {
                     c += n;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Where the span of one read that starts at present run `runs[i]`
+    /// ends: the runs after it while each absent gap is at most the
+    /// engine's read gap and the span at most a read chunk (as an eager
+    /// restore reads: fewer, larger requests; the gaps' slots are read and
+    /// not used). None when `runs[i]` is absent or longer than a read
+    /// chunk, or granules are not image pages (hugetlbfs).
+    fn span_end(&self, runs: &[(u64, u64, bool)], i: usize) -> Option<usize> {
+        let (s, n, present) = runs[i];
+        let max = (self.read_chunk() / self.granule).max(1);
+        if !present || n > max || self.granule != self.ps {
+            return None;
+        }
+        let gap = crate::engine::tuning::get().1 / self.granule;
+        let mut j = i + 1;
+        while j + 1 < runs.len() {
+            let (_, gn, _) = runs[j];
+            let (rs, rn, _) = runs[j + 1];
+            if gn > gap || rs + rn - s > max {
+                break;
+            }
+            j += 2;
+        }
+        Some(j)
+    }
+
+    /// Read the slots of `runs` (a span from `span_end`) in one request
+    /// into `buf` at their place from `g0`, then hand each run to `place`:
+    /// present runs with their data, absent ones as zeros (their slots may
+    /// hold stale bytes: a clear bit means zero).
+    fn read_span(
+        &self,
+        g0: u64,
+        runs: &[(u64, u64, bool)],
+        buf: &Staging,
+        limit: bool,
+        place: &mut impl FnMut(u64, u64, Option<*const u8>) -> Result<()>,
+    ) -> Result<()> {
+        let (a, last) = (runs[0].0, runs[runs.len() - 1]);
+        let m = last.0 + last.1 - a;
+        if self.settled.all(a, a + m) {
+            return Ok(());
+        }
+        if limit {
+            self.limiter.take(m * self.granule, &self.fill_all);
+        }
+        let off = (a - g0) * self.granule;
+        let mem = buf.guest_mut(off as usize, (m * self.granule) as usize)?;
+        self.img
+            .load_pages(self.block, a, mem)
+            .map_err(|e| self.read_error(a, m, e))?;
+        self.bytes_read.fetch_add(m * self.ps, Ordering::Relaxed);
+        for &(s, n, present) in runs {
+            // SAFETY: granules s..s+n lie inside the span read at `off`.
+            let src =
+                present.then(
+                    || unsafe { buf.ptr().add((off + (s - a) * self.granule) as usize) }
+                        as *const u8,
+                );
+            place(s, n, src)?;
         }
         Ok(())
     }

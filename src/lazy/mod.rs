@@ -116,8 +116,9 @@ pub(crate) struct Shared {
     epoch: std::time::Instant,
     last_fault_ns: AtomicU64,
     /// The fault thread's time per fault (from its wake-up to the
-    /// placement's return), in ns, for the first `SERVICE_SAMPLES` faults.
-    service_ns: Mutex<Vec<u32>>,
+    /// placement's return) and the part of it spent reading the image, in
+    /// ns, for the first `SERVICE_SAMPLES` faults.
+    service_ns: Mutex<Vec<(u32, u32)>>,
 }
 
 /// Fault service times kept (for benchmarks: [`Lazy::fault_service_ns`]).
@@ -261,10 +262,11 @@ impl Lazy {
 
     /// The fault thread's own time per fault served so far (the first
     /// 65536), in ns: from its wake-up (or the end of its previous fault)
-    /// to the return of the placement. The rest of what a faulting thread
-    /// waits is the kernel's fault path and scheduling.
+    /// to the return of the placement, and the part of it spent reading
+    /// the image. The rest of what a faulting thread waits is the kernel's
+    /// fault path and scheduling.
     #[doc(hidden)]
-    pub fn fault_service_ns(&self) -> Vec<u32> {
+    pub fn fault_service_ns(&self) -> Vec<(u32, u32)> {
         self.sh.service_ns.lock().clone()
     }
 
@@ -374,10 +376,11 @@ impl Shared {
     }
 
     /// Record one fault's service time.
-    fn note_service(&self, d: Duration) {
+    fn note_service(&self, total: Duration, read: Duration) {
+        let ns = |d: Duration| d.as_nanos().min(u32::MAX as u128) as u32;
         let mut v = self.service_ns.lock();
         if v.len() < SERVICE_SAMPLES {
-            v.push(d.as_nanos().min(u32::MAX as u128) as u32);
+            v.push((ns(total), ns(read)));
         }
     }
 

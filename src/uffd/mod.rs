@@ -320,17 +320,6 @@ impl Uffd {
         Ok(count)
     }
 
-    /// Whether events are pending (a poll that does not wait).
-    pub fn pending(&self) -> bool {
-        let mut fd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd structure; a zero timeout never sleeps.
-        unsafe { libc::poll(&mut fd, 1, 0) == 1 }
-    }
-
     /// Wait until events are pending or `wake_fd` is readable (or `ms`
     /// passed); returns whether `wake_fd` is readable.
     pub fn poll(&self, wake_fd: RawFd, ms: i32) -> Result<bool> {

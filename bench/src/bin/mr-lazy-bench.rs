@@ -191,14 +191,15 @@ fn wake_round_trips(n: usize) -> Vec<f64> {
 }
 
 /// Fault latencies (µs) of `n` random present pages, one thread, no
-/// prefetch; and the library's own service time per fault (µs).
+/// prefetch; the library's own service time per fault and the read part
+/// of it (µs).
 fn fault_latency(
     path: &Path,
     src: &Mem,
     pages: &[usize],
     n: usize,
     cold: bool,
-) -> (Vec<f64>, Vec<f64>) {
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let flags = if cold {
         ImageFlags::DIRECT
     } else {
@@ -219,13 +220,11 @@ fn fault_latency(
         let p = pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()];
         lat.push(touch(&dst, p));
     }
-    let service = lz
-        .fault_service_ns()
-        .iter()
-        .map(|&ns| ns as f64 / 1e3)
-        .collect();
+    let svc = lz.fault_service_ns();
+    let service = svc.iter().map(|s| s.0 as f64 / 1e3).collect();
+    let read = svc.iter().map(|s| s.1 as f64 / 1e3).collect();
     lz.stop().unwrap();
-    (lat, service)
+    (lat, service, read)
 }
 
 /// Paused save vs live snapshot with a writer (random pages, about 15-20k
@@ -349,22 +348,27 @@ fn restore_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
 /// Fault latency from disk and from the page cache, with the fault
 /// thread's own share and the scheduling baseline of the same run.
 fn fault_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
-    let (mut disk, mut disk_svc) = fault_latency(path, src, pages, a.samples, true);
-    let (mut cache, mut cache_svc) = fault_latency(path, src, pages, a.samples, false);
+    let (mut disk, mut disk_svc, mut disk_rd) = fault_latency(path, src, pages, a.samples, true);
+    let (mut cache, mut cache_svc, mut cache_rd) =
+        fault_latency(path, src, pages, a.samples, false);
     let mut wake = wake_round_trips(a.samples);
     println!(
-        "fault latency from disk (O_DIRECT, cold): p50 {:.1} us, p99 {:.1} us; fault thread's service p50 {:.1} us, p99 {:.1} us",
+        "fault latency from disk (O_DIRECT, cold): p50 {:.1} us, p99 {:.1} us; fault thread's service p50 {:.1} us, p99 {:.1} us; its read p50 {:.1} us, p99 {:.1} us",
         pct(&mut disk, 0.5),
         pct(&mut disk, 0.99),
         pct(&mut disk_svc, 0.5),
-        pct(&mut disk_svc, 0.99)
+        pct(&mut disk_svc, 0.99),
+        pct(&mut disk_rd, 0.5),
+        pct(&mut disk_rd, 0.99)
     );
     println!(
-        "fault latency from page cache: p50 {:.1} us, p99 {:.1} us (target p99 <= 100 us); fault thread's service p50 {:.1} us, p99 {:.1} us",
+        "fault latency from page cache: p50 {:.1} us, p99 {:.1} us (target p99 <= 100 us); fault thread's service p50 {:.1} us, p99 {:.1} us; its read p50 {:.1} us, p99 {:.1} us",
         pct(&mut cache, 0.5),
         pct(&mut cache, 0.99),
         pct(&mut cache_svc, 0.5),
-        pct(&mut cache_svc, 0.99)
+        pct(&mut cache_svc, 0.99),
+        pct(&mut cache_rd, 0.5),
+        pct(&mut cache_rd, 0.99)
     );
     println!(
         "two-thread wake-up round trip (eventfd ping-pong, same run): p50 {:.1} us, p99 {:.1} us",
