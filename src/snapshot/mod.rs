@@ -175,7 +175,11 @@ impl Snapshot {
                 .spawn(move || fault::run(f))
                 .map_err(|e| Error::io("live snapshot: starting the fault thread", e))?,
         );
-        let n = crate::engine::effective_threads(threads, save::units(&sh));
+        // As many requests in flight as a paused save keeps (its writer
+        // threads): each saver writes synchronously.
+        let units = save::units(&sh);
+        let writers = crate::engine::tuning::get().2.min(units) as usize;
+        let n = crate::engine::effective_threads(threads, units).max(writers);
         for i in 0..n {
             let w = sh.clone();
             let h = std::thread::Builder::new()

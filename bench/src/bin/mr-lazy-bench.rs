@@ -69,6 +69,51 @@ fn drop_cache(path: &Path) {
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
+/// Plain `pread`s (µs) of the slots of the same `n` random present pages
+/// the fault loop touches, from the page cache: the machine's own tail for
+/// the read a fault from the page cache does, without userfaultfd.
+fn pread_baseline(path: &Path, pages: &[usize], n: usize) -> Vec<f64> {
+    use std::os::unix::fs::FileExt;
+    let img = Image::open(path, ImageFlags::default()).unwrap();
+    let base = img.block_info(0).unwrap().pages_offset;
+    drop(img);
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; PAGE];
+    (0..n)
+        .map(|i| {
+            let p = pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()];
+            let t = Instant::now();
+            f.read_exact_at(&mut buf, base + (p * PAGE) as u64).unwrap();
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect()
+}
+
+/// The fraction of the file's pages in the page cache (`mincore`).
+fn cached_fraction(path: &Path) -> f64 {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("open image");
+    let len = f.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of our open file, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED);
+    let mut v = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: `v` has one byte per page of the mapping.
+    unsafe { libc::mincore(p, len, v.as_mut_ptr()) };
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    v.iter().filter(|&&b| b & 1 != 0).count() as f64 / v.len() as f64
+}
+
 /// Read the whole file once (into the page cache).
 fn warm_cache(path: &Path) {
     let mut f = std::fs::File::open(path).expect("open image");
@@ -210,6 +255,10 @@ fn fault_latency(
         drop_cache(path);
     } else {
         warm_cache(path);
+        println!(
+            "  image pages in the page cache before the faults: {:.2} %",
+            cached_fraction(path) * 100.0
+        );
     }
     let dst = Mem::anon(src.len()).unwrap();
     // SAFETY: as in `residency`.
@@ -219,6 +268,12 @@ fn fault_latency(
     for i in 0..n {
         let p = pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()];
         lat.push(touch(&dst, p));
+    }
+    if !cold {
+        println!(
+            "  image pages in the page cache after the faults: {:.2} %",
+            cached_fraction(path) * 100.0
+        );
     }
     let svc = lz.fault_service_ns();
     let service = svc.iter().map(|s| s.0 as f64 / 1e3).collect();
@@ -352,6 +407,7 @@ fn fault_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
     let (mut cache, mut cache_svc, mut cache_rd) =
         fault_latency(path, src, pages, a.samples, false);
     let mut wake = wake_round_trips(a.samples);
+    let mut pread = pread_baseline(path, pages, a.samples);
     println!(
         "fault latency from disk (O_DIRECT, cold): p50 {:.1} us, p99 {:.1} us; fault thread's service p50 {:.1} us, p99 {:.1} us; its read p50 {:.1} us, p99 {:.1} us",
         pct(&mut disk, 0.5),
@@ -374,6 +430,11 @@ fn fault_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
         "two-thread wake-up round trip (eventfd ping-pong, same run): p50 {:.1} us, p99 {:.1} us",
         pct(&mut wake, 0.5),
         pct(&mut wake, 0.99)
+    );
+    println!(
+        "plain pread of the same pages from the page cache (same run): p50 {:.1} us, p99 {:.1} us",
+        pct(&mut pread, 0.5),
+        pct(&mut pread, 0.99)
     );
 }
 
