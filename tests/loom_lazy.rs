@@ -484,6 +484,15 @@ fn model_matches_the_library() {
             "while self.place(a, m, src)? == Place::Again {",
         ],
     );
+    // The worker's placer thread is the model's worker: it places what the
+    // reader handed it through the same `place_all`.
+    has(
+        "src/lazy/prefetch.rs",
+        &[
+            "fn placer(",
+            "if let Err(e) = sh.place_all(first, n, src) {",
+        ],
+    );
     // Snapshot: claim, read while protected, un-protect, mark saved.
     has(
         "src/uffd/pages.rs",

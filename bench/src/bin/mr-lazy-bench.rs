@@ -460,8 +460,15 @@ fn snapshot_figures(a: &Args, dir: &Path, src: &Mem) {
                 faults += f;
             }
             let (mp, mt) = (median(&paused), median(&total));
+            let ratios: Vec<f64> = total.iter().zip(&paused).map(|(t, p)| t / p).collect();
             let who = if busy { "writer running" } else { "idle guest" };
             println!("snapshot, {name}, {who} (median of {}): pause {:.2} ms = {:.2} ms/GiB (target <= 1), total {:.3} s vs paused save {:.3} s: ratio {:.3} (target <= 1.1), {faults} wp faults", a.rounds, median(&pause), median(&pause) / gib, mt, mp, mt / mp);
+            let r: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+            println!(
+                "  per-round ratios (live total / paused save of the same round): {}; median {:.3}",
+                r.join(", "),
+                median(&ratios)
+            );
             if !all_stalls.is_empty() {
                 let n = all_stalls.len();
                 println!(
