@@ -173,12 +173,20 @@ pub(crate) fn worker(sh: Arc<Shared>, index: usize) {
         Err(_) => return serial(&sh, &bufs[0]),
     };
     let per = sh.queue.unit_bytes() / sh.granule;
-    while let Some(u) = sh.queue.pop() {
+    loop {
+        // A buffer is free once its placer finished placing from it; the
+        // unit is taken only then, so a unit the guest faults in meanwhile
+        // can still jump the queue.
+        let Ok(b) = free_rx.recv() else {
+            sh.latch(Error::Invalid(
+                "lazy restore: a prefetch placer thread ended early".into(),
+            ));
+            break;
+        };
+        let Some(u) = sh.queue.pop() else { break };
         let g0 = u * per;
         let g1 = (g0 + per).min(sh.settled.len());
         let limit = !sh.fill_all.load(Ordering::Acquire);
-        // A buffer is free once its placer finished placing from it.
-        let Ok(b) = free_rx.recv() else { break };
         let base = bufs[b].ptr() as usize;
         let r = sh.read_unit(g0, g1, &bufs[b], limit, |first, n, src| {
             let off = src.map(|p| p as usize - base);
