@@ -27,7 +27,7 @@ fn raise_io_priority() {
     }
 }
 
-pub(super) fn run(sh: Arc<Shared>, staging: Staging) {
+pub(super) fn run(sh: Arc<Shared>, mut staging: Staging) {
     raise_io_priority();
     let mut msgs = [uffd_msg::default(); 64];
     let mut events = Vec::with_capacity(msgs.len());
@@ -50,12 +50,12 @@ pub(super) fn run(sh: Arc<Shared>, staging: Staging) {
                     sh.faults.fetch_add(1, Ordering::Relaxed);
                     sh.note_fault();
                     sh.queue.touched(g * sh.granule);
-                    serve(&sh, g, &staging, &mut deferred);
+                    serve(&sh, g, &mut staging, &mut deferred);
                 }
             }
         }
         for g in std::mem::take(&mut deferred) {
-            serve(&sh, g, &staging, &mut deferred);
+            serve(&sh, g, &mut staging, &mut deferred);
         }
     }
 }
@@ -129,13 +129,17 @@ fn range_event(sh: &Shared, ev: Event) {
 }
 
 /// Serve a fault on granule `g`: zero when discarded, a wake when already
-/// placed, else read it (its own buffer, no lock) and place it.
-fn serve(sh: &Shared, g: u64, staging: &Staging, deferred: &mut Vec<u64>) {
+/// placed, else read it (its own buffer, no lock) and place it; on a
+/// chunked block, read its chunk and place the chunk (`chunks.rs`).
+fn serve(sh: &Shared, g: u64, staging: &mut Staging, deferred: &mut Vec<u64>) {
     let res = if sh.gone.test(g) {
         sh.place_run(g, 1, None)
     } else if sh.settled.test(g) {
         let _ = sh.uffd.wake(sh.addr(g), sh.granule);
         Ok(Place::Done)
+    } else if sh.chunk != 0 {
+        // An error placed nothing: the faulting thread stays blocked.
+        sh.serve_chunked(g, staging)
     } else {
         match sh.read(g, 1, staging, 0) {
             Ok(true) => sh.place_run(g, 1, Some(staging.ptr())),

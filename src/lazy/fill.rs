@@ -86,7 +86,7 @@ impl Shared {
         res.map(|data| data || n == 0)
     }
 
-    fn read_error(&self, page: u64, n: u64, e: Error) -> Error {
+    pub(super) fn read_error(&self, page: u64, n: u64, e: Error) -> Error {
         let what = format!(
             "on-demand restore of ramblock '{}': offset 0x{:x}+0x{:x} not placed (threads touching it stay blocked)",
             self.idstr,
@@ -196,6 +196,9 @@ impl Shared {
         if self.settled.all(g0, g1) {
             return Ok(());
         }
+        if self.chunk != 0 {
+            return self.fill_chunked(g0, g1, buf, limit);
+        }
         for (s, n, present) in self.granule_runs(g0, g1)? {
             let mut todo = Vec::new();
             self.settled.runs(s, s + n, |a, m, set| {
@@ -278,7 +281,8 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
     if todo.is_empty() {
         return Ok(());
     }
-    let unit = (crate::engine::UNIT_BYTES / sh.granule).max(1);
+    // A prefetch unit: whole granules and whole chunks.
+    let unit = sh.queue.unit_bytes() / sh.granule;
     let mut buf = Staging::new((unit * sh.granule) as usize)?;
     let mut first_err = None;
     for (a, m) in todo {
@@ -334,6 +338,9 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
         "made inaccessible with PROT_NONE (this kernel has no UFFDIO_POISON)"
     };
     let (a, _) = left[0];
+    // The cause's errno (EIO for I/O, EBADMSG for a chunk that fails its
+    // checksum or does not decompress).
+    let errno = first_err.as_ref().map_or(libc::EIO, |e| e.errno());
     let cause = first_err
         .map(|e| e.to_string())
         .unwrap_or_else(|| "unknown".into());
@@ -343,6 +350,6 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
             sh.idstr,
             a * sh.granule
         ),
-        libc::EIO,
+        errno,
     ))
 }

@@ -26,12 +26,17 @@
 //!   refuses copies with `EAGAIN` (the worker drops the lock and retries).
 //!   The fault thread is the only writer of `gone` and never takes `layout`
 //!   to place pages.
+//! - A **chunked** (compressed or checksummed) block is read a chunk at a
+//!   time (`chunks.rs`): a fault decompresses and verifies the chunk
+//!   holding it and places the whole chunk, its own granule first; prefetch
+//!   units hold whole chunks. `settled` and `gone` stay per granule.
 //! - Errors never fill wrong data: a failed read places nothing, so the
 //!   faulting thread stays blocked; the first error (block, offset, cause)
 //!   is latched for [`Lazy::wait`]. [`Lazy::stop`] retries what is missing
 //!   and poisons (`UFFDIO_POISON`: touching raises `SIGBUS`) what still
 //!   cannot be read before it unregisters.
 
+mod chunks;
 pub mod cow_map;
 mod fault;
 mod fill;
@@ -88,6 +93,11 @@ pub(crate) struct Shared {
     ps: u64,
     /// Unit of placement: the larger of the image and the host page size.
     granule: u64,
+    /// Guest bytes per chunk of a chunked block (0: a plain block).
+    chunk: u64,
+    /// Unit of reading: the granule, or for a chunked block the larger of
+    /// the chunk and the granule (whole chunks and whole granules).
+    read_unit: u64,
     zeropage_ok: bool,
     poison_ok: bool,
     uffd: Uffd,
@@ -165,9 +175,12 @@ impl Lazy {
         // SAFETY: forwarded contract: `host` stays mapped until the stop.
         let (range, granule, uffd, ioctls) = unsafe { register(&info, host, &what) }?;
         let granules = info.used_length / granule;
+        let chunk = img.chunk_bytes(block)?.unwrap_or(0);
+        let read_unit = granule.max(chunk);
         let hot = opts.hot.as_deref();
         let sh = Arc::new(Shared {
-            queue: prefetch::Queue::new(info.used_length, granule, hot, info.page_size)?,
+            // Prefetch units hold whole read units (whole chunks).
+            queue: prefetch::Queue::new(info.used_length, read_unit, hot, info.page_size)?,
             limiter: prefetch::Limiter::new(opts.rate_limit),
             img,
             block,
@@ -175,6 +188,8 @@ impl Lazy {
             host: range,
             ps: info.page_size,
             granule,
+            chunk,
+            read_unit,
             zeropage_ok: ioctls & IOCTL_ZEROPAGE_BIT != 0,
             poison_ok: ioctls & IOCTL_POISON_BIT != 0,
             uffd,
@@ -195,7 +210,7 @@ impl Lazy {
             // Start as if a fault just happened: the guest is about to run.
             last_fault_ns: AtomicU64::new(0),
         });
-        let staging = Staging::new(granule as usize)?;
+        let staging = Staging::new(read_unit as usize)?;
         let f = sh.clone();
         let fault = std::thread::Builder::new()
             .name("mr-lazy-fault".into())
