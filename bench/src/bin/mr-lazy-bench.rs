@@ -10,18 +10,24 @@
 //! - time to full residency with prefetch vs an eager `read_ramblock`;
 //! - snapshot pause (the start call) and total time (a writer thread keeps
 //!   writing) vs a paused `save_ramblock`, and the writer's stall per write
-//!   fault.
+//!   fault;
+//! - `--only compressed`: the same guest saved plain and compressed (zstd
+//!   level 1, 1 MiB chunks), side by side: start -> first touched page,
+//!   residency vs eager, and fault latency p50/p99 from disk (cold) and
+//!   from the page cache, each sample the first touch of its own chunk (a
+//!   fault on a compressed image reads and decompresses one chunk).
 
+use mappedram::compress::ImageOptions;
 use mappedram::lazy::{Lazy, LazyOptions, NO_PREFETCH};
 use mappedram::snapshot::Snapshot;
-use mappedram::{engine, GuestSliceMut, Image, ImageFlags};
+use mappedram::{engine, GuestSlice, GuestSliceMut, Image, ImageFlags};
 use mappedram_bench::*;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)] [--only restore|snapshot]";
+const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)] [--only restore|snapshot|compressed]";
 
 struct Args {
     size: usize,
@@ -29,7 +35,7 @@ struct Args {
     threads: u32,
     samples: usize,
     rounds: usize,
-    /// Which parts: "all", "restore" or "snapshot".
+    /// Which parts: "all", "restore", "snapshot" or "compressed".
     only: String,
 }
 
@@ -152,6 +158,15 @@ fn residency(
 
 /// Fault latencies (µs) of `n` random present pages, one thread, no prefetch.
 fn fault_latency(path: &Path, src: &Mem, pages: &[usize], n: usize, cold: bool) -> Vec<f64> {
+    let sample: Vec<usize> = (0..n)
+        .map(|i| pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()])
+        .collect();
+    fault_latency_at(path, src.len(), &sample, cold)
+}
+
+/// Fault latencies (µs) of touching `sample` in order, one thread, no
+/// prefetch; cold: O_DIRECT image, file evicted; warm: buffered, cached.
+fn fault_latency_at(path: &Path, len: usize, sample: &[usize], cold: bool) -> Vec<f64> {
     let flags = if cold {
         ImageFlags::DIRECT
     } else {
@@ -163,15 +178,11 @@ fn fault_latency(path: &Path, src: &Mem, pages: &[usize], n: usize, cold: bool) 
     } else {
         warm_cache(path);
     }
-    let dst = Mem::anon(src.len()).unwrap();
+    let dst = Mem::anon(len).unwrap();
     // SAFETY: as in `residency`.
     let lz = unsafe { Lazy::start(img, 0, dst.as_ptr() as *mut u8, &lazy_opts(NO_PREFETCH, 1)) }
         .unwrap();
-    let mut lat = Vec::with_capacity(n);
-    for i in 0..n {
-        let p = pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()];
-        lat.push(touch(&dst, p));
-    }
+    let lat = sample.iter().map(|&p| touch(&dst, p)).collect();
     lz.stop().unwrap();
     lat
 }
@@ -256,10 +267,12 @@ fn main() {
         a.threads,
         path.display()
     );
-    if a.only != "snapshot" {
+    if a.only == "compressed" {
+        compressed_figures(&a, &dir, &path, &src, &pages);
+    } else if a.only != "snapshot" {
         restore_figures(&a, &path, &src, &pages);
     }
-    if a.only != "restore" {
+    if a.only != "restore" && a.only != "compressed" {
         snapshot_figures(&a, &dir, &src);
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -336,4 +349,91 @@ fn snapshot_figures(a: &Args, dir: &Path, src: &Mem) {
             }
         }
     }
+}
+
+/// The guest saved compressed (zstd level 1, 1 MiB chunks) with `threads`.
+fn save_compressed(path: &Path, src: &Mem, threads: u32) -> (f64, u64) {
+    let t = Instant::now();
+    let img = Image::create_with(
+        path,
+        MACHINE,
+        &specs(src.len(), &[]),
+        ImageFlags::DIRECT,
+        &ImageOptions::zstd(1),
+    )
+    .unwrap();
+    // SAFETY: `src` is valid for reads of its whole length during the call.
+    let guest = unsafe { GuestSlice::new(src.as_ptr(), src.len()) }.unwrap();
+    engine::save_ramblock(&img, 0, guest, None, threads).unwrap();
+    img.finish().unwrap();
+    img.close().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    use std::os::unix::fs::MetadataExt;
+    (secs, std::fs::metadata(path).unwrap().blocks() * 512)
+}
+
+/// One present page per MiB that holds any (the first touch of each chunk
+/// of a compressed image), in a shuffled order.
+fn one_page_per_chunk(pages: &[usize]) -> Vec<usize> {
+    let per = (1 << 20) / PAGE;
+    let mut v: Vec<usize> = Vec::new();
+    let mut i = 0;
+    while i < pages.len() {
+        let c = pages[i] / per;
+        let end = pages[i..].partition_point(|&p| p / per == c) + i;
+        v.push(pages[i + (mix64(c as u64) as usize) % (end - i)]);
+        i = end;
+    }
+    let mut keyed: Vec<(u64, usize)> = v
+        .into_iter()
+        .map(|p| (mix64(p as u64 ^ 0x5eed), p))
+        .collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Plain and compressed images of the same guest, side by side.
+fn compressed_figures(a: &Args, dir: &Path, plain: &Path, src: &Mem, pages: &[usize]) {
+    let zpath = dir.join("guest-zstd1.img");
+    let (save_s, alloc) = save_compressed(&zpath, src, a.threads);
+    use std::os::unix::fs::MetadataExt;
+    let plain_alloc = std::fs::metadata(plain).unwrap().blocks() * 512;
+    println!(
+        "compressed image (zstd -1, 1 MiB chunks): {} allocated vs plain {} ({:.3}), saved in {save_s:.2} s",
+        human(alloc),
+        human(plain_alloc),
+        alloc as f64 / plain_alloc as f64
+    );
+    let sample = one_page_per_chunk(pages);
+    let sample = &sample[..sample.len().min(a.samples)];
+    println!(
+        "fault samples: {} (first touch of a distinct MiB each)",
+        sample.len()
+    );
+    for (name, path) in [("plain", plain), ("zstd-1", zpath.as_path())] {
+        let (mut eager, mut lazy, mut first) = (vec![], vec![], vec![]);
+        for r in 0..a.rounds {
+            let (e, l, f) = residency(path, src, pages, a.threads, r);
+            eager.push(e);
+            lazy.push(l);
+            first.push(f);
+        }
+        let (me, ml) = (median(&eager), median(&lazy));
+        println!(
+            "{name}: start -> first touched page (cold, prefetch on): median {:.0} us, max {:.0} us; residency eager {me:.3} s, lazy+prefetch {ml:.3} s ({:.3}x)",
+            median(&first),
+            first.iter().cloned().fold(0.0, f64::max),
+            ml / me
+        );
+        let mut disk = fault_latency_at(path, src.len(), sample, true);
+        let mut cache = fault_latency_at(path, src.len(), sample, false);
+        println!(
+            "{name}: fault latency from disk (O_DIRECT, cold): p50 {:.1} us, p99 {:.1} us; from page cache: p50 {:.1} us, p99 {:.1} us",
+            pct(&mut disk, 0.5),
+            pct(&mut disk, 0.99),
+            pct(&mut cache, 0.5),
+            pct(&mut cache, 0.99)
+        );
+    }
+    let _ = std::fs::remove_file(zpath);
 }
