@@ -337,3 +337,18 @@ fn one_fault_reads_one_chunk_and_places_all_of_it() {
     lz.stop().unwrap();
     assert!(first_diff(&m.to_vec(), &mem).is_none());
 }
+
+#[test]
+fn map_ramblock_refuses_a_chunked_block() {
+    use mappedram::lazy::cow_map::map_ramblock;
+    let mem = pattern(17, (2 * MIB) as usize);
+    let dir = TmpDir::new("lazyz-map");
+    for o in [zstd(MIB), checksum_only(MIB)] {
+        let path = image_of(&dir, &mem, &o);
+        let img = Image::open(&path, ImageFlags::default()).unwrap();
+        // SAFETY: no `at`: the kernel would pick the address; refused first.
+        let e = unsafe { map_ramblock(&img, 0, None) }.unwrap_err();
+        assert_eq!(e.errno(), libc::ENOTSUP, "{e}");
+        assert!(e.to_string().contains("chunked"), "{e}");
+    }
+}

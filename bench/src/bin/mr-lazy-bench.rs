@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)] [--only restore|snapshot|compressed]";
+const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)] [--only restore|snapshot|compressed] [--chunks BYTES,... (default 1048576; with --only compressed)]";
 
 struct Args {
     size: usize,
@@ -37,6 +37,8 @@ struct Args {
     rounds: usize,
     /// Which parts: "all", "restore", "snapshot" or "compressed".
     only: String,
+    /// Chunk sizes of the compressed images (`--only compressed`).
+    chunks: Vec<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         samples: 2000,
         rounds: 3,
         only: "all".into(),
+        chunks: vec![1 << 20],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -61,6 +64,12 @@ fn parse_args() -> Result<Args, String> {
             "--samples" => a.samples = val()?.parse().map_err(|e| format!("--samples: {e}"))?,
             "--rounds" => a.rounds = val()?.parse().map_err(|e| format!("--rounds: {e}"))?,
             "--only" => a.only = val()?,
+            "--chunks" => {
+                a.chunks = val()?
+                    .split(',')
+                    .map(|c| c.parse().map_err(|e| format!("--chunks: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
             _ => return Err(USAGE.into()),
         }
     }
@@ -351,15 +360,19 @@ fn snapshot_figures(a: &Args, dir: &Path, src: &Mem) {
     }
 }
 
-/// The guest saved compressed (zstd level 1, 1 MiB chunks) with `threads`.
-fn save_compressed(path: &Path, src: &Mem, threads: u32) -> (f64, u64) {
+/// The guest saved compressed (zstd level 1, chunks of `chunk` bytes)
+/// with `threads`.
+fn save_compressed(path: &Path, src: &Mem, threads: u32, chunk: u64) -> (f64, u64) {
     let t = Instant::now();
     let img = Image::create_with(
         path,
         MACHINE,
         &specs(src.len(), &[]),
         ImageFlags::DIRECT,
-        &ImageOptions::zstd(1),
+        &ImageOptions {
+            chunk_bytes: chunk,
+            ..ImageOptions::zstd(1)
+        },
     )
     .unwrap();
     // SAFETY: `src` is valid for reads of its whole length during the call.
@@ -394,23 +407,28 @@ fn one_page_per_chunk(pages: &[usize]) -> Vec<usize> {
 
 /// Plain and compressed images of the same guest, side by side.
 fn compressed_figures(a: &Args, dir: &Path, plain: &Path, src: &Mem, pages: &[usize]) {
-    let zpath = dir.join("guest-zstd1.img");
-    let (save_s, alloc) = save_compressed(&zpath, src, a.threads);
     use std::os::unix::fs::MetadataExt;
     let plain_alloc = std::fs::metadata(plain).unwrap().blocks() * 512;
-    println!(
-        "compressed image (zstd -1, 1 MiB chunks): {} allocated vs plain {} ({:.3}), saved in {save_s:.2} s",
-        human(alloc),
-        human(plain_alloc),
-        alloc as f64 / plain_alloc as f64
-    );
+    let mut images = vec![("plain".to_string(), plain.to_path_buf())];
+    for &cb in &a.chunks {
+        let zpath = dir.join(format!("guest-zstd1-{cb}.img"));
+        let (save_s, alloc) = save_compressed(&zpath, src, a.threads, cb);
+        println!(
+            "compressed image (zstd -1, {} chunks): {} allocated vs plain {} ({:.3}), saved in {save_s:.2} s",
+            human(cb),
+            human(alloc),
+            human(plain_alloc),
+            alloc as f64 / plain_alloc as f64
+        );
+        images.push((format!("zstd-1/{}", human(cb)), zpath));
+    }
     let sample = one_page_per_chunk(pages);
     let sample = &sample[..sample.len().min(a.samples)];
     println!(
         "fault samples: {} (first touch of a distinct MiB each)",
         sample.len()
     );
-    for (name, path) in [("plain", plain), ("zstd-1", zpath.as_path())] {
+    for (name, path) in &images {
         let (mut eager, mut lazy, mut first) = (vec![], vec![], vec![]);
         for r in 0..a.rounds {
             let (e, l, f) = residency(path, src, pages, a.threads, r);
@@ -435,5 +453,7 @@ fn compressed_figures(a: &Args, dir: &Path, plain: &Path, src: &Mem, pages: &[us
             pct(&mut cache, 0.99)
         );
     }
-    let _ = std::fs::remove_file(zpath);
+    for (_, p) in &images[1..] {
+        let _ = std::fs::remove_file(p);
+    }
 }
