@@ -360,6 +360,21 @@ fn snapshot_figures(a: &Args, dir: &Path, src: &Mem) {
     }
 }
 
+/// Start (O_DIRECT image, evicted, no prefetch) -> page `p`'s data, µs.
+fn first_touch_alone(path: &Path, len: usize, p: usize) -> f64 {
+    let img = Arc::new(Image::open(path, ImageFlags::DIRECT).unwrap());
+    drop_cache(path);
+    let dst = Mem::anon(len).unwrap();
+    let t = Instant::now();
+    // SAFETY: as in `residency`.
+    let lz = unsafe { Lazy::start(img, 0, dst.as_ptr() as *mut u8, &lazy_opts(NO_PREFETCH, 1)) }
+        .unwrap();
+    let _ = touch(&dst, p);
+    let us = t.elapsed().as_secs_f64() * 1e6;
+    lz.stop().unwrap();
+    us
+}
+
 /// The guest saved compressed (zstd level 1, chunks of `chunk` bytes)
 /// with `threads`.
 fn save_compressed(path: &Path, src: &Mem, threads: u32, chunk: u64) -> (f64, u64) {
@@ -442,6 +457,14 @@ fn compressed_figures(a: &Args, dir: &Path, plain: &Path, src: &Mem, pages: &[us
             median(&first),
             first.iter().cloned().fold(0.0, f64::max),
             ml / me
+        );
+        let alone: Vec<f64> = (0..a.rounds)
+            .map(|r| first_touch_alone(path, src.len(), sample[r % sample.len()]))
+            .collect();
+        println!(
+            "{name}: start -> first touched page (cold, no prefetch): median {:.0} us, max {:.0} us",
+            median(&alone),
+            alone.iter().cloned().fold(0.0, f64::max)
         );
         let mut disk = fault_latency_at(path, src.len(), sample, true);
         let mut cache = fault_latency_at(path, src.len(), sample, false);
