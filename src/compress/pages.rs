@@ -3,7 +3,7 @@
 //! under its lock (so concurrent writers of one chunk never lose each
 //! other's pages).
 
-use super::chunked::with_scratch;
+use super::chunked::{decompressor, with_scratch};
 use super::slot::Chunked;
 use super::table::Entry;
 use crate::error::Result;
@@ -54,6 +54,20 @@ impl Image {
             self.load_chunk_into(&c, i, out, &mut s.comp, &mut s.dctx)
         })?;
         Ok(true)
+    }
+
+    /// Allocate and touch this thread's chunk buffer and decompression
+    /// context for `block` (nothing for a plain block), so that its first
+    /// chunk read pays no set-up: on-demand restore's fault thread calls it
+    /// before its first fault.
+    pub(crate) fn prepare_chunk_reads(&self, block: usize) -> Result<()> {
+        let Some(c) = self.chunked(block)? else {
+            return Ok(());
+        };
+        with_scratch(c.t.scratch_len(&c.b.layout), |s| {
+            s.comp.as_mut_slice().fill(0);
+            decompressor(&mut s.dctx).map(|_| ())
+        })
     }
 
     /// Read page `idx` of a chunked block (true = present).
