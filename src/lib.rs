@@ -60,6 +60,7 @@ pub mod format;
 pub mod image;
 pub mod lazy;
 pub mod memory;
+mod pagemap;
 pub mod snapshot;
 pub mod uffd;
 

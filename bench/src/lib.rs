@@ -8,7 +8,7 @@ pub mod layouts;
 pub mod qmp;
 mod runs;
 
-pub use runs::{join_runs, present_runs, raw_runs, raw_runs_par};
+pub use runs::{join_runs, present_runs, raw_runs, raw_runs_par, raw_runs_par_in};
 
 use mappedram::engine::{self, Stats};
 use mappedram::{BlockSpec, DirtyBitmap, GuestSlice, GuestSliceMut, Image, ImageFlags};

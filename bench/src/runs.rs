@@ -131,9 +131,39 @@ pub unsafe fn raw_runs_par(
     write: bool,
     depth: usize,
 ) -> io::Result<Duration> {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { raw_runs_par_in(path, mem, len, runs, write, depth, false) }
+}
+
+/// [`raw_runs_par`]; with `preallocated` (writes) the whole file is
+/// allocated first (`fallocate`, untimed), so every write overwrites
+/// allocated space instead of filling a hole.
+///
+/// # Safety
+/// As [`raw_runs_par`].
+pub unsafe fn raw_runs_par_in(
+    path: &Path,
+    mem: *mut u8,
+    len: usize,
+    runs: &[(usize, usize)],
+    write: bool,
+    depth: usize,
+    preallocated: bool,
+) -> io::Result<Duration> {
+    if write && preallocated {
+        let f = std::fs::File::create(path)?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: f is our open descriptor.
+        if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        f.sync_all()?;
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
     let t = Instant::now();
-    let fd = if write {
+    let fd = if write && preallocated {
+        open_direct(path, libc::O_WRONLY)?
+    } else if write {
         open_direct(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?
     } else {
         open_direct(path, libc::O_RDONLY)?

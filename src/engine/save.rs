@@ -7,6 +7,7 @@ use super::{effective_threads, parallel, tuning, unit_pages, Stats};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::memory::{DirtyBitmap, GuestSlice};
+use crate::pagemap::KnownZero;
 
 /// Save `block` from guest memory `mem` (at least the block's
 /// `used_length` bytes). `dirty` (one bit per page) limits the save to
@@ -58,6 +59,9 @@ pub fn save_ramblock_with(
     let rules = Rules {
         gap_pages: gap / ps,
         unit_pages: upp,
+        known_zero: tuning::page_tables()
+            .then(|| KnownZero::probe(mem.as_ptr() as usize, mem.len()))
+            .flatten(),
     };
     // One unit has nothing to overlap with: write on the worker.
     let depth = if units > 1 && writers > 0 {
@@ -100,6 +104,8 @@ struct Rules {
     /// Longest gap of zero pages written as zeros inside one request.
     gap_pages: u64,
     unit_pages: u64,
+    /// Pages the page tables show to be zero are not read.
+    known_zero: Option<KnownZero>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -129,13 +135,16 @@ fn save_unit<'m>(
 ) -> Result<Stats> {
     let mut st = Stats::default();
     let pages = |s: u64, n: u64| mem.subslice((s * ps) as usize, (n * ps) as usize);
+    let known = known_zero_pages(rules, mem, ps, first, end);
+    let mut known = known.iter().peekable();
     let mut segs: Vec<(u64, u64, Kind)> = Vec::new();
     for p in first..end {
+        while known.next_if(|r| r.0 + r.1 <= p).is_some() {}
         let kind = if dirty.is_some_and(|d| !d.test(p)) {
             Kind::Skip
         } else {
             st.pages_scanned += 1;
-            if pages(p, 1)?.is_zero() {
+            if known.peek().is_some_and(|r| r.0 <= p) || pages(p, 1)?.is_zero() {
                 Kind::Zero
             } else {
                 Kind::Data
@@ -179,4 +188,32 @@ fn save_unit<'m>(
         })?;
     }
     Ok(st)
+}
+
+/// Runs `(first page, count)` of `[first, end)` that the page tables show
+/// to read as zero (see [`crate::pagemap`]); none when the kernel cannot
+/// say. A page counts only when all of its bytes are known zero.
+fn known_zero_pages(rules: &Rules, mem: GuestSlice<'_>, ps: u64, first: u64, end: u64) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    let Some(kz) = &rules.known_zero else {
+        return out;
+    };
+    let base = mem.as_ptr() as usize + (first * ps) as usize;
+    let mut bytes: Vec<(u64, u64)> = Vec::new();
+    let walked = kz.runs(base, ((end - first) * ps) as usize, |o, n| {
+        match bytes.last_mut() {
+            Some(l) if l.0 + l.1 == o as u64 => l.1 += n as u64,
+            _ => bytes.push((o as u64, n as u64)),
+        }
+    });
+    if walked.is_err() {
+        return out;
+    }
+    for (o, n) in bytes {
+        let (s, e) = (o.div_ceil(ps), (o + n) / ps);
+        if e > s {
+            out.push((first + s, e - s));
+        }
+    }
+    out
 }

@@ -126,6 +126,7 @@ fn one(
     let wjoined = join_runs(&runs, unit, sgap as usize);
     let rjoined = join_runs(&runs, unit, rgap as usize);
     let (mut lib_w, mut lib_r) = (Vec::new(), Vec::new());
+    let (mut no_probe, mut lib_w_alloc) = (Vec::new(), Vec::new());
     let mut dst = Mem::anon(len).map_err(io_err("mmap"))?;
     dst.prefault();
     let mut s = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
@@ -154,6 +155,8 @@ fn one(
         for (v, d) in r.iter_mut().zip([e0, e1, e2]) {
             v.push(d);
         }
+        // The same save reading every page (no page-table probe).
+        no_probe.push(save_without(p, len, g, engine::tuning::set_page_tables)?);
         let (d, zeros) = timed(|| {
             let mut z = 0u64;
             for off in (0..len).step_by(PAGE) {
@@ -185,6 +188,12 @@ fn one(
         // SAFETY: every joined run lies inside the guest.
         let d = unsafe { raw_runs_par(raw, gm, len, &wjoined, true, writers as usize) };
         lib_w.push(d.map_err(io_err("raw runs"))?);
+        let _ = std::fs::remove_file(raw);
+        // SAFETY: as above.
+        let d = unsafe { raw_runs_par_in(raw, gm, len, &wjoined, true, writers as usize, true) };
+        // (The read below reads this file: the same bytes at the same
+        // offsets.)
+        lib_w_alloc.push(d.map_err(io_err("raw runs"))?);
         // SAFETY: every joined run lies inside `dst`.
         let d = unsafe { raw_runs_par(raw, dst.as_mut_ptr(), len, &rjoined, false, 1) };
         lib_r.push(d.map_err(io_err("raw runs"))?);
@@ -200,10 +209,11 @@ fn one(
         pbytes as f64 / n / 1024.0
     );
     println!(
-        "    save {:.1} ms = create {:.1} + save_ramblock {:.1} + finish {:.1} + close {:.1}; zero scan alone {:.1} ms",
+        "    save {:.1} ms = create {:.1} + save_ramblock {:.1} (reading every page: {:.1}) + finish {:.1} + close {:.1}; zero scan alone {:.1} ms",
         save * 1e3,
         secs(&s[0]) * 1e3,
         secs(&s[1]) * 1e3,
+        secs(&no_probe) * 1e3,
         secs(&s[2]) * 1e3,
         secs(&s[3]) * 1e3,
         secs(&scan) * 1e3
@@ -218,10 +228,11 @@ fn one(
         fixed.thread * 1e6
     );
     println!(
-        "    raw O_DIRECT with the library's current requests: write {} requests (gaps <= {} KiB joined) with {writers} in flight {:.1} ms; read {} requests (gaps <= {} KiB joined), one in flight, {:.1} ms",
+        "    raw O_DIRECT with the library's current requests: write {} requests (gaps <= {} KiB joined) with {writers} in flight {:.1} ms (into a preallocated file {:.1} ms); read {} requests (gaps <= {} KiB joined), one in flight, {:.1} ms",
         wjoined.len(),
         sgap >> 10,
         secs(&lib_w) * 1e3,
+        secs(&lib_w_alloc) * 1e3,
         rjoined.len(),
         rgap >> 10,
         secs(&lib_r) * 1e3
@@ -239,10 +250,11 @@ fn one(
     rep.add(
         format!("profile {name} save 1T"),
         format!(
-            "{:.0} ms: create {:.0} + engine {:.0} + finish {:.0} + close {:.0}; scan alone {:.0}; raw stream {:.0}, raw runs 1 in flight {:.0} ({} req), raw lib's requests {:.0} ({} req, {writers} in flight)",
+            "{:.0} ms: create {:.0} + engine {:.0} (reading every page {:.0}) + finish {:.0} + close {:.0}; scan alone {:.0}; raw stream {:.0}, raw runs 1 in flight {:.0} ({} req), raw lib's requests {:.0} ({} req, {writers} in flight; into preallocated space {:.0})",
             save * 1e3,
             secs(&s[0]) * 1e3,
             secs(&s[1]) * 1e3,
+            secs(&no_probe) * 1e3,
             secs(&s[2]) * 1e3,
             secs(&s[3]) * 1e3,
             secs(&scan) * 1e3,
@@ -250,7 +262,8 @@ fn one(
             secs(&runs_w) * 1e3,
             runs.len(),
             secs(&lib_w) * 1e3,
-            wjoined.len()
+            wjoined.len(),
+            secs(&lib_w_alloc) * 1e3
         ),
         "-",
         None,
@@ -272,4 +285,23 @@ fn one(
         None,
     );
     Ok(())
+}
+
+/// Time of `save_ramblock` (1 thread, fresh image) with one of the
+/// engine's switches turned off for it.
+fn save_without(
+    p: &Path,
+    len: usize,
+    g: &crate::guests::Guest,
+    switch: fn(bool),
+) -> Result<Duration, String> {
+    let _ = std::fs::remove_file(p);
+    let img = Image::create(p, MACHINE, &specs(len, &[]), ImageFlags::DIRECT)
+        .map_err(lib_err("create"))?;
+    switch(false);
+    let (d, st) = timed(|| engine::save_ramblock(&img, 0, g.mem.guest(), None, 1));
+    switch(true);
+    st.map_err(lib_err("save"))?;
+    img.close().map_err(lib_err("close"))?;
+    Ok(d)
 }
