@@ -184,6 +184,17 @@ fn chunks_smaller_and_larger_than_a_prefetch_unit() {
 }
 
 #[test]
+fn short_last_chunk() {
+    // 5 MiB + 12 KiB: the last 1 MiB chunk holds 3 pages; 8 MiB chunks:
+    // one short chunk for the whole block.
+    let mem = pattern(18, (5 * MIB + 3 * PS) as usize);
+    for cb in [MIB, 8 * MIB] {
+        restore(&mem, &zstd(cb), opts(0, 2), ImageFlags::DIRECT);
+        restore(&mem, &zstd(cb), opts(NO_PREFETCH, 1), ImageFlags::default());
+    }
+}
+
+#[test]
 fn shared_memfd_memory() {
     let mem = pattern(16, (16 * MIB) as usize);
     let dir = TmpDir::new("lazyz-memfd");

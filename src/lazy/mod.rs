@@ -79,7 +79,8 @@ pub struct LazyStats {
     /// Granules in the units prefetch went through (placed by it, or
     /// already resident when it got there).
     pub prefetched: u64,
-    /// Bytes read from the image.
+    /// Bytes read from the image (of a chunked block: the guest bytes of
+    /// the chunks decoded).
     pub bytes_read: u64,
     /// Granules discarded (MADV_DONTNEED / munmap) while served.
     pub discarded: u64,
