@@ -363,3 +363,63 @@ fn map_ramblock_refuses_a_chunked_block() {
         assert!(e.to_string().contains("chunked"), "{e}");
     }
 }
+
+/// Run by `touching_a_poisoned_chunk_kills_never_reads` in a child
+/// process: restore an image whose chunk 5 is damaged, stop, then touch
+/// the chunk (which must raise a signal; reaching the print is a failure).
+#[test]
+#[ignore = "helper: run in a child process by touching_a_poisoned_chunk_kills_never_reads"]
+fn poisoned_chunk_child() {
+    let Ok(path) = std::env::var("MR_LAZYZ_CHILD_IMAGE") else {
+        return;
+    };
+    let img = Arc::new(Image::open(Path::new(&path), ImageFlags::default()).unwrap());
+    let len = img.block_info(0).unwrap().used_length;
+    let m = Mapping::anon(len as usize);
+    // SAFETY: as in `restore`; the process ends in this function.
+    let lz = unsafe { Lazy::start(img, 0, m.ptr, &opts(0, 2)) }.unwrap();
+    assert_chunk_error(&lz.wait().unwrap_err(), 5);
+    assert_chunk_error(&lz.stop().unwrap_err(), 5);
+    println!("touching chunk 5");
+    let page = m.page(5 * MIB / PS + 9);
+    println!("READ {:02x?}", &page[..16]);
+}
+
+#[test]
+fn touching_a_poisoned_chunk_kills_never_reads() {
+    use std::os::unix::process::ExitStatusExt;
+    let len = 8 * MIB;
+    let mem = compressible(len);
+    let dir = TmpDir::new("lazyz-sigbus");
+    let path = image_of(&dir, &mem, &zstd(MIB));
+    let slot = {
+        let img = Image::open(&path, ImageFlags::default()).unwrap();
+        img.block_info(0).unwrap().pages_offset + 5 * MIB
+    };
+    xor_byte(&path, slot + 1000);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "poisoned_chunk_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("MR_LAZYZ_CHILD_IMAGE", &path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("touching chunk 5") && !stdout.contains("READ"),
+        "child: {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    // SIGBUS from UFFDIO_POISON (SIGSEGV where the kernel lacks it and the
+    // range was made PROT_NONE).
+    let sig = out.status.signal();
+    assert!(
+        sig == Some(libc::SIGBUS) || sig == Some(libc::SIGSEGV),
+        "child ended with {:?}, not a signal\n{stdout}\n{stderr}",
+        out.status
+    );
+}
