@@ -4,13 +4,16 @@
 //! zstd and checksum-only images and several chunk sizes; a chunk whose
 //! stored bytes were damaged keeps its toucher blocked, never fills zeros or
 //! garbage, and is reported (`EBADMSG`, naming the chunk) by `wait` and
-//! `stop`.
+//! `stop`; hugetlbfs memory (2 MiB host pages over 1 MiB and 4 MiB
+//! chunks). Without userfaultfd (or huge pages) the tests say NOT RUN
+//! (tests/common/need.rs).
 
 mod common;
 
 use common::fill::pattern;
+use common::need::hugepages;
 use common::uffd::{first_diff, Mapping};
-use common::{Rng, TmpDir, PS};
+use common::{met, Need, Rng, TmpDir, PS};
 use mappedram::compress::{Codec, ImageOptions};
 use mappedram::engine::{read_ramblock_to_vec, save_ramblock};
 use mappedram::lazy::{Lazy, LazyOptions, NO_PREFETCH};
@@ -147,18 +150,27 @@ fn restore(mem: &[u8], o: &ImageOptions, lo: LazyOptions, flags: ImageFlags) {
 
 #[test]
 fn zstd_image_eight_threads_with_prefetch_equal_eager() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let mem = pattern(11, (48 * MIB) as usize);
     restore(&mem, &zstd(MIB), opts(0, 2), ImageFlags::default());
 }
 
 #[test]
 fn zstd_image_direct_with_prefetch_equal_eager() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let mem = pattern(12, (32 * MIB) as usize);
     restore(&mem, &zstd(MIB), opts(0, 3), ImageFlags::DIRECT);
 }
 
 #[test]
 fn zstd_image_no_prefetch_then_stop_fills_the_rest() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let mem = pattern(13, (32 * MIB) as usize);
     let lo = opts(NO_PREFETCH, 2);
     restore(&mem, &zstd(MIB), lo, ImageFlags::default());
@@ -166,6 +178,9 @@ fn zstd_image_no_prefetch_then_stop_fills_the_rest() {
 
 #[test]
 fn checksum_only_image_with_and_without_prefetch() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let mem = pattern(14, (32 * MIB) as usize);
     restore(&mem, &checksum_only(MIB), opts(0, 2), ImageFlags::DIRECT);
     let lo = opts(NO_PREFETCH, 1);
@@ -174,6 +189,9 @@ fn checksum_only_image_with_and_without_prefetch() {
 
 #[test]
 fn chunks_smaller_and_larger_than_a_prefetch_unit() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     // 64 KiB: many chunks per unit; 8 MiB: a unit per chunk, larger than
     // the engine's unit.
     let mem = pattern(15, (40 * MIB) as usize);
@@ -185,6 +203,9 @@ fn chunks_smaller_and_larger_than_a_prefetch_unit() {
 
 #[test]
 fn short_last_chunk() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     // 5 MiB + 12 KiB: the last 1 MiB chunk holds 3 pages; 8 MiB chunks:
     // one short chunk for the whole block.
     let mem = pattern(18, (5 * MIB + 3 * PS) as usize);
@@ -196,6 +217,9 @@ fn short_last_chunk() {
 
 #[test]
 fn shared_memfd_memory() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let mem = pattern(16, (16 * MIB) as usize);
     let dir = TmpDir::new("lazyz-memfd");
     let path = image_of(&dir, &mem, &zstd(MIB));
@@ -223,6 +247,9 @@ fn assert_chunk_error(e: &mappedram::Error, i: u64) {
 
 #[test]
 fn damaged_zstd_chunk_blocks_the_toucher_and_is_reported() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let len = 8 * MIB;
     let mem = compressible(len);
     let dir = TmpDir::new("lazyz-bad");
@@ -269,6 +296,9 @@ fn damaged_zstd_chunk_blocks_the_toucher_and_is_reported() {
 
 #[test]
 fn damaged_chunk_with_prefetch_is_poisoned_never_zero() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     for o in [zstd(MIB), checksum_only(MIB)] {
         let len = 8 * MIB;
         let mem = compressible(len);
@@ -309,6 +339,9 @@ fn damaged_chunk_with_prefetch_is_poisoned_never_zero() {
 
 #[test]
 fn one_fault_reads_one_chunk_and_places_all_of_it() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let len = 8 * MIB;
     let mem = compressible(len);
     let dir = TmpDir::new("lazyz-one");
@@ -351,6 +384,9 @@ fn one_fault_reads_one_chunk_and_places_all_of_it() {
 
 #[test]
 fn map_ramblock_refuses_a_chunked_block() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     use mappedram::lazy::cow_map::map_ramblock;
     let mem = pattern(17, (2 * MIB) as usize);
     let dir = TmpDir::new("lazyz-map");
@@ -387,6 +423,9 @@ fn poisoned_chunk_child() {
 
 #[test]
 fn touching_a_poisoned_chunk_kills_never_reads() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     use std::os::unix::process::ExitStatusExt;
     let len = 8 * MIB;
     let mem = compressible(len);
@@ -422,4 +461,38 @@ fn touching_a_poisoned_chunk_kills_never_reads() {
         "child ended with {:?}, not a signal\n{stdout}\n{stderr}",
         out.status
     );
+}
+
+#[test]
+fn hugetlbfs_memory_over_smaller_and_larger_chunks() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
+    let Some(_huge) = hugepages(16) else { return };
+    let len = 16 * MIB;
+    let mut mem = pattern(19, len as usize);
+    // The 2 MiB page [2, 4) MiB: chunk 2 holds data, chunk 3 none (so its
+    // half of the host page must be placed as zeros, not as stale bytes).
+    mem[(3 * MIB) as usize..(4 * MIB) as usize].fill(0);
+    mem[(2 * MIB) as usize] = 0x42;
+    let dir = TmpDir::new("lazyz-huge");
+    for cb in [MIB, 4 * MIB] {
+        let path = image_of(&dir, &mem, &zstd(cb));
+        let img = Arc::new(Image::open(&path, ImageFlags::DIRECT).unwrap());
+        for lo in [opts(0, 2), opts(NO_PREFETCH, 1)] {
+            let m = Mapping::hugetlb_memfd(len as usize);
+            // SAFETY: as in `restore`.
+            let lz = unsafe { Lazy::start(img.clone(), 0, m.ptr, &lo) }.unwrap();
+            // In order: the fault thread's staging holds the previous huge
+            // page when the next one is read.
+            for p in (0..len / PS).step_by(61) {
+                let w = &mem[(p * PS) as usize..((p + 1) * PS) as usize];
+                assert!(m.page(p) == w, "chunks of {cb}, {lo:?}: page {p}");
+            }
+            lz.stop().unwrap();
+            if let Some(d) = first_diff(&m.to_vec(), &mem) {
+                panic!("chunks of {cb}, {lo:?}: {d}");
+            }
+        }
+    }
 }

@@ -119,9 +119,8 @@ fn range_event(sh: &Shared, ev: Event) {
             ),
             libc::EFAULT,
         )),
-        // Not requested (see `Lazy::start_ref`): a child forked while the
-        // range is served has it unregistered, so pages not yet resident
-        // read as zero there. Guest RAM should be MADV_DONTFORK, as in QEMU.
+        // Never sent: UFFD_FEATURE_EVENT_FORK is not requested, and the
+        // range is MADV_DONTFORK (a child has no mapping there).
         Event::Fork { child } => drop(child),
         Event::Unknown(code) => sh.latch_fatal(Error::from_errno(
             format!(

@@ -30,6 +30,11 @@
 //!   time (`chunks.rs`): a fault decompresses and verifies the chunk
 //!   holding it and places the whole chunk, its own granule first; prefetch
 //!   units hold whole chunks. `settled` and `gone` stay per granule.
+//! - Fork: the range is `MADV_DONTFORK` from the start on (and stays so
+//!   after the stop): a child has no mapping there, so its touch is
+//!   `SIGSEGV`, never a zero page where the image has data. The kernel's
+//!   fork event is not used (it deadlocks with glibc's fork, see
+//!   `register`).
 //! - Errors never fill wrong data: a failed read places nothing, so the
 //!   faulting thread stays blocked; the first error (block, offset, cause)
 //!   is latched for [`Lazy::wait`]. [`Lazy::stop`] retries what is missing
@@ -44,7 +49,7 @@ mod prefetch;
 
 use crate::error::{Error, Result};
 use crate::image::{BlockInfo, Image};
-use crate::uffd::host::{mapping_of, HostRange, ImageRef, Staging};
+use crate::uffd::host::{dont_fork, mapping_of, HostRange, ImageRef, Staging};
 use crate::uffd::pages::PageSet;
 use crate::uffd::{sys::*, Uffd, Waker};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -137,7 +142,8 @@ pub struct Lazy {
 impl Lazy {
     /// Start serving `block` of `img` into `host` (page aligned, the
     /// block's `used_length` bytes, private anonymous or shared
-    /// memfd/hugetlbfs memory, not touched yet). Returns at once.
+    /// memfd/hugetlbfs memory, not touched yet). Returns at once. The
+    /// range is marked `MADV_DONTFORK` and stays so (see the module docs).
     ///
     /// # Safety
     /// `host` must be a mapping of `used_length` bytes that stays mapped
@@ -174,14 +180,18 @@ impl Lazy {
         img.block_in_file(block)?;
         let what = format!("lazy restore of ramblock '{}'", info.idstr);
         // SAFETY: forwarded contract: `host` stays mapped until the stop.
-        let (range, granule, uffd, ioctls) = unsafe { register(&info, host, &what) }?;
+        let (range, granule) = unsafe { host_range(&info, host, &what) }?;
         let granules = info.used_length / granule;
         let chunk = img.chunk_bytes(block)?.unwrap_or(0);
         let read_unit = granule.max(chunk);
         let hot = opts.hot.as_deref();
+        // Every argument is checked before the range is touched (marked
+        // MADV_DONTFORK, registered).
+        // Prefetch units hold whole read units (whole chunks).
+        let queue = prefetch::Queue::new(info.used_length, read_unit, hot, info.page_size)?;
+        let (uffd, ioctls) = register(&range, &what)?;
         let sh = Arc::new(Shared {
-            // Prefetch units hold whole read units (whole chunks).
-            queue: prefetch::Queue::new(info.used_length, read_unit, hot, info.page_size)?,
+            queue,
             limiter: prefetch::Limiter::new(opts.rate_limit),
             img,
             block,
@@ -311,17 +321,13 @@ impl Lazy {
     }
 }
 
-/// Register `host` for missing-page faults; returns the range, the
-/// granule (host page), the userfaultfd and the ioctls the range supports.
+/// The caller's range and the granule (the larger of the host page, a
+/// huge page on hugetlbfs, and the image page).
 ///
 /// # Safety
 /// `host` must stay mapped (`info.used_length` bytes) until the restore
 /// built on it has stopped.
-unsafe fn register(
-    info: &BlockInfo,
-    host: *mut u8,
-    what: &str,
-) -> Result<(HostRange, u64, Uffd, u64)> {
+unsafe fn host_range(info: &BlockInfo, host: *mut u8, what: &str) -> Result<(HostRange, u64)> {
     // SAFETY: the caller keeps `host` mapped until the restore stops.
     let range = unsafe { HostRange::new(host, info.used_length, what) }?;
     let (host_page, _shared) = mapping_of(range.start);
@@ -332,6 +338,12 @@ unsafe fn register(
             info.used_length
         )));
     }
+    Ok((range, granule))
+}
+
+/// Mark `range` MADV_DONTFORK and register it for missing-page faults;
+/// returns the userfaultfd and the ioctls the range supports.
+fn register(range: &HostRange, what: &str) -> Result<(Uffd, u64)> {
     let want = UFFD_FEATURE_EVENT_REMOVE
         | UFFD_FEATURE_EVENT_UNMAP
         | UFFD_FEATURE_EVENT_REMAP
@@ -340,11 +352,14 @@ unsafe fn register(
         | UFFD_FEATURE_POISON;
     // Not UFFD_FEATURE_EVENT_FORK: with it the kernel holds fork() until
     // the fault thread reads the event, while glibc's fork holds the
-    // allocator locks that thread may need: a deadlock. A child gets no
-    // registration (see `fault.rs`).
+    // allocator locks that thread may need: a deadlock. Without it a child
+    // would get the range unregistered, reading zeros where pages are not
+    // yet filled; so the range is MADV_DONTFORK instead (a child has no
+    // mapping there: a touch is SIGSEGV).
     let uffd = Uffd::open(want, 0, "")?;
+    dont_fork(range, what)?;
     let ioctls = uffd.register(range.start, range.len, UFFDIO_REGISTER_MODE_MISSING)?;
-    Ok((range, granule, uffd, ioctls))
+    Ok((uffd, ioctls))
 }
 
 impl Drop for Lazy {

@@ -7,8 +7,9 @@ use crate::uffd::Event;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Most copied-out pages waiting to be written (16 MiB of 4 KiB pages).
-const MAX_QUEUED: usize = 4096;
+/// Most bytes of copied-out pages waiting to be written (4096 pages of
+/// 4 KiB, 8 huge pages of 2 MiB).
+const MAX_QUEUED_BYTES: u64 = 16 << 20;
 
 pub(super) fn run(sh: Arc<Shared>) {
     let mut msgs = [uffd_msg::default(); 64];
@@ -89,6 +90,8 @@ fn handle(sh: &Shared, ev: Event, retry: &mut Vec<u64>) {
             ),
             libc::EFAULT,
         )),
+        // Never sent: UFFD_FEATURE_EVENT_FORK is not requested, and the
+        // range is MADV_DONTFORK (a child has no mapping there).
         Event::Fork { child } => drop(child),
         Event::Unknown(code) => sh.latch(Error::from_errno(
             format!(
@@ -115,7 +118,7 @@ fn lift(sh: &Shared, p: u64, retry: &mut Vec<u64>) {
 /// to write straight from guest memory instead, and the writer waits for
 /// that: memory stays bounded and the fault thread never does I/O.
 fn copy_out(sh: &Shared, p: u64, retry: &mut Vec<u64>) {
-    if sh.copies.lock().len() >= MAX_QUEUED {
+    if sh.copies.lock().len() as u64 * sh.ps >= MAX_QUEUED_BYTES {
         sh.urgent.lock().push(p);
         return;
     }

@@ -11,6 +11,8 @@ use std::time::Duration;
 /// Larger writes go faster; a writer hitting a claimed page waits for the
 /// whole write.
 const CLAIM_WORDS: u64 = 4;
+/// Largest page (the snapshot's unit) claimed a word at a time.
+const MAX_WORD_CLAIM_PAGE: u64 = 16 << 10;
 
 pub(super) fn units(sh: &Shared) -> u64 {
     (sh.saved.len() * sh.ps).div_ceil(UNIT_BYTES)
@@ -75,6 +77,17 @@ fn service(sh: &Shared) {
 /// Claim the unclaimed pages of words `[w, w+n)`, save them in runs,
 /// un-protect them.
 fn save_words(sh: &Shared, w: u64, n: u64) {
+    if sh.ps > MAX_WORD_CLAIM_PAGE {
+        // Huge pages: a word would hold a writer for 64 of them; claim and
+        // save one at a time, looking at urgent pages in between.
+        for p in w * 64..((w + n) * 64).min(sh.claimed.len()) {
+            if sh.claimed.claim(p) {
+                save_claimed(sh, p, 1);
+            }
+            service(sh);
+        }
+        return;
+    }
     let mut run: Option<(u64, u64)> = None;
     for i in w..w + n {
         let won = sh.claimed.claim_word(i);
