@@ -796,6 +796,12 @@ int mr_image_cancel(struct mr_image *img);
  * the rest in the background. `-ENOSYS`/`-EPERM` when the kernel has no
  * userfaultfd or the caller may not use it (the message says which).
  *
+ * On hugetlbfs a fault fills the whole huge page. The range is marked
+ * `MADV_DONTFORK` (as QEMU marks guest RAM): a child forked while it is
+ * served has no mapping there, so its touch raises `SIGSEGV` instead of
+ * reading zeros from pages not yet filled. The mark stays after
+ * `mr_lazy_stop`; `madvise(MADV_DOFORK)` undoes it.
+ *
  * # Safety
  * `img` a live image handle that stays open until `mr_lazy_stop`; `host`
  * a mapping of `used_length` bytes that stays mapped until then; `out`
@@ -899,13 +905,18 @@ int mr_image_ramblock_stats(const struct mr_image *img,
                             struct mr_ramblock_stats *out);
 
 /**
- * Write-protect `host` (the block's `used_length` bytes, private anonymous
- * or shared memfd/shmem memory with 4 KiB pages) and start saving it into
+ * Write-protect `host` (the block's `used_length` bytes, private anonymous,
+ * shared memfd/shmem or hugetlbfs memory) and start saving it into
  * ramblock `block` of `img` with `threads` threads (0 = a default). The
  * caller pauses its vCPUs around the start calls of all blocks; after they
  * return the guest runs again while the image receives every page as it
  * was at the start: a write to a page not yet saved is held until the page
- * is copied out. Zero pages stay holes.
+ * is copied out (on hugetlbfs the whole huge page). Zero pages stay holes.
+ *
+ * The range is marked `MADV_DONTFORK`: a child forked during the snapshot
+ * has no mapping there (a touch raises `SIGSEGV`), never write-protected
+ * memory without its handler. The mark stays after `mr_snapshot_stop`;
+ * `madvise(MADV_DOFORK)` undoes it.
  *
  * # Safety
  * `img` a live, writable image handle that stays open until

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run the mappedram benchmarks (DESIGN.md §5 bars) in one go and print the
+# Run the mappedram benchmarks (the speed bars of BENCHMARKS.md) in one go and print the
 # ratios: library vs plain O_DIRECT I/O, library vs QEMU 10, zero-page scan,
 # peak memory of a save, sparse guests, guest layouts (a real Linux guest,
 # fragmented, page-interleaved, random, 50 % zero by MiB), where the time of

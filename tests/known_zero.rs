@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::need::{met, Need};
 use common::uffd::{first_diff, mixed_image, Mapping};
 use common::{specs, TmpDir, PS};
 use mappedram::engine::{read_ramblock, save_ramblock};
@@ -117,6 +118,9 @@ fn private_file_mapping_pages_are_read() {
 
 #[test]
 fn memory_under_on_demand_restore_saves_the_image_not_zeros() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let dir = TmpDir::new("known-zero-lazy");
     let len = 16 * MIB;
     let (path, want) = mixed_image(&dir, len, 3);

@@ -5,8 +5,9 @@
 
 mod common;
 
-use common::uffd::{first_diff, Mapping};
-use common::{block_memory, specs, TmpDir, PS};
+use common::need::hugepages;
+use common::uffd::{first_diff, killed_by_sigsegv, Mapping};
+use common::{block_memory, met, specs, Need, TmpDir, PS};
 use mappedram::engine::read_ramblock_to_vec;
 use mappedram::snapshot::Snapshot;
 use mappedram::{Image, ImageFlags};
@@ -184,6 +185,9 @@ fn live_snapshot_with(
 
 #[test]
 fn four_writers_anonymous_memory_image_is_the_start_instant() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let len = 64 * MIB;
     let m = Mapping::anon(len as usize);
     live_snapshot(&m, len);
@@ -204,6 +208,9 @@ fn copied_out_pages_written_with_their_words_direct_image() {
 
 #[test]
 fn four_writers_memfd_memory_image_is_the_start_instant() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let len = 32 * MIB;
     let m = Mapping::memfd(len as usize);
     live_snapshot(&m, len);
@@ -211,6 +218,9 @@ fn four_writers_memfd_memory_image_is_the_start_instant() {
 
 #[test]
 fn stop_before_the_end_is_cancelled_and_releases_writers() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let len = 256 * MIB;
     let dir = TmpDir::new("snap-stop");
     let path = dir.join("s.img");
@@ -246,6 +256,9 @@ fn stop_before_the_end_is_cancelled_and_releases_writers() {
 
 #[test]
 fn discarding_unsaved_pages_is_an_error() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
     let len = 256 * MIB;
     let dir = TmpDir::new("snap-discard");
     let path = dir.join("d.img");
@@ -264,4 +277,96 @@ fn discarding_unsaved_pages_is_an_error() {
     assert_eq!(e.errno(), libc::EFAULT, "{e}");
     assert!(e.to_string().contains("discarded"), "{e}");
     assert!(snap.stop().is_err());
+}
+
+#[test]
+fn four_writers_hugetlbfs_shared_and_private_image_is_the_start_instant() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
+    let Some(_huge) = hugepages(16) else { return };
+    let len = 32 * MIB;
+    let m = Mapping::hugetlb_memfd(len as usize);
+    live_snapshot(&m, len);
+    drop(m);
+    let m = Mapping::hugetlb_private(len as usize);
+    live_snapshot(&m, len);
+}
+
+#[test]
+fn fork_during_snapshot_child_gets_sigsegv() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
+    let len = 64 * MIB;
+    let dir = TmpDir::new("snap-fork");
+    let path = dir.join("f.img");
+    let img = Arc::new(
+        Image::create(&path, "pc-i440fx-10.0", &specs(len), ImageFlags::default()).unwrap(),
+    );
+    let m = Mapping::anon(len as usize);
+    let init = block_memory(6, 0, len, 3);
+    // SAFETY: both hold `len` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(init.ptr(), m.ptr, len as usize) };
+    // SAFETY: `m` outlives the snapshot.
+    let snap = unsafe { Snapshot::start(img.clone(), 0, m.ptr, 1) }.unwrap();
+    // Children reading and writing protected memory (saved or not): no
+    // mapping there.
+    for (off, write) in [(len - PS, true), (len / 2, false), (0, true)] {
+        let st = m.touch_in_child(off, write);
+        assert!(
+            killed_by_sigsegv(st),
+            "child touching 0x{off:x} (write {write}) was not killed by SIGSEGV: status 0x{st:x}"
+        );
+    }
+    // The parent's writes after the start are held and never reach the image.
+    for p in (0..len / PS).step_by(97) {
+        m.write_u64(p * PS, POST | p);
+    }
+    snap.wait().unwrap();
+    snap.stop().unwrap();
+    let got = read_ramblock_to_vec(&img, 0, 2).unwrap();
+    if let Some(d) = first_diff(&got, init.as_slice()) {
+        panic!("image differs from the start instant: {d}");
+    }
+    for p in (0..len / PS).step_by(97) {
+        assert_eq!(
+            u64::from_le_bytes(m.page(p)[..8].try_into().unwrap()),
+            POST | p
+        );
+    }
+}
+
+#[test]
+fn hugetlbfs_block_not_a_multiple_of_the_huge_page_is_refused() {
+    if !met(Need::Userfaultfd) {
+        return;
+    }
+    let Some(_huge) = hugepages(2) else { return };
+    // Block 1 (pc.bios) is 256 KiB: it cannot be served or protected in
+    // 2 MiB pages.
+    let dir = TmpDir::new("snap-huge-odd");
+    let path = dir.join("o.img");
+    let img = Arc::new(
+        Image::create(
+            &path,
+            "pc-i440fx-10.0",
+            &specs(4 * MIB),
+            ImageFlags::default(),
+        )
+        .unwrap(),
+    );
+    let m = Mapping::hugetlb_memfd((2 * MIB) as usize);
+    // SAFETY: the calls fail before touching memory.
+    let e = unsafe { Snapshot::start(img.clone(), 1, m.ptr, 1) }.unwrap_err();
+    assert_eq!(e.errno(), libc::ENOTSUP, "{e}");
+    assert!(e.to_string().contains("2097152"), "{e}");
+    img.finish().unwrap();
+    let o = mappedram::lazy::LazyOptions::default();
+    // SAFETY: as above.
+    let e = unsafe { mappedram::lazy::Lazy::start(img, 1, m.ptr, &o) }.unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "{e}");
+    assert!(e.to_string().contains("2097152"), "{e}");
+    // Refused before the range was touched: children still inherit it.
+    assert_eq!(m.touch_in_child(0, true), 0);
 }

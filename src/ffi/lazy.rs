@@ -125,6 +125,12 @@ unsafe fn start(
 /// the rest in the background. `-ENOSYS`/`-EPERM` when the kernel has no
 /// userfaultfd or the caller may not use it (the message says which).
 ///
+/// On hugetlbfs a fault fills the whole huge page. The range is marked
+/// `MADV_DONTFORK` (as QEMU marks guest RAM): a child forked while it is
+/// served has no mapping there, so its touch raises `SIGSEGV` instead of
+/// reading zeros from pages not yet filled. The mark stays after
+/// `mr_lazy_stop`; `madvise(MADV_DOFORK)` undoes it.
+///
 /// # Safety
 /// `img` a live image handle that stays open until `mr_lazy_stop`; `host`
 /// a mapping of `used_length` bytes that stays mapped until then; `out`

@@ -89,7 +89,7 @@ impl Shared {
         res.map(|data| data || n == 0)
     }
 
-    fn read_error(&self, page: u64, n: u64, e: Error) -> Error {
+    pub(super) fn read_error(&self, page: u64, n: u64, e: Error) -> Error {
         let what = format!(
             "on-demand restore of ramblock '{}': offset 0x{:x}+0x{:x} not placed (threads touching it stay blocked)",
             self.idstr,
@@ -201,6 +201,12 @@ impl Shared {
     /// Read and place the unsettled granules of `[g0, g1)` through `buf`
     /// (at least `(g1-g0) * granule` bytes); retries `EAGAIN`.
     pub(super) fn fill(&self, g0: u64, g1: u64, buf: &mut Staging, limit: bool) -> Result<()> {
+        if self.chunk != 0 {
+            if self.settled.all(g0, g1) {
+                return Ok(());
+            }
+            return self.fill_chunked(g0, g1, buf, limit);
+        }
         self.read_unit(g0, g1, buf, limit, |a, m, src| self.place_all(a, m, src))
     }
 
@@ -386,7 +392,8 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
     if todo.is_empty() {
         return Ok(());
     }
-    let unit = (crate::engine::UNIT_BYTES / sh.granule).max(1);
+    // A prefetch unit: whole granules and whole chunks.
+    let unit = sh.queue.unit_bytes() / sh.granule;
     let mut buf = Staging::new((unit * sh.granule) as usize)?;
     let mut first_err = None;
     for (a, m) in todo {
@@ -442,6 +449,9 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
         "made inaccessible with PROT_NONE (this kernel has no UFFDIO_POISON)"
     };
     let (a, _) = left[0];
+    // The cause's errno (EIO for I/O, EBADMSG for a chunk that fails its
+    // checksum or does not decompress).
+    let errno = first_err.as_ref().map_or(libc::EIO, |e| e.errno());
     let cause = first_err
         .map(|e| e.to_string())
         .unwrap_or_else(|| "unknown".into());
@@ -451,6 +461,6 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
             sh.idstr,
             a * sh.granule
         ),
-        libc::EIO,
+        errno,
     ))
 }

@@ -28,12 +28,22 @@
 //!   refuses copies with `EAGAIN` (the worker drops the lock and retries).
 //!   The fault thread is the only writer of `gone` and never takes `layout`
 //!   to place pages.
+//! - A **chunked** (compressed or checksummed) block is read a chunk at a
+//!   time (`chunks.rs`): a fault decompresses and verifies the chunk
+//!   holding it and places the whole chunk, its own granule first; prefetch
+//!   units hold whole chunks. `settled` and `gone` stay per granule.
+//! - Fork: the range is `MADV_DONTFORK` from the start on (and stays so
+//!   after the stop): a child has no mapping there, so its touch is
+//!   `SIGSEGV`, never a zero page where the image has data. The kernel's
+//!   fork event is not used (it deadlocks with glibc's fork, see
+//!   `register`).
 //! - Errors never fill wrong data: a failed read places nothing, so the
 //!   faulting thread stays blocked; the first error (block, offset, cause)
 //!   is latched for [`Lazy::wait`]. [`Lazy::stop`] retries what is missing
 //!   and poisons (`UFFDIO_POISON`: touching raises `SIGBUS`) what still
 //!   cannot be read before it unregisters.
 
+mod chunks;
 pub mod cow_map;
 mod fault;
 mod fill;
@@ -41,7 +51,7 @@ mod prefetch;
 
 use crate::error::{Error, Result};
 use crate::image::{BlockInfo, Image};
-use crate::uffd::host::{mapping_of, HostRange, ImageRef, Staging};
+use crate::uffd::host::{dont_fork, mapping_of, HostRange, ImageRef, Staging};
 use crate::uffd::pages::PageSet;
 use crate::uffd::{sys::*, Uffd, Waker};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -76,7 +86,8 @@ pub struct LazyStats {
     /// Granules in the units prefetch went through (placed by it, or
     /// already resident when it got there).
     pub prefetched: u64,
-    /// Bytes read from the image.
+    /// Bytes read from the image (of a chunked block: the guest bytes of
+    /// the chunks decoded).
     pub bytes_read: u64,
     /// Granules discarded (MADV_DONTNEED / munmap) while served.
     pub discarded: u64,
@@ -90,6 +101,11 @@ pub(crate) struct Shared {
     ps: u64,
     /// Unit of placement: the larger of the image and the host page size.
     granule: u64,
+    /// Guest bytes per chunk of a chunked block (0: a plain block).
+    chunk: u64,
+    /// Unit of reading: the granule, or for a chunked block the larger of
+    /// the chunk and the granule (whole chunks and whole granules).
+    read_unit: u64,
     zeropage_ok: bool,
     poison_ok: bool,
     uffd: Uffd,
@@ -135,7 +151,8 @@ pub struct Lazy {
 impl Lazy {
     /// Start serving `block` of `img` into `host` (page aligned, the
     /// block's `used_length` bytes, private anonymous or shared
-    /// memfd/hugetlbfs memory, not touched yet). Returns at once.
+    /// memfd/hugetlbfs memory, not touched yet). Returns at once. The
+    /// range is marked `MADV_DONTFORK` and stays so (see the module docs).
     ///
     /// # Safety
     /// `host` must be a mapping of `used_length` bytes that stays mapped
@@ -172,11 +189,18 @@ impl Lazy {
         img.block_in_file(block)?;
         let what = format!("lazy restore of ramblock '{}'", info.idstr);
         // SAFETY: forwarded contract: `host` stays mapped until the stop.
-        let (range, granule, uffd, ioctls) = unsafe { register(&info, host, &what) }?;
+        let (range, granule) = unsafe { host_range(&info, host, &what) }?;
         let granules = info.used_length / granule;
+        let chunk = img.chunk_bytes(block)?.unwrap_or(0);
+        let read_unit = granule.max(chunk);
         let hot = opts.hot.as_deref();
+        // Every argument is checked before the range is touched (marked
+        // MADV_DONTFORK, registered).
+        // Prefetch units hold whole read units (whole chunks).
+        let queue = prefetch::Queue::new(info.used_length, read_unit, hot, info.page_size)?;
+        let (uffd, ioctls) = register(&range, &what)?;
         let sh = Arc::new(Shared {
-            queue: prefetch::Queue::new(info.used_length, granule, hot, info.page_size)?,
+            queue,
             limiter: prefetch::Limiter::new(opts.rate_limit),
             img,
             block,
@@ -184,6 +208,8 @@ impl Lazy {
             host: range,
             ps: info.page_size,
             granule,
+            chunk,
+            read_unit,
             zeropage_ok: ioctls & IOCTL_ZEROPAGE_BIT != 0,
             poison_ok: ioctls & IOCTL_POISON_BIT != 0,
             uffd,
@@ -205,7 +231,7 @@ impl Lazy {
             last_fault_ns: AtomicU64::new(0),
             service_ns: Mutex::new(Vec::new()),
         });
-        let staging = Staging::new(granule as usize)?;
+        let staging = Staging::new(read_unit as usize)?;
         let f = sh.clone();
         let fault = std::thread::Builder::new()
             .name("mr-lazy-fault".into())
@@ -315,17 +341,13 @@ impl Lazy {
     }
 }
 
-/// Register `host` for missing-page faults; returns the range, the
-/// granule (host page), the userfaultfd and the ioctls the range supports.
+/// The caller's range and the granule (the larger of the host page, a
+/// huge page on hugetlbfs, and the image page).
 ///
 /// # Safety
 /// `host` must stay mapped (`info.used_length` bytes) until the restore
 /// built on it has stopped.
-unsafe fn register(
-    info: &BlockInfo,
-    host: *mut u8,
-    what: &str,
-) -> Result<(HostRange, u64, Uffd, u64)> {
+unsafe fn host_range(info: &BlockInfo, host: *mut u8, what: &str) -> Result<(HostRange, u64)> {
     // SAFETY: the caller keeps `host` mapped until the restore stops.
     let range = unsafe { HostRange::new(host, info.used_length, what) }?;
     let (host_page, _shared) = mapping_of(range.start);
@@ -336,6 +358,12 @@ unsafe fn register(
             info.used_length
         )));
     }
+    Ok((range, granule))
+}
+
+/// Mark `range` MADV_DONTFORK and register it for missing-page faults;
+/// returns the userfaultfd and the ioctls the range supports.
+fn register(range: &HostRange, what: &str) -> Result<(Uffd, u64)> {
     let want = UFFD_FEATURE_EVENT_REMOVE
         | UFFD_FEATURE_EVENT_UNMAP
         | UFFD_FEATURE_EVENT_REMAP
@@ -344,11 +372,14 @@ unsafe fn register(
         | UFFD_FEATURE_POISON;
     // Not UFFD_FEATURE_EVENT_FORK: with it the kernel holds fork() until
     // the fault thread reads the event, while glibc's fork holds the
-    // allocator locks that thread may need: a deadlock. A child gets no
-    // registration (see `fault.rs`).
+    // allocator locks that thread may need: a deadlock. Without it a child
+    // would get the range unregistered, reading zeros where pages are not
+    // yet filled; so the range is MADV_DONTFORK instead (a child has no
+    // mapping there: a touch is SIGSEGV).
     let uffd = Uffd::open(want, 0, "")?;
+    dont_fork(range, what)?;
     let ioctls = uffd.register(range.start, range.len, UFFDIO_REGISTER_MODE_MISSING)?;
-    Ok((range, granule, uffd, ioctls))
+    Ok((uffd, ioctls))
 }
 
 impl Drop for Lazy {

@@ -154,6 +154,14 @@ const PIECES_AHEAD: usize = 256;
 /// the placement's, unchanged: see the module docs).
 pub(crate) fn worker(sh: Arc<Shared>, index: usize) {
     let unit = sh.queue.unit_bytes() as usize;
+    if sh.chunk != 0 {
+        // A chunked block: each unit is read and decoded, then placed, in
+        // turn (`chunks.rs`).
+        return match Staging::new(unit) {
+            Ok(mut b) => serial(&sh, &mut b),
+            Err(e) => sh.latch(e),
+        };
+    }
     let bufs = match Staging::new(unit).and_then(|a| Ok([a, Staging::new(unit)?])) {
         Ok(b) => Arc::new(b),
         Err(e) => return sh.latch(e),
@@ -170,7 +178,13 @@ pub(crate) fn worker(sh: Arc<Shared>, index: usize) {
     let placer = match placer {
         Ok(h) => h,
         // No second thread: read and place in turn.
-        Err(_) => return serial(&sh, &bufs[0]),
+        Err(_) => {
+            drop(bufs);
+            return match Staging::new(unit) {
+                Ok(mut b) => serial(&sh, &mut b),
+                Err(e) => sh.latch(e),
+            };
+        }
     };
     let per = sh.queue.unit_bytes() / sh.granule;
     loop {
@@ -238,13 +252,13 @@ fn placer(
 }
 
 /// A worker without a placer thread: read and place each unit in turn.
-fn serial(sh: &Shared, buf: &Staging) {
+fn serial(sh: &Shared, buf: &mut Staging) {
     let per = sh.queue.unit_bytes() / sh.granule;
     while let Some(u) = sh.queue.pop() {
         let g0 = u * per;
         let g1 = (g0 + per).min(sh.settled.len());
         let limit = !sh.fill_all.load(Ordering::Acquire);
-        let r = sh.read_unit(g0, g1, buf, limit, |a, m, src| sh.place_all(a, m, src));
+        let r = sh.fill(g0, g1, buf, limit);
         if let Err(e) = r {
             sh.latch(e);
         }

@@ -92,6 +92,8 @@ fn handle(sh: &Shared, ev: Event, retry: &mut Vec<u64>) {
             ),
             libc::EFAULT,
         )),
+        // Never sent: UFFD_FEATURE_EVENT_FORK is not requested, and the
+        // range is MADV_DONTFORK (a child has no mapping there).
         Event::Fork { child } => drop(child),
         Event::Unknown(code) => sh.latch(Error::from_errno(
             format!(

@@ -19,6 +19,12 @@
 //!   the saver's own un-protect releases the writer. When the slots run
 //!   short, savers take the unit holding most copies next.
 //!
+//! On hugetlbfs a "page" here is the huge page: protection is lifted per
+//! huge page, so a fault copies out (or a saver writes) the whole huge page.
+//! The range is `MADV_DONTFORK` from the start on and stays so (see
+//! [`crate::uffd::host::dont_fork`]): a child forked during the snapshot
+//! has no mapping there, never memory without its handler.
+//!
 //! The claim is the whole hand-off: whoever wins a page's bit reads its
 //! start-instant content while it is still protected and is the only one
 //! to un-protect it. A page is never un-protected before its content is in
@@ -31,7 +37,7 @@ mod save;
 use crate::error::{Error, Result};
 use crate::image::{BlockInfo, Image};
 use crate::lazy::wait_until;
-use crate::uffd::host::{mapping_of, system_page_size, HostRange, ImageRef};
+use crate::uffd::host::{dont_fork, mapping_of, system_page_size, HostRange, ImageRef};
 use crate::uffd::pages::PageSet;
 use crate::uffd::{sys::*, Uffd, Waker};
 use parking_lot::{Condvar, Mutex};
@@ -44,9 +50,10 @@ use std::time::Duration;
 /// so it can be write-protected on kernels without WP_UNPOPULATED.
 const MADV_POPULATE_READ: i32 = 22;
 
-/// Copy slots (16 MiB of 4 KiB pages): pages the guest may write ahead of
-/// the savers before a write waits for its page's save.
-const COPY_SLOTS: u32 = 4096;
+/// Bytes of copy slots (4096 pages of 4 KiB, 8 huge pages of 2 MiB): what
+/// the guest may write ahead of the savers before a write waits for its
+/// page's save.
+const COPY_BYTES: u64 = 16 << 20;
 
 /// Counters of one live snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,6 +71,9 @@ pub(crate) struct Shared {
     block: usize,
     idstr: String,
     host: HostRange,
+    /// The unit of protection, claims and copies ("page" in this module):
+    /// the larger of the image and host page sizes (a huge page on
+    /// hugetlbfs).
     ps: u64,
     uffd: Uffd,
     waker: Waker,
@@ -79,9 +89,9 @@ pub(crate) struct Shared {
     /// Units a saver took (in order, or the one with most copies first).
     units_taken: PageSet,
     next_unit: AtomicU64,
-    /// The block's slots hold pages (not compressed chunks): savers write
-    /// spans straight to them.
-    plain: bool,
+    /// The block's slots hold pages (not compressed chunks) of the
+    /// snapshot's page size: savers write spans straight to them.
+    spans: bool,
     error: Mutex<Option<Error>>,
     cv: Condvar,
     stop: AtomicBool,
@@ -99,12 +109,13 @@ pub struct Snapshot {
 impl Snapshot {
     /// Write-protect `host` (the block's `used_length` bytes) and start
     /// saving it into `block` of `img` with `threads` threads. The caller
-    /// pauses its vCPUs around the start calls of all blocks.
+    /// pauses its vCPUs around the start calls of all blocks. The range is
+    /// marked `MADV_DONTFORK` and stays so (see the module docs).
     ///
     /// # Safety
-    /// `host` must be a mapping of `used_length` bytes (private anonymous
-    /// or shared memfd/shmem) that stays mapped until the snapshot is
-    /// stopped or dropped.
+    /// `host` must be a mapping of `used_length` bytes (private anonymous,
+    /// shared memfd/shmem or hugetlbfs) that stays mapped until the
+    /// snapshot is stopped or dropped.
     pub unsafe fn start(
         img: Arc<Image>,
         block: usize,
@@ -136,18 +147,19 @@ impl Snapshot {
         }
         img.block_in_file(block)?;
         // SAFETY: forwarded contract: `host` stays mapped until the stop.
-        let (range, uffd) = unsafe { protect(&info, host, &what) }?;
-        let pages = info.used_length / info.page_size;
-        let unit_pages = save::unit_pages(info.page_size);
+        let (range, uffd, unit) = unsafe { protect(&info, host, &what) }?;
+        let pages = info.used_length / unit;
+        let unit_pages = save::unit_pages(unit);
         let units = pages.div_ceil(unit_pages);
-        let copies = copies::Copies::new(info.page_size, COPY_SLOTS, units, unit_pages)?;
-        let plain = img.chunked(block)?.is_none();
+        let slots = (COPY_BYTES / unit).max(1) as u32;
+        let copies = copies::Copies::new(unit, slots, units, unit_pages)?;
+        let spans = img.chunked(block)?.is_none() && unit == info.page_size;
         let sh = Arc::new(Shared {
             img,
             block,
             idstr: info.idstr,
             host: range,
-            ps: info.page_size,
+            ps: unit,
             uffd,
             waker: Waker::new()?,
             claimed: PageSet::new(pages),
@@ -156,7 +168,7 @@ impl Snapshot {
             urgent: Mutex::new(Vec::new()),
             units_taken: PageSet::new(units),
             next_unit: AtomicU64::new(0),
-            plain,
+            spans,
             error: Mutex::new(None),
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -262,29 +274,36 @@ impl Snapshot {
 /// # Safety
 /// `host` must stay mapped (`info.used_length` bytes) until the snapshot
 /// built on it has stopped.
-unsafe fn protect(info: &BlockInfo, host: *mut u8, what: &str) -> Result<(HostRange, Uffd)> {
+unsafe fn protect(info: &BlockInfo, host: *mut u8, what: &str) -> Result<(HostRange, Uffd, u64)> {
     // SAFETY: the caller keeps `host` mapped until the snapshot stops.
     let range = unsafe { HostRange::new(host, info.used_length, what) }?;
     let (host_page, shared) = mapping_of(range.start);
-    if host_page != info.page_size || info.page_size != system_page_size() {
+    // Protection, claims and copies go by the larger page: a 2 MiB huge
+    // page holding 512 image pages of 4 KiB is saved as one unit.
+    let unit = host_page.max(info.page_size);
+    if unit % host_page != 0 || unit % info.page_size != 0 || info.used_length % unit != 0 {
         return Err(Error::Unsupported(format!(
-            "{what}: host page size {host_page} and image page size {} must both be the system page size {} (hugetlbfs is not supported by the snapshot)",
-            info.page_size,
-            system_page_size()
+            "{what}: host page size {host_page} and image page size {} do not tile used_length 0x{:x}",
+            info.page_size, info.used_length
         )));
     }
+    let hugetlb = host_page > system_page_size();
     let want = UFFD_FEATURE_WP_UNPOPULATED
         | UFFD_FEATURE_EVENT_REMOVE
         | UFFD_FEATURE_EVENT_UNMAP
         | UFFD_FEATURE_EVENT_REMAP;
     let mut need = UFFD_FEATURE_PAGEFAULT_FLAG_WP;
     let mut need_what = "write-protect faults (UFFD_FEATURE_PAGEFAULT_FLAG_WP)";
-    if shared {
+    if shared || hugetlb {
         need |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
-        need_what = "write protection of shared memory (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)";
+        need_what =
+            "write protection of shared or hugetlbfs memory (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)";
     }
     let uffd = Uffd::open(want, need, need_what)?;
-    if !uffd.has(UFFD_FEATURE_WP_UNPOPULATED) || shared {
+    // A child forked during the snapshot would inherit the memory without
+    // a handler; it gets no mapping there instead (see `dont_fork`).
+    dont_fork(&range, what)?;
+    if !uffd.has(UFFD_FEATURE_WP_UNPOPULATED) || shared || hugetlb {
         // Protection applies to mapped pages only: map them all first.
         // SAFETY: the range is the caller's mapping; populating reads
         // does not change its contents.
@@ -310,7 +329,7 @@ unsafe fn protect(info: &BlockInfo, host: *mut u8, what: &str) -> Result<(HostRa
                 e,
             )
         })?;
-    Ok((range, uffd))
+    Ok((range, uffd, unit))
 }
 
 impl Drop for Snapshot {

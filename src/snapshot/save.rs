@@ -14,6 +14,8 @@ use std::time::Duration;
 /// Larger writes go faster; a writer hitting a claimed page waits for the
 /// whole write.
 const CLAIM_WORDS: u64 = 4;
+/// Largest page (the snapshot's unit) claimed a word at a time.
+const MAX_WORD_CLAIM_PAGE: u64 = 16 << 10;
 
 pub(super) fn units(sh: &Shared) -> u64 {
     (sh.saved.len() * sh.ps).div_ceil(UNIT_BYTES)
@@ -92,6 +94,20 @@ fn service(sh: &Shared) {
 /// copies of pages in them, write both in runs, un-protect the claimed
 /// pages, mark all of them saved.
 fn save_words(sh: &Shared, w: u64, n: u64) {
+    if sh.ps > MAX_WORD_CLAIM_PAGE {
+        // Huge pages: a word would hold a writer for 64 of them; claim and
+        // save one at a time (or write the fault thread's copy of one it
+        // claimed), looking at urgent pages in between.
+        for p in w * 64..((w + n) * 64).min(sh.claimed.len()) {
+            if sh.claimed.claim(p) {
+                save_claimed(sh, p, 1);
+            } else {
+                save_copy(sh, p);
+            }
+            service(sh);
+        }
+        return;
+    }
     let first = w * 64;
     let end = ((w + n) * 64).min(sh.claimed.len());
     let mut won = Vec::with_capacity(n as usize);
@@ -119,7 +135,7 @@ fn save_words(sh: &Shared, w: u64, n: u64) {
     }
     // Guest pages are still protected (only the claimer lifts it) and the
     // taken slots are this thread's until released: start-instant bytes.
-    let r = if sh.plain {
+    let r = if sh.spans {
         write_runs(sh, first, &src)
     } else {
         write_each(sh, first, &src)
@@ -267,6 +283,26 @@ fn write_each(sh: &Shared, first: u64, src: &[Option<*const u8>]) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Write the fault thread's copy of page `p`, if it holds one (a page whose
+/// claim this saver lost: the fault thread claimed it and stored its copy
+/// under the lock taken here, or queued it as urgent).
+fn save_copy(sh: &Shared, p: u64) {
+    let (slot, ptr) = {
+        let mut c = sh.copies.lock();
+        let Some(slot) = c.take(p) else { return };
+        (slot, c.ptr(slot))
+    };
+    // SAFETY: the taken slot is one page (of the snapshot's size) of the
+    // slab, this thread's until released below.
+    let r = unsafe { GuestSlice::new(ptr, sh.ps as usize) }
+        .and_then(|m| sh.img.write_guest_pages(sh.block, p * sh.ps, m));
+    match r {
+        Ok(()) => sh.mark_saved(p, 1),
+        Err(e) => sh.latch(e),
+    }
+    sh.copies.lock().release([slot]);
 }
 
 /// Write pages `[first, first+len)`, which this thread claimed, from guest

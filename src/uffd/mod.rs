@@ -109,13 +109,17 @@ fn dev_open(flags: i32) -> Result<OwnedFd> {
     let dev = match dev {
         Ok(f) => OwnedFd::from(f),
         Err(e) => {
+            let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|_| "unreadable".into());
             return Err(Error::from_errno(
                 format!(
-                    "userfaultfd: not permitted: the system call needs CAP_SYS_PTRACE while \
-                     vm.unprivileged_userfaultfd is 0, and /dev/userfaultfd cannot be opened ({e})"
+                    "userfaultfd: not permitted: the system call needs CAP_SYS_PTRACE unless \
+                     vm.unprivileged_userfaultfd is 1 (it is {sysctl}), and /dev/userfaultfd \
+                     cannot be opened ({e})"
                 ),
                 libc::EPERM,
-            ))
+            ));
         }
     };
     // SAFETY: USERFAULTFD_IOC_NEW takes its flags as the integer argument

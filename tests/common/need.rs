@@ -1,7 +1,7 @@
 //! Tests that need something a plain `cargo test` machine may lack: QEMU,
-//! root, the pinned cbindgen.
+//! root, the pinned cbindgen, userfaultfd, huge pages.
 //!
-//! A test calls [`met`] first. When the need is met the test runs. When it
+//! A test calls [`met`] first (or [`hugepages`], which also reserves them). When the need is met the test runs. When it
 //! is not:
 //! - under the full suite (`MR_TEST_REQUIRE_ALL=1`, which
 //!   `scripts/test-all.sh` exports) the test FAILS saying how to install
@@ -24,6 +24,11 @@ pub enum Need {
     Root,
     /// The cbindgen version scripts/setup-deps.sh pins, in `.tools/bin`.
     Cbindgen,
+    /// userfaultfd usable by this process (probed with the real system
+    /// call, then `/dev/userfaultfd`, and the API handshake).
+    Userfaultfd,
+    /// Free 2 MiB huge pages (hugetlbfs), reserved by [`hugepages`].
+    HugePages,
 }
 
 impl Need {
@@ -32,6 +37,8 @@ impl Need {
             Need::Qemu => "QEMU (qemu-system-x86_64 >= 9.0)",
             Need::Root => "root (it mounts a size-limited tmpfs)",
             Need::Cbindgen => "the pinned cbindgen in .tools/bin",
+            Need::Userfaultfd => "userfaultfd",
+            Need::HugePages => "2 MiB huge pages",
         }
     }
 
@@ -43,6 +50,15 @@ impl Need {
             }
             Need::Cbindgen => {
                 "run scripts/setup-deps.sh, which installs the pinned cbindgen into .tools"
+            }
+            Need::Userfaultfd => {
+                "run the tests as root, or allow userfaultfd to this user: \
+                 `sysctl vm.unprivileged_userfaultfd=1`, or read/write access to \
+                 /dev/userfaultfd (the kernel needs CONFIG_USERFAULTFD)"
+            }
+            Need::HugePages => {
+                "run the tests as root (they reserve 2 MiB pages through \
+                 /proc/sys/vm/nr_hugepages and restore it), with enough free memory"
             }
         }
     }
@@ -61,6 +77,8 @@ impl Need {
                 }
             }
             Need::Cbindgen => check_cbindgen(),
+            Need::Userfaultfd => probe_userfaultfd(),
+            Need::HugePages => panic!("call need::hugepages(n), which reserves them"),
         }
     }
 }
@@ -119,11 +137,16 @@ static NOT_RUN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// in the test and `return` when it says false.
 #[track_caller]
 pub fn met(need: Need) -> bool {
-    let why = match need.check() {
-        Ok(()) => return true,
-        Err(why) => why,
-    };
-    let test = test_name(std::panic::Location::caller());
+    match need.check() {
+        Ok(()) => true,
+        Err(why) => not_met(need, &why, std::panic::Location::caller()),
+    }
+}
+
+/// The need is not met because of `why`: fail under the full suite, else
+/// print and record NOT RUN. Returns false.
+fn not_met(need: Need, why: &str, at: &std::panic::Location) -> bool {
+    let test = test_name(at);
     if require_all() {
         panic!(
             "{test} needs {} and MR_TEST_REQUIRE_ALL=1 (the full suite skips nothing): {why}; {}",
@@ -139,7 +162,7 @@ pub fn met(need: Need) -> bool {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(format!(
-            "{test}: needs {}; {}",
+            "{test}: needs {} ({why}); {}",
             need.what(),
             need.how_to_get()
         ));
@@ -183,4 +206,139 @@ extern "C" fn print_summary() {
     }
     text.push_str("Run the full suite, scripts/test-all.sh, to run them (it installs what they need and fails instead of skipping).\n");
     let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+/// `Ok` when this process can create a userfaultfd and complete the API
+/// handshake, the way the library does: the system call, then (when it
+/// says `EPERM`) `/dev/userfaultfd`'s `USERFAULTFD_IOC_NEW`.
+pub fn probe_userfaultfd() -> Result<(), String> {
+    use mappedram::uffd::sys::{uffdio_api, UFFDIO_API, UFFD_API, USERFAULTFD_IOC_NEW};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    // SAFETY: userfaultfd(2) takes one integer and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    let fd = if fd >= 0 {
+        // SAFETY: a new descriptor owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    } else {
+        let sys = std::io::Error::last_os_error();
+        if sys.raw_os_error() != Some(libc::EPERM) {
+            return Err(format!("the userfaultfd system call failed: {sys}"));
+        }
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/userfaultfd")
+            .map_err(|e| {
+                format!(
+                    "the userfaultfd system call says EPERM (vm.unprivileged_userfaultfd is {}) \
+                     and /dev/userfaultfd cannot be opened: {e}",
+                    std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+                        .map(|s| s.trim().to_owned())
+                        .unwrap_or_else(|_| "unknown".into())
+                )
+            })?;
+        // SAFETY: USERFAULTFD_IOC_NEW takes its flags as the integer argument.
+        let fd = unsafe { libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW, flags) };
+        if fd < 0 {
+            return Err(format!(
+                "/dev/userfaultfd USERFAULTFD_IOC_NEW: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a new descriptor owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
+    let mut api = uffdio_api {
+        api: UFFD_API,
+        ..Default::default()
+    };
+    // SAFETY: UFFDIO_API reads and writes exactly one uffdio_api.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api as *mut uffdio_api) };
+    if r < 0 {
+        return Err(format!(
+            "the UFFDIO_API handshake failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Huge pages reserved for a test; the old `vm.nr_hugepages` comes back on
+/// drop. Holding one serialises the huge page tests of a binary.
+pub struct HugePages {
+    restore: Option<u64>,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+fn meminfo(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().split(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `n` free 2 MiB huge pages for the calling test, reserving them (root)
+/// when fewer are free; `None` (NOT RUN, or a failure under the full
+/// suite) when they cannot be had.
+#[track_caller]
+pub fn hugepages(n: u64) -> Option<HugePages> {
+    static ONE: Mutex<()> = Mutex::new(());
+    let at = std::panic::Location::caller();
+    let guard = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    match reserve(n) {
+        Ok(restore) => Some(HugePages {
+            restore,
+            _one_at_a_time: guard,
+        }),
+        Err(why) => {
+            drop(guard);
+            not_met(Need::HugePages, &why, at);
+            None
+        }
+    }
+}
+
+/// Make `n` huge pages free; returns the old `nr_hugepages` when changed.
+fn reserve(n: u64) -> Result<Option<u64>, String> {
+    let size_kb = meminfo("Hugepagesize:");
+    if size_kb != 2048 {
+        return Err(format!(
+            "the default huge page size is {size_kb} kB, not 2048"
+        ));
+    }
+    let free = meminfo("HugePages_Free:");
+    if free >= n {
+        return Ok(None);
+    }
+    let old: u64 = std::fs::read_to_string(NR_HUGEPAGES)
+        .map_err(|e| format!("reading {NR_HUGEPAGES}: {e}"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("parsing {NR_HUGEPAGES}: {e}"))?;
+    let want = old + (n - free);
+    std::fs::write(NR_HUGEPAGES, want.to_string()).map_err(|e| {
+        format!("{free} huge pages free, {n} needed, and writing {NR_HUGEPAGES} failed: {e}")
+    })?;
+    let got = meminfo("HugePages_Free:");
+    if got < n {
+        let _ = std::fs::write(NR_HUGEPAGES, old.to_string());
+        return Err(format!(
+            "the kernel reserved only {got} free huge pages of the {n} asked (memory fragmented?)"
+        ));
+    }
+    Ok(Some(old))
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if let Some(old) = self.restore {
+            if let Err(e) = std::fs::write(NR_HUGEPAGES, old.to_string()) {
+                eprintln!("restoring {NR_HUGEPAGES} to {old}: {e}");
+            }
+        }
+    }
 }

@@ -60,6 +60,93 @@ impl Mapping {
         }
     }
 
+    /// Shared hugetlbfs memory (`memfd_create(MFD_HUGETLB)`, 2 MiB pages),
+    /// never touched; `len` a multiple of 2 MiB. The caller holds the
+    /// reservation ([`crate::common::need::hugepages`]).
+    pub fn hugetlb_memfd(len: usize) -> Mapping {
+        assert_eq!(len % (2 << 20), 0);
+        let flags = libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+        // SAFETY: memfd_create with a NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"mr-test-huge".as_ptr(), flags) };
+        assert!(
+            fd >= 0,
+            "memfd_create(MFD_HUGETLB): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: as in `memfd`.
+        unsafe {
+            assert_eq!(libc::ftruncate(fd, len as i64), 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            libc::close(fd);
+            assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+            Mapping { ptr: p.cast(), len }
+        }
+    }
+
+    /// Private hugetlbfs memory (`MAP_PRIVATE | MAP_HUGETLB`, 2 MiB
+    /// pages), never touched; `len` a multiple of 2 MiB.
+    pub fn hugetlb_private(len: usize) -> Mapping {
+        assert_eq!(len % (2 << 20), 0);
+        // SAFETY: a fresh anonymous mapping; no existing memory affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        Mapping { ptr: p.cast(), len }
+    }
+
+    /// Read one byte at `off` in a forked child: the child's exit status
+    /// (`waitpid`'s). The child does nothing but the read and `_exit(0)`,
+    /// with core dumps off.
+    pub fn touch_in_child(&self, off: u64, write: bool) -> i32 {
+        assert!(off < self.len as u64);
+        let at = self.ptr as usize + off as usize;
+        // SAFETY: the child only calls async-signal-safe functions
+        // (setrlimit, signal, _exit) and touches memory; the parent waits for it.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: in the child: a system call and a plain access to an
+            // address that is ours in the parent (SIGSEGV when the child
+            // has no mapping there, which is what is tested).
+            unsafe {
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                // Die by the signal, not through a handler (Rust's own
+                // SIGSEGV handler re-raises, a sanitizer's would not).
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                let p = at as *mut u8;
+                if write {
+                    std::ptr::write_volatile(p, 0x5a);
+                } else {
+                    std::ptr::read_volatile(p);
+                }
+                libc::_exit(0);
+            }
+        }
+        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+        st
+    }
+
     /// Copy page `p` out (touching it).
     pub fn page(&self, p: u64) -> Vec<u8> {
         let mut v = vec![0u8; PS as usize];
@@ -108,8 +195,15 @@ impl Drop for Mapping {
 /// ROM blocks) whose pages are distinct, about one in `zero_every` zero;
 /// returns its path and the block's memory.
 pub fn mixed_image(dir: &TmpDir, len: u64, zero_every: u64) -> (PathBuf, Aligned) {
-    let path = dir.join("lazy.img");
     let mem = block_memory(1, 0, len, zero_every);
+    (image_of(dir, &mem, zero_every), mem)
+}
+
+/// A finished image whose `mem` block holds `mem` (plus the two small ROM
+/// blocks, one in `zero_every` of their pages zero).
+pub fn image_of(dir: &TmpDir, mem: &Aligned, zero_every: u64) -> PathBuf {
+    let path = dir.join("lazy.img");
+    let len = mem.as_slice().len() as u64;
     let img = Image::create(&path, "pc-i440fx-10.0", &specs(len), ImageFlags::default()).unwrap();
     save_ramblock(&img, 0, GuestSlice::from_slice(mem.as_slice()), None, 2).unwrap();
     for b in 1..3 {
@@ -118,7 +212,12 @@ pub fn mixed_image(dir: &TmpDir, len: u64, zero_every: u64) -> (PathBuf, Aligned
     }
     img.finish().unwrap();
     img.close().unwrap();
-    (path, mem)
+    path
+}
+
+/// Whether a `waitpid` status says killed by SIGSEGV.
+pub fn killed_by_sigsegv(st: i32) -> bool {
+    libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSEGV
 }
 
 /// The first page that differs, as a message.

@@ -10,18 +10,24 @@
 //! - time to full residency with prefetch vs an eager `read_ramblock`;
 //! - snapshot pause (the start call) and total time (a writer thread keeps
 //!   writing) vs a paused `save_ramblock`, and the writer's stall per write
-//!   fault.
+//!   fault;
+//! - `--only compressed`: the same guest saved plain and compressed (zstd
+//!   level 1, 1 MiB chunks), side by side: start -> first touched page,
+//!   residency vs eager, and fault latency p50/p99 from disk (cold) and
+//!   from the page cache, each sample the first touch of its own chunk (a
+//!   fault on a compressed image reads and decompresses one chunk).
 
+use mappedram::compress::ImageOptions;
 use mappedram::lazy::{Lazy, LazyOptions, NO_PREFETCH};
 use mappedram::snapshot::Snapshot;
-use mappedram::{engine, GuestSliceMut, Image, ImageFlags};
+use mappedram::{engine, GuestSlice, GuestSliceMut, Image, ImageFlags};
 use mappedram_bench::*;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)] [--only restore|faults|snapshot]";
+const USAGE: &str = "usage: mr-lazy-bench [--size SIZE (default 1G)] [--dir DIR] [--threads N (default 2)] [--samples N (default 2000)] [--rounds N (default 3)] [--only restore|faults|pause|snapshot|compressed] [--chunks BYTES,... (default 1048576; with --only compressed)]";
 
 struct Args {
     size: usize,
@@ -29,8 +35,10 @@ struct Args {
     threads: u32,
     samples: usize,
     rounds: usize,
-    /// Which parts: "all", "restore" or "snapshot".
+    /// Which parts: "all", "restore", "snapshot" or "compressed".
     only: String,
+    /// Chunk sizes of the compressed images (`--only compressed`).
+    chunks: Vec<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -41,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         samples: 2000,
         rounds: 3,
         only: "all".into(),
+        chunks: vec![1 << 20],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -55,6 +64,12 @@ fn parse_args() -> Result<Args, String> {
             "--samples" => a.samples = val()?.parse().map_err(|e| format!("--samples: {e}"))?,
             "--rounds" => a.rounds = val()?.parse().map_err(|e| format!("--rounds: {e}"))?,
             "--only" => a.only = val()?,
+            "--chunks" => {
+                a.chunks = val()?
+                    .split(',')
+                    .map(|c| c.parse().map_err(|e| format!("--chunks: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
             _ => return Err(USAGE.into()),
         }
     }
@@ -245,6 +260,21 @@ fn fault_latency(
     n: usize,
     cold: bool,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let sample: Vec<usize> = (0..n)
+        .map(|i| pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()])
+        .collect();
+    fault_latency_at(path, src.len(), &sample, cold)
+}
+
+/// Fault latencies (µs) of touching `sample` in order, one thread, no
+/// prefetch (cold: O_DIRECT image, file evicted; warm: buffered, cached),
+/// with the fault thread's service time and its read part per fault.
+fn fault_latency_at(
+    path: &Path,
+    len: usize,
+    sample: &[usize],
+    cold: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let flags = if cold {
         ImageFlags::DIRECT
     } else {
@@ -260,15 +290,11 @@ fn fault_latency(
             cached_fraction(path) * 100.0
         );
     }
-    let dst = Mem::anon(src.len()).unwrap();
+    let dst = Mem::anon(len).unwrap();
     // SAFETY: as in `residency`.
     let lz = unsafe { Lazy::start(img, 0, dst.as_ptr() as *mut u8, &lazy_opts(NO_PREFETCH, 1)) }
         .unwrap();
-    let mut lat = Vec::with_capacity(n);
-    for i in 0..n {
-        let p = pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()];
-        lat.push(touch(&dst, p));
-    }
+    let lat = sample.iter().map(|&p| touch(&dst, p)).collect();
     if !cold {
         println!(
             "  image pages in the page cache after the faults: {:.2} %",
@@ -366,6 +392,8 @@ fn main() {
         pause_probe(&a, &src);
     } else if a.only == "faults" {
         fault_figures(&a, &path, &src, &pages);
+    } else if a.only == "compressed" {
+        compressed_figures(&a, &dir, &path, &src, &pages);
     } else if a.only != "snapshot" {
         restore_figures(&a, &path, &src, &pages);
     }
@@ -559,5 +587,126 @@ fn pause_probe(a: &Args, src: &Mem) {
                 v.len()
             );
         }
+    }
+}
+
+/// Start (O_DIRECT image, evicted, no prefetch) -> page `p`'s data, µs.
+fn first_touch_alone(path: &Path, len: usize, p: usize) -> f64 {
+    let img = Arc::new(Image::open(path, ImageFlags::DIRECT).unwrap());
+    drop_cache(path);
+    let dst = Mem::anon(len).unwrap();
+    let t = Instant::now();
+    // SAFETY: as in `residency`.
+    let lz = unsafe { Lazy::start(img, 0, dst.as_ptr() as *mut u8, &lazy_opts(NO_PREFETCH, 1)) }
+        .unwrap();
+    let _ = touch(&dst, p);
+    let us = t.elapsed().as_secs_f64() * 1e6;
+    lz.stop().unwrap();
+    us
+}
+
+/// The guest saved compressed (zstd level 1, chunks of `chunk` bytes)
+/// with `threads`.
+fn save_compressed(path: &Path, src: &Mem, threads: u32, chunk: u64) -> (f64, u64) {
+    let t = Instant::now();
+    let img = Image::create_with(
+        path,
+        MACHINE,
+        &specs(src.len(), &[]),
+        ImageFlags::DIRECT,
+        &ImageOptions {
+            chunk_bytes: chunk,
+            ..ImageOptions::zstd(1)
+        },
+    )
+    .unwrap();
+    // SAFETY: `src` is valid for reads of its whole length during the call.
+    let guest = unsafe { GuestSlice::new(src.as_ptr(), src.len()) }.unwrap();
+    engine::save_ramblock(&img, 0, guest, None, threads).unwrap();
+    img.finish().unwrap();
+    img.close().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    use std::os::unix::fs::MetadataExt;
+    (secs, std::fs::metadata(path).unwrap().blocks() * 512)
+}
+
+/// One present page per MiB that holds any (the first touch of each chunk
+/// of a compressed image), in a shuffled order.
+fn one_page_per_chunk(pages: &[usize]) -> Vec<usize> {
+    let per = (1 << 20) / PAGE;
+    let mut v: Vec<usize> = Vec::new();
+    let mut i = 0;
+    while i < pages.len() {
+        let c = pages[i] / per;
+        let end = pages[i..].partition_point(|&p| p / per == c) + i;
+        v.push(pages[i + (mix64(c as u64) as usize) % (end - i)]);
+        i = end;
+    }
+    let mut keyed: Vec<(u64, usize)> = v
+        .into_iter()
+        .map(|p| (mix64(p as u64 ^ 0x5eed), p))
+        .collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Plain and compressed images of the same guest, side by side.
+fn compressed_figures(a: &Args, dir: &Path, plain: &Path, src: &Mem, pages: &[usize]) {
+    use std::os::unix::fs::MetadataExt;
+    let plain_alloc = std::fs::metadata(plain).unwrap().blocks() * 512;
+    let mut images = vec![("plain".to_string(), plain.to_path_buf())];
+    for &cb in &a.chunks {
+        let zpath = dir.join(format!("guest-zstd1-{cb}.img"));
+        let (save_s, alloc) = save_compressed(&zpath, src, a.threads, cb);
+        println!(
+            "compressed image (zstd -1, {} chunks): {} allocated vs plain {} ({:.3}), saved in {save_s:.2} s",
+            human(cb),
+            human(alloc),
+            human(plain_alloc),
+            alloc as f64 / plain_alloc as f64
+        );
+        images.push((format!("zstd-1/{}", human(cb)), zpath));
+    }
+    let sample = one_page_per_chunk(pages);
+    let sample = &sample[..sample.len().min(a.samples)];
+    println!(
+        "fault samples: {} (first touch of a distinct MiB each)",
+        sample.len()
+    );
+    for (name, path) in &images {
+        let (mut eager, mut lazy, mut first) = (vec![], vec![], vec![]);
+        for r in 0..a.rounds {
+            let (e, l, f) = residency(path, src, pages, a.threads, r);
+            eager.push(e);
+            lazy.push(l);
+            first.push(f);
+        }
+        let (me, ml) = (median(&eager), median(&lazy));
+        println!(
+            "{name}: start -> first touched page (cold, prefetch on): median {:.0} us, max {:.0} us; residency eager {me:.3} s, lazy+prefetch {ml:.3} s ({:.3}x)",
+            median(&first),
+            first.iter().cloned().fold(0.0, f64::max),
+            ml / me
+        );
+        let alone: Vec<f64> = (0..a.rounds)
+            .map(|r| first_touch_alone(path, src.len(), sample[r % sample.len()]))
+            .collect();
+        println!(
+            "{name}: start -> first touched page (cold, no prefetch): median {:.0} us, max {:.0} us",
+            median(&alone),
+            alone.iter().cloned().fold(0.0, f64::max)
+        );
+        let mut disk = fault_latency_at(path, src.len(), sample, true).0;
+        let mut cache = fault_latency_at(path, src.len(), sample, false).0;
+        println!(
+            "{name}: fault latency from disk (O_DIRECT, cold): p50 {:.1} us, p99 {:.1} us; from page cache: p50 {:.1} us, p99 {:.1} us",
+            pct(&mut disk, 0.5),
+            pct(&mut disk, 0.99),
+            pct(&mut cache, 0.5),
+            pct(&mut cache, 0.99)
+        );
+    }
+    for (_, p) in &images[1..] {
+        let _ = std::fs::remove_file(p);
     }
 }

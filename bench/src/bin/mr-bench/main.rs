@@ -1,4 +1,4 @@
-//! mr-bench: the project's bars (DESIGN.md §5), measured side by side in one
+//! mr-bench: the project's speed bars (README.md, BENCHMARKS.md), measured side by side in one
 //! run and printed as ratios.
 //!
 //! 1. Library save/restore (O_DIRECT, 1, 2 and 4 threads) vs plain
