@@ -84,26 +84,6 @@ fn drop_cache(path: &Path) {
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
-/// Plain `pread`s (µs) of the slots of the same `n` random present pages
-/// the fault loop touches, from the page cache: the machine's own tail for
-/// the read a fault from the page cache does, without userfaultfd.
-fn pread_baseline(path: &Path, pages: &[usize], n: usize) -> Vec<f64> {
-    use std::os::unix::fs::FileExt;
-    let img = Image::open(path, ImageFlags::default()).unwrap();
-    let base = img.block_info(0).unwrap().pages_offset;
-    drop(img);
-    let f = std::fs::File::open(path).unwrap();
-    let mut buf = vec![0u8; PAGE];
-    (0..n)
-        .map(|i| {
-            let p = pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()];
-            let t = Instant::now();
-            f.read_exact_at(&mut buf, base + (p * PAGE) as u64).unwrap();
-            t.elapsed().as_secs_f64() * 1e6
-        })
-        .collect()
-}
-
 /// The fraction of the file's pages in the page cache (`mincore`).
 fn cached_fraction(path: &Path) -> f64 {
     use std::os::fd::AsRawFd;
@@ -250,16 +230,15 @@ fn wake_round_trips(n: usize) -> Vec<f64> {
     out
 }
 
+/// Per fault (µs): latency, the fault thread's service time, its read;
+/// and, from the page cache only, a plain `pread` of another page's slot
+/// right after each fault (the machine's own tail for such a read, under
+/// the same interference, without userfaultfd).
+type FaultTimes = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
 /// Fault latencies (µs) of `n` random present pages, one thread, no
-/// prefetch; the library's own service time per fault and the read part
-/// of it (µs).
-fn fault_latency(
-    path: &Path,
-    src: &Mem,
-    pages: &[usize],
-    n: usize,
-    cold: bool,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+/// prefetch, with the breakdown of [`FaultTimes`].
+fn fault_latency(path: &Path, src: &Mem, pages: &[usize], n: usize, cold: bool) -> FaultTimes {
     let sample: Vec<usize> = (0..n)
         .map(|i| pages[(mix64(0xfa17 + i as u64) as usize) % pages.len()])
         .collect();
@@ -269,12 +248,7 @@ fn fault_latency(
 /// Fault latencies (µs) of touching `sample` in order, one thread, no
 /// prefetch (cold: O_DIRECT image, file evicted; warm: buffered, cached),
 /// with the fault thread's service time and its read part per fault.
-fn fault_latency_at(
-    path: &Path,
-    len: usize,
-    sample: &[usize],
-    cold: bool,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn fault_latency_at(path: &Path, len: usize, sample: &[usize], cold: bool) -> FaultTimes {
     let flags = if cold {
         ImageFlags::DIRECT
     } else {
@@ -294,7 +268,27 @@ fn fault_latency_at(
     // SAFETY: as in `residency`.
     let lz = unsafe { Lazy::start(img, 0, dst.as_ptr() as *mut u8, &lazy_opts(NO_PREFETCH, 1)) }
         .unwrap();
-    let lat = sample.iter().map(|&p| touch(&dst, p)).collect();
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).unwrap();
+    let base = Image::open(path, ImageFlags::default())
+        .unwrap()
+        .block_info(0)
+        .unwrap()
+        .pages_offset;
+    let mut slot = vec![0u8; PAGE];
+    let (mut lat, mut pread) = (Vec::new(), Vec::new());
+    for (i, &p) in sample.iter().enumerate() {
+        lat.push(touch(&dst, p));
+        if !cold {
+            // Another page than the faults read (a second read of the same
+            // page would be warmer than the fault thread's first).
+            let q = sample[(mix64(0xbeef + i as u64) as usize) % sample.len()] ^ 1;
+            let t = Instant::now();
+            file.read_exact_at(&mut slot, base + (q * PAGE) as u64)
+                .unwrap();
+            pread.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
     if !cold {
         println!(
             "  image pages in the page cache after the faults: {:.2} %",
@@ -305,7 +299,7 @@ fn fault_latency_at(
     let service = svc.iter().map(|s| s.0 as f64 / 1e3).collect();
     let read = svc.iter().map(|s| s.1 as f64 / 1e3).collect();
     lz.stop().unwrap();
-    (lat, service, read)
+    (lat, service, read, pread)
 }
 
 /// Paused save vs live snapshot with a writer (random pages, about 15-20k
@@ -431,11 +425,10 @@ fn restore_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
 /// Fault latency from disk and from the page cache, with the fault
 /// thread's own share and the scheduling baseline of the same run.
 fn fault_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
-    let (mut disk, mut disk_svc, mut disk_rd) = fault_latency(path, src, pages, a.samples, true);
-    let (mut cache, mut cache_svc, mut cache_rd) =
+    let (mut disk, mut disk_svc, mut disk_rd, _) = fault_latency(path, src, pages, a.samples, true);
+    let (mut cache, mut cache_svc, mut cache_rd, mut pread) =
         fault_latency(path, src, pages, a.samples, false);
     let mut wake = wake_round_trips(a.samples);
-    let mut pread = pread_baseline(path, pages, a.samples);
     println!(
         "fault latency from disk (O_DIRECT, cold): p50 {:.1} us, p99 {:.1} us; fault thread's service p50 {:.1} us, p99 {:.1} us; its read p50 {:.1} us, p99 {:.1} us",
         pct(&mut disk, 0.5),
@@ -460,7 +453,7 @@ fn fault_figures(a: &Args, path: &Path, src: &Mem, pages: &[usize]) {
         pct(&mut wake, 0.99)
     );
     println!(
-        "plain pread of the same pages from the page cache (same run): p50 {:.1} us, p99 {:.1} us",
+        "plain pread of another page's slot right after each fault (page cache, interleaved): p50 {:.1} us, p99 {:.1} us",
         pct(&mut pread, 0.5),
         pct(&mut pread, 0.99)
     );
