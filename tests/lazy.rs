@@ -90,6 +90,49 @@ fn touches_race_prefetch_direct_image() {
     restore_with(&m, true, opts(0, 3), 64 * MIB);
 }
 
+/// Faults racing the double-buffered prefetch: one worker (one reader, one
+/// placer), eight threads touching the pages of the units around the ones
+/// in flight (the unit being placed and the one being read), in both
+/// directions; every page equals the image, and nothing hangs.
+#[test]
+fn faults_race_a_double_buffered_prefetch_unit() {
+    let len = 32 * MIB;
+    let dir = TmpDir::new("lazy-race");
+    let (path, mem) = mixed_image(&dir, len, 7);
+    let img = Arc::new(Image::open(&path, ImageFlags::DIRECT).unwrap());
+    let unit = 4 * MIB / PS;
+    for round in 0..4u64 {
+        let m = Mapping::anon(len as usize);
+        // SAFETY: `m` is a fresh mapping of the block's length that outlives `lz`.
+        let lz = unsafe { Lazy::start(img.clone(), 0, m.ptr, &opts(0, 1)) }.unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let (m, mem) = (&m, mem.as_slice());
+                s.spawn(move || {
+                    // Units 0..3: the first units a worker reads and places.
+                    let u = (t + round) % 3;
+                    let pages: Vec<u64> = if t % 2 == 0 {
+                        (u * unit..(u + 1) * unit).step_by(7).collect()
+                    } else {
+                        (u * unit..(u + 1) * unit).rev().step_by(5).collect()
+                    };
+                    for p in pages {
+                        let w = &mem[(p * PS) as usize..((p + 1) * PS) as usize];
+                        assert!(m.page(p) == w, "round {round}: page {p} differs");
+                    }
+                });
+            }
+        });
+        lz.wait().unwrap();
+        let st = lz.stats();
+        lz.stop().unwrap();
+        assert!(st.faults > 0, "no fault was served: {st:?}");
+        if let Some(d) = first_diff(&m.to_vec(), mem.as_slice()) {
+            panic!("round {round}, after stop: {d}");
+        }
+    }
+}
+
 #[test]
 fn no_prefetch_serves_faults_then_stop_fills_the_rest() {
     if !met(Need::Userfaultfd) {

@@ -484,6 +484,15 @@ fn model_matches_the_library() {
             "while self.place(a, m, src)? == Place::Again {",
         ],
     );
+    // The worker's placer thread is the model's worker: it places what the
+    // reader handed it through the same `place_all`.
+    has(
+        "src/lazy/prefetch.rs",
+        &[
+            "fn placer(",
+            "if let Err(e) = sh.place_all(first, n, src) {",
+        ],
+    );
     // Snapshot: claim, read while protected, un-protect, mark saved.
     has(
         "src/uffd/pages.rs",
@@ -495,7 +504,13 @@ fn model_matches_the_library() {
     has(
         "src/snapshot/save.rs",
         &[
-            "let won = sh.claimed.claim_word(i);",
+            "fn save_words(",
+            "let won_word = sh.claimed.claim_word(i);",
+            "let mut c = sh.copies.lock();",
+            "} else if let Some(s) = c.take(p) {",
+            "write_runs(sh, first, &src)",
+            "runs(first, end, is_won, |s, k| sh.unprotect(s, k));",
+            "sh.mark_saved(s, k)",
             "fn save_claimed(",
             ".read(first * sh.ps, len * sh.ps)",
             "sh.unprotect(first, len);",
@@ -505,26 +520,31 @@ fn model_matches_the_library() {
     has(
         "src/snapshot/fault.rs",
         &[
-            "if sh.claimed.claim(p) {",
-            "copy_out(sh, p, retry);",
-            "} else if sh.saved.test(p) {",
+            "let mut copies = sh.copies.lock();",
+            "let won = sh.claimed.claim(p);",
+            "let copied = won && copy_out(sh, &mut copies, p);",
+            "drop(copies);",
+            "lift(sh, p, retry);",
+            "} else if !won && sh.saved.test(p) {",
             "sh.uffd.wake(",
             "fn copy_out(",
             "sh.host.read(p * sh.ps, sh.ps)",
-            "sh.copies.lock().push((p, buf));",
-            "lift(sh, p, retry);",
+            "copies.insert(p, m.as_ptr())",
         ],
     );
 }
 
 /// The live snapshot's claim-bit hand-off (`src/snapshot/`): a saver claims
-/// a word of pages (`claim_word`, `fetch_or` `AcqRel`), writes the won
-/// pages from guest memory while they are still write-protected, then lifts
-/// the protection and marks them saved; the fault thread, on a write fault,
-/// claims the page (`claim`), copies it out, queues the copy and lifts the
-/// protection; when it loses the claim it wakes the writer only if the page
-/// is saved (else the saver's un-protect wakes it). Claim: the image holds
-/// every page's start-instant value, and every writer is woken.
+/// a word of pages (`claim_word`, `fetch_or` `AcqRel`), then under the
+/// copies' lock takes the fault thread's copies of the word's other pages,
+/// writes its won pages from guest memory (still write-protected) and the
+/// copies, then lifts the protection of the won pages and marks all of
+/// them saved; the fault thread, on a write fault, claims the page
+/// (`claim`) and copies it out *under the copies' lock*, then lifts the
+/// protection; when it loses the claim it wakes the writer only if the
+/// page is saved (else the saver's un-protect wakes it). Claim: the image
+/// holds every page's start-instant value (no copy is left behind by the
+/// saver of its word), and every writer is woken.
 mod snapshot {
     use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use loom::sync::{Arc, Condvar, Mutex};
@@ -542,6 +562,9 @@ mod snapshot {
         LiftWithoutClaim,
         /// The saver lifts the protection before reading the page.
         LiftBeforeSave,
+        /// The fault thread claims before taking the copies' lock: a saver
+        /// can look for the copy before it is stored, and leave it behind.
+        ClaimOutsideLock,
     }
 
     #[derive(Default)]
@@ -550,14 +573,15 @@ mod snapshot {
         wp: [bool; N],
         faults: VecDeque<usize>,
         wakes: [u32; N],
-        /// What the image holds; the fault thread's queued copies.
+        /// What the image holds.
         image: [Option<u8>; N],
-        copies: VecDeque<(usize, u8)>,
     }
 
     struct Model {
         k: Mutex<Kernel>,
         cv: Condvar,
+        /// The fault thread's copies (`snapshot::copies::Copies`).
+        copies: Mutex<Vec<(usize, u8)>>,
         claimed: AtomicU64,
         saved: AtomicU64,
         stop: AtomicBool,
@@ -592,30 +616,32 @@ mod snapshot {
             k.mem[p] = v;
         }
 
-        /// `save_words` + `save_claimed`, then `service` until all saved.
+        /// `save_words` (one word holding both pages).
         fn saver(&self) {
             let won = self.claimed.fetch_or((1 << N) - 1, Ordering::AcqRel);
-            for p in (0..N).filter(|p| won & (1 << p) == 0) {
+            let won = !won & ((1 << N) - 1);
+            let taken: Vec<(usize, u8)> = {
+                let mut c = self.copies.lock().unwrap();
+                let (mine, rest) = c.drain(..).partition(|&(p, _)| won & (1 << p) == 0);
+                *c = rest;
+                mine
+            };
+            for p in (0..N).filter(|p| won & (1 << p) != 0) {
                 if self.variant == Variant::LiftBeforeSave {
                     self.unprotect(p);
                 }
                 let v = self.k.lock().unwrap().mem[p];
                 self.k.lock().unwrap().image[p] = Some(v);
+            }
+            for &(p, v) in &taken {
+                self.k.lock().unwrap().image[p] = Some(v);
+            }
+            for p in (0..N).filter(|p| won & (1 << p) != 0) {
                 self.unprotect(p);
                 self.mark_saved(p);
             }
-            let mut k = self.k.lock().unwrap();
-            loop {
-                while let Some((p, v)) = k.copies.pop_front() {
-                    k.image[p] = Some(v);
-                    drop(k);
-                    self.mark_saved(p);
-                    k = self.k.lock().unwrap();
-                }
-                if self.saved.load(Ordering::Acquire) == (1 << N) - 1 {
-                    return;
-                }
-                k = self.cv.wait(k).unwrap();
+            for &(p, _) in &taken {
+                self.mark_saved(p);
             }
         }
 
@@ -633,19 +659,23 @@ mod snapshot {
                     k.faults.drain(..).collect()
                 };
                 for p in faults {
-                    let old = self.claimed.fetch_or(1 << p, Ordering::AcqRel);
+                    let early = (self.variant == Variant::ClaimOutsideLock)
+                        .then(|| self.claimed.fetch_or(1 << p, Ordering::AcqRel));
+                    let mut c = self.copies.lock().unwrap();
+                    let old =
+                        early.unwrap_or_else(|| self.claimed.fetch_or(1 << p, Ordering::AcqRel));
                     if old & (1 << p) == 0 {
-                        let mut k = self.k.lock().unwrap();
-                        let v = k.mem[p];
-                        k.copies.push_back((p, v));
-                        self.cv.notify_all();
-                        drop(k);
+                        let v = self.k.lock().unwrap().mem[p];
+                        c.push((p, v));
+                        drop(c);
                         self.unprotect(p);
                     } else if self.saved.load(Ordering::Acquire) & (1 << p) != 0 {
+                        drop(c);
                         let mut k = self.k.lock().unwrap();
                         k.wakes[p] += 1;
                         self.cv.notify_all();
                     } else if self.variant == Variant::LiftWithoutClaim {
+                        drop(c);
                         self.unprotect(p);
                     }
                 }
@@ -665,6 +695,7 @@ mod snapshot {
                     ..Kernel::default()
                 }),
                 cv: Condvar::new(),
+                copies: Mutex::new(Vec::new()),
                 claimed: AtomicU64::new(0),
                 saved: AtomicU64::new(0),
                 stop: AtomicBool::new(false),
@@ -715,4 +746,10 @@ fn loom_catches_a_lift_without_the_claim() {
 #[should_panic(expected = "torn snapshot")]
 fn loom_catches_a_lift_before_the_save() {
     snapshot::check(snapshot::Variant::LiftBeforeSave);
+}
+
+#[test]
+#[should_panic(expected = "torn snapshot")]
+fn loom_catches_a_claim_outside_the_copies_lock() {
+    snapshot::check(snapshot::Variant::ClaimOutsideLock);
 }

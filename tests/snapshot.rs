@@ -70,11 +70,20 @@ fn run_writers<'a>(
 }
 
 fn live_snapshot(m: &Mapping, len: u64) {
+    live_snapshot_with(m, len, ImageFlags::default(), 3);
+}
+
+/// `live_snapshot` into an image opened with `flags`, saved by `threads`
+/// threads; returns the snapshot's counters.
+fn live_snapshot_with(
+    m: &Mapping,
+    len: u64,
+    flags: ImageFlags,
+    threads: u32,
+) -> mappedram::snapshot::SnapshotStats {
     let dir = TmpDir::new("snap");
     let path = dir.join("snap.img");
-    let img = Arc::new(
-        Image::create(&path, "pc-i440fx-10.0", &specs(len), ImageFlags::default()).unwrap(),
-    );
+    let img = Arc::new(Image::create(&path, "pc-i440fx-10.0", &specs(len), flags).unwrap());
     // Initial contents: mixed pages, one in three zero; the second half of
     // every 16th MiB never touched.
     let init = block_memory(2, 0, len, 3);
@@ -114,7 +123,7 @@ fn live_snapshot(m: &Mapping, len: u64) {
             v[off as usize..(off + PS) as usize].copy_from_slice(&m.page(p));
         }
         // SAFETY: `m` stays mapped until after `stop`.
-        let snap = unsafe { Snapshot::start(img.clone(), 0, m.ptr, 3) }.unwrap();
+        let snap = unsafe { Snapshot::start(img.clone(), 0, m.ptr, threads) }.unwrap();
         post.store(true, Ordering::Release);
         let writes_before = w.writes.load(Ordering::Relaxed);
         w.pause.store(false, Ordering::Release);
@@ -139,8 +148,9 @@ fn live_snapshot(m: &Mapping, len: u64) {
             "{st:?}, writes during the snapshot: {}",
             w.writes.load(Ordering::Relaxed) - writes_before
         );
-        v
+        (v, st)
     });
+    let (expected, st) = expected;
     let got = read_ramblock_to_vec(&img, 0, 2).unwrap();
     if let Some(d) = first_diff(&got, &expected) {
         panic!("image differs from the start instant: {d}");
@@ -170,6 +180,7 @@ fn live_snapshot(m: &Mapping, len: u64) {
     for p in (15 * MIB + MIB / 2) / PS..16 * MIB / PS {
         assert!(!img.page_present(0, p).unwrap());
     }
+    st
 }
 
 #[test]
@@ -180,6 +191,19 @@ fn four_writers_anonymous_memory_image_is_the_start_instant() {
     let len = 64 * MIB;
     let m = Mapping::anon(len as usize);
     live_snapshot(&m, len);
+}
+
+/// The batched write-out: copied-out pages leave in the same `pwritev` as
+/// the saved pages of their words (O_DIRECT, so every request is the
+/// library's own), one saver, writers far ahead of it; the image is still
+/// the start instant byte for byte.
+#[test]
+fn copied_out_pages_written_with_their_words_direct_image() {
+    let len = 128 * MIB;
+    let m = Mapping::anon(len as usize);
+    let st = live_snapshot_with(&m, len, ImageFlags::DIRECT, 1);
+    assert!(st.copied_out > 0, "no page was copied out: {st:?}");
+    assert_eq!(st.saved, len / PS);
 }
 
 #[test]

@@ -174,28 +174,41 @@ impl AtomicBitmap {
 
     /// The runs of equal bits in `[first, end)`: calls `f(start, len, set)`
     /// for each maximal run.
-    pub fn for_each_run(&self, first: u64, end: u64, mut f: impl FnMut(u64, u64, bool)) {
-        let mut i = first;
-        while i < end {
-            let set = self.test(i);
-            let mut j = i + 1;
-            while j < end {
-                // Fast path over whole words.
-                if j % 64 == 0 && j + 64 <= end {
-                    let w = self.words[(j / 64) as usize].load(Ordering::Acquire);
-                    if (set && w == u64::MAX) || (!set && w == 0) {
-                        j += 64;
-                        continue;
-                    }
+    pub fn for_each_run(&self, first: u64, end: u64, f: impl FnMut(u64, u64, bool)) {
+        for_each_run_in(&self.words, first, end, f);
+    }
+}
+
+/// Maximal runs of equal bits in `[first, end)` of `words` (bit `i` is bit
+/// `i % 64` of word `i / 64`): `f(start, len, set)`. Whole words of equal
+/// bits are passed over in one step. Shared by the page bitmap and the
+/// userfaultfd rooms' page sets.
+pub(crate) fn for_each_run_in(
+    words: &[AtomicU64],
+    first: u64,
+    end: u64,
+    mut f: impl FnMut(u64, u64, bool),
+) {
+    let test = |i: u64| words[(i / 64) as usize].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0;
+    let mut i = first;
+    while i < end {
+        let set = test(i);
+        let mut j = i + 1;
+        while j < end {
+            if j % 64 == 0 && j + 64 <= end {
+                let w = words[(j / 64) as usize].load(Ordering::Acquire);
+                if (set && w == u64::MAX) || (!set && w == 0) {
+                    j += 64;
+                    continue;
                 }
-                if self.test(j) != set {
-                    break;
-                }
-                j += 1;
             }
-            f(i, j - i, set);
-            i = j;
+            if test(j) != set {
+                break;
+            }
+            j += 1;
         }
+        f(i, j - i, set);
+        i = j;
     }
 }
 

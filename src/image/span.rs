@@ -33,12 +33,7 @@ impl Image {
         mem: GuestSlice<'_>,
         runs: &[(u64, u64)],
     ) -> Result<()> {
-        let b = self.block_in_file(block)?;
-        let l = &b.layout;
-        let _gate = self.write_gate()?;
-        let len = mem.len() as u64;
-        let npages = len / l.page_size;
-        let off = l.pages_offset + start * l.page_size;
+        let ps = self.block_in_file(block)?.layout.page_size;
         let iov = [libc::iovec {
             // `pwritev` only reads through it: the const is not cast away
             // for a write.
@@ -46,8 +41,33 @@ impl Image {
             iov_len: mem.len(),
         }];
         // SAFETY: `mem` is readable for its length (its constructor's
-        // contract), and `pwritev_raw` only reads the iovec buffers.
-        let res = unsafe { self.ch.pwritev_raw(&iov, off) }
+        // contract).
+        unsafe { self.store_span_iov(block, start, mem.len() as u64 / ps, &iov, runs) }
+    }
+
+    /// As [`store_span`](Self::store_span) with the span's bytes gathered
+    /// from several buffers: `iov` covers exactly pages `[start, start +
+    /// npages)`, in order.
+    ///
+    /// # Safety
+    /// Every iovec must be valid for reads of its length for the call;
+    /// `pwritev_raw` only reads them.
+    pub(crate) unsafe fn store_span_iov(
+        &self,
+        block: usize,
+        start: u64,
+        npages: u64,
+        iov: &[libc::iovec],
+        runs: &[(u64, u64)],
+    ) -> Result<()> {
+        let b = self.block_in_file(block)?;
+        let l = &b.layout;
+        let _gate = self.write_gate()?;
+        let len = npages * l.page_size;
+        debug_assert_eq!(iov.iter().map(|v| v.iov_len as u64).sum::<u64>(), len);
+        let off = l.pages_offset + start * l.page_size;
+        // SAFETY: the caller guarantees the iovecs are readable.
+        let res = unsafe { self.ch.pwritev_raw(iov, off) }
             .map_err(|e| {
                 context(
                     e,

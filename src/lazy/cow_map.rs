@@ -95,6 +95,12 @@ pub unsafe fn map_ramblock(img: &Image, block: usize, at: Option<*mut u8>) -> Re
     }
     let sys = system_page_size();
     let what = format!("mapping ramblock '{}'", info.idstr);
+    if img.chunk_bytes(block)?.is_some() {
+        // Its slots hold zstd frames or unverified pages, not guest memory.
+        return Err(Error::Unsupported(format!(
+            "{what}: the block is chunked (compressed or checksummed): its slots cannot be mapped as memory; restore it on demand (mr_lazy_start), which decompresses and verifies one chunk per fault"
+        )));
+    }
     if info.pages_offset % sys != 0 || info.page_size % sys != 0 {
         return Err(Error::Unsupported(format!(
             "{what}: pages offset 0x{:x} or page size {} is not a multiple of the system page size {sys}",

@@ -8,6 +8,9 @@ use std::sync::atomic::Ordering;
 /// Most bytes one placement holds `layout` (shared) for: bounds how long
 /// the fault thread can wait to read events.
 const PLACE_CHUNK: u64 = 256 << 10;
+/// The same while the guest faults: the fault thread reads events (and so
+/// serves a fault) after at most one of these per placer.
+const PLACE_CHUNK_FAULTING: u64 = 64 << 10;
 
 /// Largest prefetch read while the guest is quiet: the engine's unit, so
 /// prefetch keeps as many bytes in flight as an eager restore.
@@ -86,7 +89,7 @@ impl Shared {
         res.map(|data| data || n == 0)
     }
 
-    fn read_error(&self, page: u64, n: u64, e: Error) -> Error {
+    pub(super) fn read_error(&self, page: u64, n: u64, e: Error) -> Error {
         let what = format!(
             "on-demand restore of ramblock '{}': offset 0x{:x}+0x{:x} not placed (threads touching it stay blocked)",
             self.idstr,
@@ -108,7 +111,12 @@ impl Shared {
     /// shared per chunk, re-checking `settled` under it (see the module
     /// docs). For prefetch and `stop`, never the fault thread.
     pub(super) fn place(&self, g: u64, n: u64, src: Option<*const u8>) -> Result<Place> {
-        let chunk = (PLACE_CHUNK / self.granule).max(1);
+        let bytes = if self.faulting() {
+            PLACE_CHUNK_FAULTING
+        } else {
+            PLACE_CHUNK
+        };
+        let chunk = (bytes / self.granule).max(1);
         let mut c = g;
         while c < g + n {
             let ce = (c + chunk).min(g + n);
@@ -193,10 +201,41 @@ impl Shared {
     /// Read and place the unsettled granules of `[g0, g1)` through `buf`
     /// (at least `(g1-g0) * granule` bytes); retries `EAGAIN`.
     pub(super) fn fill(&self, g0: u64, g1: u64, buf: &mut Staging, limit: bool) -> Result<()> {
+        if self.chunk != 0 {
+            if self.settled.all(g0, g1) {
+                return Ok(());
+            }
+            return self.fill_chunked(g0, g1, buf, limit);
+        }
+        self.read_unit(g0, g1, buf, limit, |a, m, src| self.place_all(a, m, src))
+    }
+
+    /// Read the unsettled granules of `[g0, g1)` into `buf` (laid out from
+    /// granule `g0`, at least `(g1-g0) * granule` bytes) one piece at a
+    /// time, handing each piece to `place(first, count, data)` right after
+    /// its read (`None`: absent pages, place zeros). The first error stops
+    /// the unit.
+    pub(super) fn read_unit(
+        &self,
+        g0: u64,
+        g1: u64,
+        buf: &Staging,
+        limit: bool,
+        mut place: impl FnMut(u64, u64, Option<*const u8>) -> Result<()>,
+    ) -> Result<()> {
         if self.settled.all(g0, g1) {
             return Ok(());
         }
-        for (s, n, present) in self.granule_runs(g0, g1)? {
+        let runs = self.granule_runs(g0, g1)?;
+        let mut i = 0;
+        while i < runs.len() {
+            if let Some(j) = self.span_end(&runs, i) {
+                self.read_span(g0, &runs[i..j], buf, limit, &mut place)?;
+                i = j;
+                continue;
+            }
+            let (s, n, present) = runs[i];
+            i += 1;
             let mut todo = Vec::new();
             self.settled.runs(s, s + n, |a, m, set| {
                 if !set {
@@ -212,7 +251,8 @@ impl Shared {
                         m
                     };
                     let n = step.min(a + m - c);
-                    self.fill_piece(g0, c, n, present, buf, limit)?;
+                    let src = self.read_piece(g0, c, n, present, buf, limit)?;
+                    place(c, n, src)?;
                     c += n;
                 }
             }
@@ -220,12 +260,80 @@ impl Shared {
         Ok(())
     }
 
+    /// Where the span of one read that starts at present run `runs[i]`
+    /// ends: the runs after it while each absent gap is at most the
+    /// engine's read gap and the span at most a read chunk (as an eager
+    /// restore reads: fewer, larger requests; the gaps' slots are read and
+    /// not used). None when `runs[i]` is absent or longer than a read
+    /// chunk, or granules are not image pages (hugetlbfs).
+    fn span_end(&self, runs: &[(u64, u64, bool)], i: usize) -> Option<usize> {
+        let (s, n, present) = runs[i];
+        let max = (self.read_chunk() / self.granule).max(1);
+        if !present || n > max || self.granule != self.ps {
+            return None;
+        }
+        let gap = crate::engine::tuning::get().1 / self.granule;
+        let mut j = i + 1;
+        while j + 1 < runs.len() {
+            let (_, gn, _) = runs[j];
+            let (rs, rn, _) = runs[j + 1];
+            if gn > gap || rs + rn - s > max {
+                break;
+            }
+            j += 2;
+        }
+        Some(j)
+    }
+
+    /// Read the slots of `runs` (a span from `span_end`) in one request
+    /// into `buf` at their place from `g0`, then hand each run to `place`:
+    /// present runs with their data, absent ones as zeros (their slots may
+    /// hold stale bytes: a clear bit means zero).
+    fn read_span(
+        &self,
+        g0: u64,
+        runs: &[(u64, u64, bool)],
+        buf: &Staging,
+        limit: bool,
+        place: &mut impl FnMut(u64, u64, Option<*const u8>) -> Result<()>,
+    ) -> Result<()> {
+        let (a, last) = (runs[0].0, runs[runs.len() - 1]);
+        let m = last.0 + last.1 - a;
+        if self.settled.all(a, a + m) {
+            return Ok(());
+        }
+        if limit {
+            self.limiter.take(m * self.granule, &self.fill_all);
+        }
+        let off = (a - g0) * self.granule;
+        let mem = buf.guest_mut(off as usize, (m * self.granule) as usize)?;
+        self.img
+            .load_pages(self.block, a, mem)
+            .map_err(|e| self.read_error(a, m, e))?;
+        self.bytes_read.fetch_add(m * self.ps, Ordering::Relaxed);
+        for &(s, n, present) in runs {
+            // SAFETY: granules s..s+n lie inside the span read at `off`.
+            let src =
+                present.then(
+                    || unsafe { buf.ptr().add((off + (s - a) * self.granule) as usize) }
+                        as *const u8,
+                );
+            place(s, n, src)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the guest faulted lately (prefetch then reads and places in
+    /// smaller pieces); never while `stop` fills.
+    fn faulting(&self) -> bool {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        now.saturating_sub(self.last_fault_ns.load(Ordering::Relaxed)) < FAULT_QUIET_NS
+            && !self.fill_all.load(Ordering::Relaxed)
+    }
+
     /// The prefetch read size now: small while the guest faults.
     fn read_chunk(&self) -> u64 {
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        if now.saturating_sub(self.last_fault_ns.load(Ordering::Relaxed)) < FAULT_QUIET_NS
-            && !self.fill_all.load(Ordering::Relaxed)
-        {
+        if self.faulting() {
             READ_CHUNK_FAULTING
         } else {
             READ_CHUNK
@@ -238,27 +346,33 @@ impl Shared {
         self.last_fault_ns.store(now, Ordering::Relaxed);
     }
 
-    fn fill_piece(
+    /// Read granules `[a, a+m)` into `buf` at their place from `g0`;
+    /// returns where their data is (`None` for absent pages: nothing read).
+    fn read_piece(
         &self,
         g0: u64,
         a: u64,
         m: u64,
         present: bool,
-        buf: &mut Staging,
+        buf: &Staging,
         limit: bool,
-    ) -> Result<()> {
-        let src = if present {
-            if limit {
-                self.limiter.take(m * self.granule, &self.fill_all);
-            }
-            let off = (a - g0) * self.granule;
-            self.read(a, m, buf, off)?;
-            // SAFETY: granules a..a+m lie inside `buf` from g0 (`read`
-            // checked the range).
-            Some(unsafe { buf.ptr().add(off as usize) } as *const u8)
-        } else {
-            None
-        };
+    ) -> Result<Option<*const u8>> {
+        if !present {
+            return Ok(None);
+        }
+        if limit {
+            self.limiter.take(m * self.granule, &self.fill_all);
+        }
+        let off = (a - g0) * self.granule;
+        self.read(a, m, buf, off)?;
+        // SAFETY: granules a..a+m lie inside `buf` from g0 (`read` checked
+        // the range).
+        Ok(Some(unsafe { buf.ptr().add(off as usize) } as *const u8))
+    }
+
+    /// Place granules `[a, a+m)` from `src` (zeros when None), retrying
+    /// while an event is pending.
+    pub(super) fn place_all(&self, a: u64, m: u64, src: Option<*const u8>) -> Result<()> {
         while self.place(a, m, src)? == Place::Again {
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
@@ -278,7 +392,8 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
     if todo.is_empty() {
         return Ok(());
     }
-    let unit = (crate::engine::UNIT_BYTES / sh.granule).max(1);
+    // A prefetch unit: whole granules and whole chunks.
+    let unit = sh.queue.unit_bytes() / sh.granule;
     let mut buf = Staging::new((unit * sh.granule) as usize)?;
     let mut first_err = None;
     for (a, m) in todo {
@@ -334,6 +449,9 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
         "made inaccessible with PROT_NONE (this kernel has no UFFDIO_POISON)"
     };
     let (a, _) = left[0];
+    // The cause's errno (EIO for I/O, EBADMSG for a chunk that fails its
+    // checksum or does not decompress).
+    let errno = first_err.as_ref().map_or(libc::EIO, |e| e.errno());
     let cause = first_err
         .map(|e| e.to_string())
         .unwrap_or_else(|| "unknown".into());
@@ -343,6 +461,6 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
             sh.idstr,
             a * sh.granule
         ),
-        libc::EIO,
+        errno,
     ))
 }

@@ -9,8 +9,10 @@
 //!   for prefetch I/O and takes no lock to serve a fault; the unit holding
 //!   the fault is also pushed to the front of the prefetch queue.
 //! - **prefetch workers** (`prefetch.rs`) claim units (hot units first,
-//!   then the rest in order), read the unsettled pages of a unit in large
-//!   positional reads, and place them.
+//!   then the rest in order) and read the unsettled pages of a unit in
+//!   large positional reads into one of two staging buffers; each worker's
+//!   **placer** thread places them, so the next unit's reads overlap the
+//!   copies of the last.
 //! - `settled` (one bit per granule, the host page) says "resident or
 //!   discarded": a placer sets it after its ioctl succeeded (or failed with
 //!   `EEXIST`, which means someone else placed it). Placing twice is
@@ -26,6 +28,10 @@
 //!   refuses copies with `EAGAIN` (the worker drops the lock and retries).
 //!   The fault thread is the only writer of `gone` and never takes `layout`
 //!   to place pages.
+//! - A **chunked** (compressed or checksummed) block is read a chunk at a
+//!   time (`chunks.rs`): a fault decompresses and verifies the chunk
+//!   holding it and places the whole chunk, its own granule first; prefetch
+//!   units hold whole chunks. `settled` and `gone` stay per granule.
 //! - Fork: the range is `MADV_DONTFORK` from the start on (and stays so
 //!   after the stop): a child has no mapping there, so its touch is
 //!   `SIGSEGV`, never a zero page where the image has data. The kernel's
@@ -37,6 +43,7 @@
 //!   and poisons (`UFFDIO_POISON`: touching raises `SIGBUS`) what still
 //!   cannot be read before it unregisters.
 
+mod chunks;
 pub mod cow_map;
 mod fault;
 mod fill;
@@ -79,7 +86,8 @@ pub struct LazyStats {
     /// Granules in the units prefetch went through (placed by it, or
     /// already resident when it got there).
     pub prefetched: u64,
-    /// Bytes read from the image.
+    /// Bytes read from the image (of a chunked block: the guest bytes of
+    /// the chunks decoded).
     pub bytes_read: u64,
     /// Granules discarded (MADV_DONTNEED / munmap) while served.
     pub discarded: u64,
@@ -93,6 +101,11 @@ pub(crate) struct Shared {
     ps: u64,
     /// Unit of placement: the larger of the image and the host page size.
     granule: u64,
+    /// Guest bytes per chunk of a chunked block (0: a plain block).
+    chunk: u64,
+    /// Unit of reading: the granule, or for a chunked block the larger of
+    /// the chunk and the granule (whole chunks and whole granules).
+    read_unit: u64,
     zeropage_ok: bool,
     poison_ok: bool,
     uffd: Uffd,
@@ -118,7 +131,14 @@ pub(crate) struct Shared {
     /// prefetch read size shrinks while the guest faults.
     epoch: std::time::Instant,
     last_fault_ns: AtomicU64,
+    /// The fault thread's time per fault (from its wake-up to the
+    /// placement's return) and the part of it spent reading the image, in
+    /// ns, for the first `SERVICE_SAMPLES` faults.
+    service_ns: Mutex<Vec<(u32, u32)>>,
 }
+
+/// Fault service times kept (for benchmarks: [`Lazy::fault_service_ns`]).
+const SERVICE_SAMPLES: usize = 1 << 16;
 
 /// A running on-demand restore of one ramblock.
 pub struct Lazy {
@@ -171,10 +191,13 @@ impl Lazy {
         // SAFETY: forwarded contract: `host` stays mapped until the stop.
         let (range, granule) = unsafe { host_range(&info, host, &what) }?;
         let granules = info.used_length / granule;
+        let chunk = img.chunk_bytes(block)?.unwrap_or(0);
+        let read_unit = granule.max(chunk);
         let hot = opts.hot.as_deref();
         // Every argument is checked before the range is touched (marked
         // MADV_DONTFORK, registered).
-        let queue = prefetch::Queue::new(info.used_length, granule, hot, info.page_size)?;
+        // Prefetch units hold whole read units (whole chunks).
+        let queue = prefetch::Queue::new(info.used_length, read_unit, hot, info.page_size)?;
         let (uffd, ioctls) = register(&range, &what)?;
         let sh = Arc::new(Shared {
             queue,
@@ -185,6 +208,8 @@ impl Lazy {
             host: range,
             ps: info.page_size,
             granule,
+            chunk,
+            read_unit,
             zeropage_ok: ioctls & IOCTL_ZEROPAGE_BIT != 0,
             poison_ok: ioctls & IOCTL_POISON_BIT != 0,
             uffd,
@@ -204,8 +229,9 @@ impl Lazy {
             epoch: std::time::Instant::now(),
             // Start as if a fault just happened: the guest is about to run.
             last_fault_ns: AtomicU64::new(0),
+            service_ns: Mutex::new(Vec::new()),
         });
-        let staging = Staging::new(granule as usize)?;
+        let staging = Staging::new(read_unit as usize)?;
         let f = sh.clone();
         let fault = std::thread::Builder::new()
             .name("mr-lazy-fault".into())
@@ -230,7 +256,7 @@ impl Lazy {
             let sh = self.sh.clone();
             let h = std::thread::Builder::new()
                 .name(format!("mr-lazy-fill{i}"))
-                .spawn(move || prefetch::worker(sh))
+                .spawn(move || prefetch::worker(sh, i))
                 .map_err(|e| Error::io("lazy restore: starting a prefetch thread", e))?;
             self.workers.push(h);
         }
@@ -258,6 +284,16 @@ impl Lazy {
             bytes_read: sh.bytes_read.load(Ordering::Relaxed),
             discarded: sh.gone.count(),
         }
+    }
+
+    /// The fault thread's own time per fault served so far (the first
+    /// 65536), in ns: from its wake-up (or the end of its previous fault)
+    /// to the return of the placement, and the part of it spent reading
+    /// the image. The rest of what a faulting thread waits is the kernel's
+    /// fault path and scheduling.
+    #[doc(hidden)]
+    pub fn fault_service_ns(&self) -> Vec<(u32, u32)> {
+        self.sh.service_ns.lock().clone()
     }
 
     /// Make every page resident (prefetching whatever is left, unthrottled),
@@ -368,6 +404,15 @@ impl Shared {
     fn latch_fatal(&self, e: Error) {
         self.fatal.store(true, Ordering::Release);
         self.latch(e);
+    }
+
+    /// Record one fault's service time.
+    fn note_service(&self, total: Duration, read: Duration) {
+        let ns = |d: Duration| d.as_nanos().min(u32::MAX as u128) as u32;
+        let mut v = self.service_ns.lock();
+        if v.len() < SERVICE_SAMPLES {
+            v.push((ns(total), ns(read)));
+        }
     }
 
     /// Mark `[g, g+n)` settled; wake `wait` when everything is.

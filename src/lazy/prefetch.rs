@@ -8,7 +8,7 @@ use crate::uffd::host::Staging;
 use crate::uffd::pages::PageSet;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// Which unit a worker takes next. A unit is taken once (`claimed`).
@@ -129,22 +129,138 @@ impl Limiter {
     }
 }
 
-/// One prefetch thread: take units until none is left.
-pub(crate) fn worker(sh: Arc<Shared>) {
-    let unit = sh.queue.unit_bytes();
-    let mut buf = match Staging::new(unit as usize) {
-        Ok(b) => b,
+/// A piece read by a worker for its placer: granules `[first, first+n)`,
+/// their data at byte `off` of staging buffer `buf` (`None`: zeros).
+enum Msg {
+    Piece {
+        first: u64,
+        n: u64,
+        buf: usize,
+        off: Option<usize>,
+    },
+    /// Every piece of buffer `buf` was sent: hand it back when placed.
+    Release(usize),
+}
+
+/// Pieces a worker may read ahead of its placer (besides the two buffers,
+/// which bound the bytes).
+const PIECES_AHEAD: usize = 256;
+
+/// One prefetch worker: take units until none is left. Reading and placing
+/// overlap: the worker reads unit k+1 into one staging buffer while its
+/// placer thread copies unit k out of the other (`UFFDIO_COPY`), so a
+/// worker keeps a read in flight as an eager restore does. The placer
+/// places each piece as it arrives (the hand-off to the fault thread is
+/// the placement's, unchanged: see the module docs).
+pub(crate) fn worker(sh: Arc<Shared>, index: usize) {
+    let unit = sh.queue.unit_bytes() as usize;
+    if sh.chunk != 0 {
+        // A chunked block: each unit is read and decoded, then placed, in
+        // turn (`chunks.rs`).
+        return match Staging::new(unit) {
+            Ok(mut b) => serial(&sh, &mut b),
+            Err(e) => sh.latch(e),
+        };
+    }
+    let bufs = match Staging::new(unit).and_then(|a| Ok([a, Staging::new(unit)?])) {
+        Ok(b) => Arc::new(b),
         Err(e) => return sh.latch(e),
     };
-    let per = unit / sh.granule;
+    let (tx, rx) = mpsc::sync_channel::<Msg>(PIECES_AHEAD);
+    let (free_tx, free_rx) = mpsc::sync_channel::<usize>(bufs.len());
+    for b in 0..bufs.len() {
+        let _ = free_tx.send(b);
+    }
+    let (psh, pbufs) = (sh.clone(), bufs.clone());
+    let placer = std::thread::Builder::new()
+        .name(format!("mr-lazy-place{index}"))
+        .spawn(move || placer(&psh, &pbufs, rx, free_tx));
+    let placer = match placer {
+        Ok(h) => h,
+        // No second thread: read and place in turn.
+        Err(_) => {
+            drop(bufs);
+            return match Staging::new(unit) {
+                Ok(mut b) => serial(&sh, &mut b),
+                Err(e) => sh.latch(e),
+            };
+        }
+    };
+    let per = sh.queue.unit_bytes() / sh.granule;
+    loop {
+        // A buffer is free once its placer finished placing from it; the
+        // unit is taken only then, so a unit the guest faults in meanwhile
+        // can still jump the queue.
+        let Ok(b) = free_rx.recv() else {
+            sh.latch(Error::Invalid(
+                "lazy restore: a prefetch placer thread ended early".into(),
+            ));
+            break;
+        };
+        let Some(u) = sh.queue.pop() else { break };
+        let g0 = u * per;
+        let g1 = (g0 + per).min(sh.settled.len());
+        let limit = !sh.fill_all.load(Ordering::Acquire);
+        let base = bufs[b].ptr() as usize;
+        let r = sh.read_unit(g0, g1, &bufs[b], limit, |first, n, src| {
+            let off = src.map(|p| p as usize - base);
+            tx.send(Msg::Piece {
+                first,
+                n,
+                buf: b,
+                off,
+            })
+            .map_err(|_| Error::Invalid("lazy restore: the placer thread is gone".into()))
+        });
+        if let Err(e) = r {
+            // Nothing was placed for the failed pages; `stop` retries them.
+            sh.latch(e);
+        }
+        if tx.send(Msg::Release(b)).is_err() {
+            break;
+        }
+        sh.prefetched.fetch_add(g1 - g0, Ordering::Relaxed);
+    }
+    drop(tx);
+    let _ = placer.join();
+}
+
+/// A worker's placer: place each piece as it arrives; give buffers back.
+fn placer(
+    sh: &Shared,
+    bufs: &[Staging; 2],
+    rx: mpsc::Receiver<Msg>,
+    free: mpsc::SyncSender<usize>,
+) {
+    for msg in rx {
+        match msg {
+            Msg::Piece { first, n, buf, off } => {
+                // SAFETY: `off` came from a pointer into `bufs[buf]` whose
+                // piece of n granules the worker read before sending; the
+                // worker writes that buffer again only after `Release` is
+                // handled below, so the bytes stay as read.
+                let src = off.map(|o| unsafe { bufs[buf].ptr().add(o) } as *const u8);
+                if let Err(e) = sh.place_all(first, n, src) {
+                    sh.latch(e);
+                }
+            }
+            Msg::Release(b) => {
+                let _ = free.send(b);
+            }
+        }
+    }
+}
+
+/// A worker without a placer thread: read and place each unit in turn.
+fn serial(sh: &Shared, buf: &mut Staging) {
+    let per = sh.queue.unit_bytes() / sh.granule;
     while let Some(u) = sh.queue.pop() {
         let g0 = u * per;
         let g1 = (g0 + per).min(sh.settled.len());
         let limit = !sh.fill_all.load(Ordering::Acquire);
-        match sh.fill(g0, g1, &mut buf, limit) {
-            Ok(()) => {}
-            // Nothing was placed for the failed pages; `stop` retries them.
-            Err(e) => sh.latch(e),
+        let r = sh.fill(g0, g1, buf, limit);
+        if let Err(e) = r {
+            sh.latch(e);
         }
         sh.prefetched.fetch_add(g1 - g0, Ordering::Relaxed);
     }

@@ -1,15 +1,12 @@
 //! The snapshot's fault thread: first writes to protected pages.
 
+use super::copies::Copies;
 use super::Shared;
 use crate::error::Error;
 use crate::uffd::sys::uffd_msg;
 use crate::uffd::Event;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-/// Most bytes of copied-out pages waiting to be written (4096 pages of
-/// 4 KiB, 8 huge pages of 2 MiB).
-const MAX_QUEUED_BYTES: u64 = 16 << 20;
 
 pub(super) fn run(sh: Arc<Shared>) {
     let mut msgs = [uffd_msg::default(); 64];
@@ -55,9 +52,14 @@ fn handle(sh: &Shared, ev: Event, retry: &mut Vec<u64>) {
             }
             let p = (addr - sh.host.start) / sh.ps;
             sh.wp_faults.fetch_add(1, Ordering::Relaxed);
-            if sh.claimed.claim(p) {
-                copy_out(sh, p, retry);
-            } else if sh.saved.test(p) {
+            // Claim and copy under the copies' lock (see `save_words`).
+            let mut copies = sh.copies.lock();
+            let won = sh.claimed.claim(p);
+            let copied = won && copy_out(sh, &mut copies, p);
+            drop(copies);
+            if copied {
+                lift(sh, p, retry);
+            } else if !won && sh.saved.test(p) {
                 let _ = sh.uffd.wake(sh.host.start + p * sh.ps, sh.ps);
             }
             // Else a saver holds the claim; its un-protect wakes the writer.
@@ -112,24 +114,26 @@ fn lift(sh: &Shared, p: u64, retry: &mut Vec<u64>) {
     }
 }
 
-/// Copy page `p` (still protected: start-instant bytes) out, lift its
-/// protection, queue the copy. With too many copies queued (the guest
-/// writes faster than the disk takes them), the page is queued for a saver
-/// to write straight from guest memory instead, and the writer waits for
-/// that: memory stays bounded and the fault thread never does I/O.
-fn copy_out(sh: &Shared, p: u64, retry: &mut Vec<u64>) {
-    if sh.copies.lock().len() as u64 * sh.ps >= MAX_QUEUED_BYTES {
+/// Copy page `p` (still protected: start-instant bytes) into a slot; its
+/// protection is lifted next. With no slot free (the guest writes faster
+/// than the disk takes pages), the page is queued for a saver to write
+/// straight from guest memory instead, and the writer waits for that:
+/// memory stays bounded and the fault thread never does I/O.
+/// Returns whether the page was copied.
+fn copy_out(sh: &Shared, copies: &mut Copies, p: u64) -> bool {
+    let m = match sh.host.read(p * sh.ps, sh.ps) {
+        Ok(m) => m,
+        Err(e) => {
+            sh.latch(e);
+            return false;
+        }
+    };
+    // SAFETY: the view is readable for one page (bounds-checked).
+    if unsafe { copies.insert(p, m.as_ptr()) } {
+        sh.copied_out.fetch_add(1, Ordering::Relaxed);
+        true
+    } else {
         sh.urgent.lock().push(p);
-        return;
+        false
     }
-    let mut buf = vec![0u8; sh.ps as usize];
-    match sh.host.read(p * sh.ps, sh.ps) {
-        // SAFETY: the view is readable for one page (bounds-checked) and
-        // `buf` holds one page; raw copy, no reference to guest memory.
-        Ok(m) => unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), buf.as_mut_ptr(), buf.len()) },
-        Err(e) => return sh.latch(e),
-    }
-    sh.copied_out.fetch_add(1, Ordering::Relaxed);
-    sh.copies.lock().push((p, buf));
-    lift(sh, p, retry);
 }

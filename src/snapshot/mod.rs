@@ -5,15 +5,19 @@
 //! `UFFDIO_WRITEPROTECT`); that is the pause. Then:
 //! - **saver threads** (`save.rs`) take 4 MiB units and, per 64-page word,
 //!   *claim* the pages nobody claimed yet (`claimed`, one atomic
-//!   `fetch_or`), write them to the image straight from guest memory (it is
-//!   still protected, so it holds the start-instant bytes; zero pages stay
-//!   holes), then lift the protection of those pages (which wakes a writer
-//!   held on them) and mark them `saved`;
+//!   `fetch_or`), take the fault thread's copies of the other pages of
+//!   those words, write both to the image in runs (one request per run:
+//!   guest memory, still protected, so it holds the start-instant bytes,
+//!   and the copies, gathered with `pwritev`; zero pages stay holes), then
+//!   lift the protection of the claimed pages (which wakes a writer held
+//!   on them) and mark all of them `saved`;
 //! - the **fault thread** (`fault.rs`) gets the guest's first write to a
 //!   protected page. If it wins the page's claim it copies the page out (a
-//!   4 KiB `memcpy`), lifts the protection at once (the writer goes on)
-//!   and queues the copy for a saver to write. If a saver holds the claim,
-//!   the saver's own un-protect releases the writer.
+//!   4 KiB `memcpy` into a slot of `copies`; claim and copy under that
+//!   lock), lifts the protection at once (the writer goes on), and the
+//!   copy waits for the saver of its words. If a saver holds the claim,
+//!   the saver's own un-protect releases the writer. When the slots run
+//!   short, savers take the unit holding most copies next.
 //!
 //! On hugetlbfs a "page" here is the huge page: protection is lifted per
 //! huge page, so a fault copies out (or a saver writes) the whole huge page.
@@ -26,6 +30,7 @@
 //! to un-protect it. A page is never un-protected before its content is in
 //! the image or in a queued copy.
 
+mod copies;
 mod fault;
 mod save;
 
@@ -44,6 +49,11 @@ use std::time::Duration;
 /// `MADV_POPULATE_READ` (Linux 5.14): map every page (zero pages shared)
 /// so it can be write-protected on kernels without WP_UNPOPULATED.
 const MADV_POPULATE_READ: i32 = 22;
+
+/// Bytes of copy slots (4096 pages of 4 KiB, 8 huge pages of 2 MiB): what
+/// the guest may write ahead of the savers before a write waits for its
+/// page's save.
+const COPY_BYTES: u64 = 16 << 20;
 
 /// Counters of one live snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,12 +79,19 @@ pub(crate) struct Shared {
     waker: Waker,
     claimed: PageSet,
     saved: PageSet,
-    /// Pages copied out by the fault thread, waiting to be written.
-    copies: Mutex<Vec<(u64, Vec<u8>)>>,
-    /// Pages the fault thread claimed but did not copy (queue full): a
+    /// Pages copied out by the fault thread, waiting for the saver of
+    /// their unit. The fault thread claims a page and stores its copy
+    /// under this lock (see `save::save_words`).
+    copies: Mutex<copies::Copies>,
+    /// Pages the fault thread claimed but did not copy (no slot free): a
     /// saver writes them from guest memory, then un-protects them.
     urgent: Mutex<Vec<u64>>,
+    /// Units a saver took (in order, or the one with most copies first).
+    units_taken: PageSet,
     next_unit: AtomicU64,
+    /// The block's slots hold pages (not compressed chunks) of the
+    /// snapshot's page size: savers write spans straight to them.
+    spans: bool,
     error: Mutex<Option<Error>>,
     cv: Condvar,
     stop: AtomicBool,
@@ -132,6 +149,11 @@ impl Snapshot {
         // SAFETY: forwarded contract: `host` stays mapped until the stop.
         let (range, uffd, unit) = unsafe { protect(&info, host, &what) }?;
         let pages = info.used_length / unit;
+        let unit_pages = save::unit_pages(unit);
+        let units = pages.div_ceil(unit_pages);
+        let slots = (COPY_BYTES / unit).max(1) as u32;
+        let copies = copies::Copies::new(unit, slots, units, unit_pages)?;
+        let spans = img.chunked(block)?.is_none() && unit == info.page_size;
         let sh = Arc::new(Shared {
             img,
             block,
@@ -142,9 +164,11 @@ impl Snapshot {
             waker: Waker::new()?,
             claimed: PageSet::new(pages),
             saved: PageSet::new(pages),
-            copies: Mutex::new(Vec::new()),
+            copies: Mutex::new(copies),
             urgent: Mutex::new(Vec::new()),
+            units_taken: PageSet::new(units),
             next_unit: AtomicU64::new(0),
+            spans,
             error: Mutex::new(None),
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -163,7 +187,11 @@ impl Snapshot {
                 .spawn(move || fault::run(f))
                 .map_err(|e| Error::io("live snapshot: starting the fault thread", e))?,
         );
-        let n = crate::engine::effective_threads(threads, save::units(&sh));
+        // As many requests in flight as a paused save keeps (its writer
+        // threads): each saver writes synchronously.
+        let units = save::units(&sh);
+        let writers = crate::engine::tuning::get().2.min(units) as usize;
+        let n = crate::engine::effective_threads(threads, units).max(writers);
         for i in 0..n {
             let w = sh.clone();
             let h = std::thread::Builder::new()

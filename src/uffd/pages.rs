@@ -92,28 +92,8 @@ impl PageSet {
     }
 
     /// Maximal runs of equal bits in `[first, end)`: `f(start, len, set)`.
-    pub(crate) fn runs(&self, first: u64, end: u64, mut f: impl FnMut(u64, u64, bool)) {
-        let end = end.min(self.bits);
-        let mut i = first;
-        while i < end {
-            let set = self.test(i);
-            let mut j = i + 1;
-            while j < end {
-                if j % 64 == 0 && j + 64 <= end {
-                    let w = self.words[(j / 64) as usize].load(Ordering::Acquire);
-                    if (set && w == u64::MAX) || (!set && w == 0) {
-                        j += 64;
-                        continue;
-                    }
-                }
-                if self.test(j) != set {
-                    break;
-                }
-                j += 1;
-            }
-            f(i, j - i, set);
-            i = j;
-        }
+    pub(crate) fn runs(&self, first: u64, end: u64, f: impl FnMut(u64, u64, bool)) {
+        crate::image::bitmap::for_each_run_in(&self.words, first, end.min(self.bits), f);
     }
 }
 
