@@ -25,6 +25,7 @@
 //! read only when the range has enough empty entries to repay it
 //! ([`SMAPS_WORTH`]). Kernels without `PAGEMAP_SCAN` get the old scan.
 
+use crate::memory::GuestSlice;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -126,6 +127,37 @@ impl KnownZero {
                 f(s - addr, e - s);
             }
         })
+    }
+
+    /// Runs `(first page, count)` of pages `[first, end)` of `mem` (pages
+    /// of `ps` bytes) all of whose bytes are known zero; none when the
+    /// walk fails (then every page is read).
+    pub(crate) fn page_runs(
+        &self,
+        mem: GuestSlice<'_>,
+        ps: u64,
+        first: u64,
+        end: u64,
+    ) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let base = mem.as_ptr() as usize + (first * ps) as usize;
+        let mut bytes: Vec<(u64, u64)> = Vec::new();
+        let walked = self.runs(base, ((end - first) * ps) as usize, |o, n| {
+            match bytes.last_mut() {
+                Some(l) if l.0 + l.1 == o as u64 => l.1 += n as u64,
+                _ => bytes.push((o as u64, n as u64)),
+            }
+        });
+        if walked.is_err() {
+            return out;
+        }
+        for (o, n) in bytes {
+            let (s, e) = (o.div_ceil(ps), (o + n) / ps);
+            if e > s {
+                out.push((first + s, e - s));
+            }
+        }
+        out
     }
 
     /// Walk `[addr, addr + len)` with `PAGEMAP_SCAN`: `f(start, end,

@@ -9,6 +9,7 @@ mod common;
 use common::need::{met, Need};
 use common::uffd::{first_diff, mixed_image, Mapping};
 use common::{specs, TmpDir, PS};
+use mappedram::compress::ImageOptions;
 use mappedram::engine::{read_ramblock, save_ramblock};
 use mappedram::lazy::{Lazy, LazyOptions, NO_PREFETCH};
 use mappedram::{GuestSlice, GuestSliceMut, Image, ImageFlags};
@@ -28,8 +29,14 @@ fn resident(m: &Mapping) -> usize {
 /// Save block 0 of a fresh image from `m`, then read it back into fresh
 /// memory.
 fn save_and_read_back(m: &Mapping, dir: &TmpDir) -> Vec<u8> {
+    save_and_read_back_with(m, dir, &ImageOptions::default())
+}
+
+/// [`save_and_read_back`] into an image created with `opts`.
+fn save_and_read_back_with(m: &Mapping, dir: &TmpDir, opts: &ImageOptions) -> Vec<u8> {
     let path = dir.join("kz.img");
-    let img = Image::create(&path, "pc", &specs(m.len as u64), ImageFlags::default()).unwrap();
+    let blocks = specs(m.len as u64);
+    let img = Image::create_with(&path, "pc", &blocks, ImageFlags::default(), opts).unwrap();
     // SAFETY: `m` stays mapped for the call; this test writes nothing to
     // it meanwhile.
     let g = unsafe { GuestSlice::new(m.ptr, m.len) }.unwrap();
@@ -42,6 +49,15 @@ fn save_and_read_back(m: &Mapping, dir: &TmpDir) -> Vec<u8> {
 
 #[test]
 fn untouched_private_memory_is_not_read_and_saves_as_holes() {
+    untouched_memory_is_not_read(&ImageOptions::default());
+}
+
+#[test]
+fn untouched_private_memory_is_not_read_into_a_compressed_image() {
+    untouched_memory_is_not_read(&ImageOptions::zstd(1));
+}
+
+fn untouched_memory_is_not_read(opts: &ImageOptions) {
     let dir = TmpDir::new("known-zero");
     let len = 64 * MIB;
     let m = Mapping::anon(len as usize);
@@ -54,7 +70,7 @@ fn untouched_private_memory_is_not_read_and_saves_as_holes() {
     let _ = m.page(5);
     m.write_u64(7 * PS, 0);
     let before = resident(&m);
-    let back = save_and_read_back(&m, &dir);
+    let back = save_and_read_back_with(&m, &dir, opts);
     assert_eq!(
         resident(&m),
         before,

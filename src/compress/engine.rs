@@ -11,10 +11,11 @@
 use super::chunked::with_scratch;
 use super::restore::restore_unit;
 use super::slot::Chunked;
-use crate::engine::{effective_threads, parallel, Control, Stats, UNIT_BYTES};
+use crate::engine::{effective_threads, parallel, tuning, Control, Stats, UNIT_BYTES};
 use crate::error::Result;
 use crate::image::Image;
 use crate::memory::{DirtyBitmap, GuestSlice, GuestSliceMut};
+use crate::pagemap::KnownZero;
 
 /// Chunks per unit of work: at least [`UNIT_BYTES`] of guest memory.
 fn chunks_per_unit(chunk_bytes: u64) -> u64 {
@@ -39,6 +40,10 @@ pub(crate) fn save(
     let what = format!("save of ramblock '{}'", l.idstr);
     let nthreads = effective_threads(threads, units);
     let is_dirty = |p: u64| dirty.is_none_or(|d| d.test(p));
+    // Pages the page tables show to be zero are not read (`pagemap.rs`).
+    let known_zero = tuning::page_tables()
+        .then(|| KnownZero::probe(mem.as_ptr() as usize, mem.len()))
+        .flatten();
     parallel::run(ctl, &what, units, nthreads, l.used_length, |u| {
         let mut st = Stats::default();
         let mut covered = 0;
@@ -56,10 +61,19 @@ pub(crate) fn save(
                     img.load_chunk(c, i, s)?;
                 }
                 let data = s.data.as_mut_slice();
+                let known = known_zero
+                    .as_ref()
+                    .map(|kz| kz.page_runs(mem, ps, fp, fp + np));
+                let mut known = known.iter().flatten().peekable();
                 for p in (fp..fp + np).filter(|&p| is_dirty(p)) {
                     let at = ((p - fp) * ps) as usize;
-                    mem.subslice((p * ps) as usize, ps as usize)?
-                        .copy_to(&mut data[at..at + ps as usize]);
+                    let page = &mut data[at..at + ps as usize];
+                    while known.next_if(|r| r.0 + r.1 <= p).is_some() {}
+                    if known.peek().is_some_and(|r| r.0 <= p) {
+                        page.fill(0);
+                    } else {
+                        mem.subslice((p * ps) as usize, ps as usize)?.copy_to(page);
+                    }
                 }
                 img.store_chunk(c, i, s)
             })?;

@@ -192,28 +192,11 @@ fn save_unit<'m>(
 
 /// Runs `(first page, count)` of `[first, end)` that the page tables show
 /// to read as zero (see [`crate::pagemap`]); none when the kernel cannot
-/// say. A page counts only when all of its bytes are known zero.
+/// say.
 fn known_zero_pages(rules: &Rules, mem: GuestSlice<'_>, ps: u64, first: u64, end: u64) -> Vec<Run> {
-    let mut out: Vec<Run> = Vec::new();
-    let Some(kz) = &rules.known_zero else {
-        return out;
-    };
-    let base = mem.as_ptr() as usize + (first * ps) as usize;
-    let mut bytes: Vec<(u64, u64)> = Vec::new();
-    let walked = kz.runs(base, ((end - first) * ps) as usize, |o, n| {
-        match bytes.last_mut() {
-            Some(l) if l.0 + l.1 == o as u64 => l.1 += n as u64,
-            _ => bytes.push((o as u64, n as u64)),
-        }
-    });
-    if walked.is_err() {
-        return out;
-    }
-    for (o, n) in bytes {
-        let (s, e) = (o.div_ceil(ps), (o + n) / ps);
-        if e > s {
-            out.push((first + s, e - s));
-        }
-    }
-    out
+    rules
+        .known_zero
+        .as_ref()
+        .map(|kz| kz.page_runs(mem, ps, first, end))
+        .unwrap_or_default()
 }
