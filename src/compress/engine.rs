@@ -11,11 +11,10 @@
 use super::chunked::with_scratch;
 use super::restore::restore_unit;
 use super::slot::Chunked;
-use crate::engine::{effective_threads, parallel, tuning, Control, Stats, UNIT_BYTES};
+use crate::engine::{effective_threads, parallel, Control, Stats, UNIT_BYTES};
 use crate::error::Result;
 use crate::image::Image;
 use crate::memory::{DirtyBitmap, GuestSlice, GuestSliceMut};
-use crate::pagemap::KnownZero;
 
 /// Chunks per unit of work: at least [`UNIT_BYTES`] of guest memory.
 fn chunks_per_unit(chunk_bytes: u64) -> u64 {
@@ -41,9 +40,7 @@ pub(crate) fn save(
     let nthreads = effective_threads(threads, units);
     let is_dirty = |p: u64| dirty.is_none_or(|d| d.test(p));
     // Pages the page tables show to be zero are not read (`pagemap.rs`).
-    let known_zero = tuning::page_tables()
-        .then(|| KnownZero::probe(mem.as_ptr() as usize, mem.len()))
-        .flatten();
+    let known_zero = crate::engine::known_zero_probe(mem, dirty);
     parallel::run(ctl, &what, units, nthreads, l.used_length, |u| {
         let mut st = Stats::default();
         let mut covered = 0;

@@ -20,6 +20,7 @@ mod writers;
 
 pub use control::{Control, ProgressFn};
 pub use restore::{read_ramblock, read_ramblock_to_vec, read_ramblock_with};
+pub(crate) use save::known_zero_probe;
 pub use save::{save_ramblock, save_ramblock_with};
 
 /// Size of one unit of work. Also the largest single write or read.

@@ -59,9 +59,7 @@ pub fn save_ramblock_with(
     let rules = Rules {
         gap_pages: gap / ps,
         unit_pages: upp,
-        known_zero: tuning::page_tables()
-            .then(|| KnownZero::probe(mem.as_ptr() as usize, mem.len()))
-            .flatten(),
+        known_zero: known_zero_probe(mem, dirty),
     };
     // One unit has nothing to overlap with: write on the worker.
     let depth = if units > 1 && writers > 0 {
@@ -80,6 +78,20 @@ pub fn save_ramblock_with(
             Ok((st, (end - first) * ps))
         })
     })
+}
+
+/// The page-table probe of a save of `mem` (see [`crate::pagemap`]), or
+/// `None`: when turned off, and when the caller gives a dirty bitmap (its
+/// pages were written, so they are present; a walk of the whole block in
+/// every pre-copy round would cost more than it saves).
+pub(crate) fn known_zero_probe(
+    mem: GuestSlice<'_>,
+    dirty: Option<DirtyBitmap<'_>>,
+) -> Option<KnownZero> {
+    if dirty.is_some() || !tuning::page_tables() {
+        return None;
+    }
+    KnownZero::probe(mem.as_ptr() as usize, mem.len())
 }
 
 /// [`save_ramblock_with`] without progress or cancel.
