@@ -123,7 +123,10 @@ impl KnownZero {
         self.scan(addr, len, |s, e, cat| {
             let zero = cat & PAGE_IS_PFNZERO != 0
                 || (empty_is_zero && cat & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) == 0);
-            if zero {
+            // The kernel reports inside [addr, addr + len); clamp anyway,
+            // so a surprise can only make fewer pages known zero.
+            let (s, e) = (s.max(addr), e.min(addr + len));
+            if zero && s < e {
                 f(s - addr, e - s);
             }
         })
