@@ -383,12 +383,7 @@ impl Shared {
 /// For `stop`: fill whatever is still unsettled (failed faults or units),
 /// once more; poison what still fails so it can never read as zero.
 pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
-    let mut todo = Vec::new();
-    sh.settled.runs(0, sh.settled.len(), |a, m, set| {
-        if !set {
-            todo.push((a, m));
-        }
-    });
+    let todo = unsettled(sh);
     if todo.is_empty() {
         return Ok(());
     }
@@ -406,48 +401,12 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
             g = e;
         }
     }
-    let mut left = Vec::new();
-    sh.settled.runs(0, sh.settled.len(), |a, m, set| {
-        if !set {
-            left.push((a, m));
-        }
-    });
+    let left = unsettled(sh);
     if left.is_empty() {
         return Ok(());
     }
     let pages: u64 = left.iter().map(|r| r.1).sum();
-    let what = if sh.poison_ok {
-        for &(a, m) in &left {
-            // EAGAIN: an event is pending; the fault thread (still running)
-            // reads it, then the retry goes through.
-            let (mut at, end) = (sh.addr(a), sh.addr(a + m));
-            while at < end {
-                match sh.uffd.poison(at, end - at) {
-                    Ok(()) => break,
-                    Err(p) if p.errno == libc::EAGAIN => {
-                        at += p.done;
-                        std::thread::sleep(std::time::Duration::from_micros(50));
-                    }
-                    // EEXIST: that page got filled after all; go on.
-                    Err(p) => at += p.done + sh.granule,
-                }
-            }
-        }
-        "poisoned (touching them raises SIGBUS)"
-    } else {
-        for &(a, m) in &left {
-            // SAFETY: the range lies inside the caller's mapping; PROT_NONE
-            // makes a touch fault instead of reading zero once unregistered.
-            unsafe {
-                libc::mprotect(
-                    sh.addr(a) as *mut libc::c_void,
-                    (m * sh.granule) as usize,
-                    libc::PROT_NONE,
-                )
-            };
-        }
-        "made inaccessible with PROT_NONE (this kernel has no UFFDIO_POISON)"
-    };
+    let what = seal_off(sh, &left);
     let (a, _) = left[0];
     // The cause's errno (EIO for I/O, EBADMSG for a chunk that fails its
     // checksum or does not decompress).
@@ -463,4 +422,52 @@ pub(super) fn finish_missing(sh: &Shared) -> Result<()> {
         ),
         errno,
     ))
+}
+
+/// Runs of granules not yet settled (neither placed nor discarded).
+fn unsettled(sh: &Shared) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    sh.settled.runs(0, sh.settled.len(), |a, m, set| {
+        if !set {
+            out.push((a, m));
+        }
+    });
+    out
+}
+
+/// Make the granule runs `left` fault instead of ever reading zero once the
+/// range is unregistered: poisoned, or `PROT_NONE` on kernels without
+/// `UFFDIO_POISON`. Returns what was done, for the error message.
+fn seal_off(sh: &Shared, left: &[(u64, u64)]) -> &'static str {
+    if sh.poison_ok {
+        for &(a, m) in left {
+            // EAGAIN: an event is pending; the fault thread (still running)
+            // reads it, then the retry goes through.
+            let (mut at, end) = (sh.addr(a), sh.addr(a + m));
+            while at < end {
+                match sh.uffd.poison(at, end - at) {
+                    Ok(()) => break,
+                    Err(p) if p.errno == libc::EAGAIN => {
+                        at += p.done;
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                    // EEXIST: that page got filled after all; go on.
+                    Err(p) => at += p.done + sh.granule,
+                }
+            }
+        }
+        return "poisoned (touching them raises SIGBUS)";
+    }
+    for &(a, m) in left {
+        // SAFETY: the range lies inside the caller's mapping; PROT_NONE
+        // makes a touch fault instead of reading zero once unregistered.
+        unsafe {
+            libc::mprotect(
+                sh.addr(a) as *mut libc::c_void,
+                (m * sh.granule) as usize,
+                libc::PROT_NONE,
+            )
+        };
+    }
+    "made inaccessible with PROT_NONE (this kernel has no UFFDIO_POISON)"
 }
