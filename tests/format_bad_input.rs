@@ -791,38 +791,7 @@ fn ignore_shared_image(skipped: &[&str]) -> (StreamLayout, Vec<u8>) {
         capabilities: vec![CAP_X_IGNORE_SHARED.into(), CAP_MAPPED_RAM.into()],
         ..config()
     };
-    let mut pos = encode_header(&config).len() as u64 + 17 + 8;
-    let mut blocks = Vec::new();
-    for (i, (idstr, pages)) in [("ram", 16u64), ("shared", 32), ("rom", 2)]
-        .into_iter()
-        .enumerate()
-    {
-        let mut b = BlockLayout {
-            idstr: idstr.into(),
-            used_length: pages * PS,
-            page_size: PS,
-            addr: Some(0x1000_0000 * i as u64),
-            header_version: 1,
-            header_offset: pos,
-            bitmap_offset: 0,
-            bitmap_len: 0,
-            pages_offset: 0,
-        };
-        if !skipped.contains(&idstr) {
-            b.bitmap_offset = b.header_end();
-            b.bitmap_len = pages.div_ceil(64) * 8;
-            b.pages_offset = (b.bitmap_offset + b.bitmap_len).div_ceil(1 << 20) << 20;
-        }
-        pos = b.end();
-        blocks.push(b);
-    }
-    let l = StreamLayout {
-        base: 0,
-        config,
-        ram_section_id: 2,
-        blocks,
-        eos_offset: pos,
-    };
+    let l = common::ignore_shared::layout(config, skipped);
     let mut img = vec![0u8; l.setup_end() as usize];
     for (off, bytes) in encode_pieces(&l) {
         img[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);

@@ -8,8 +8,8 @@
 mod common;
 
 use common::{TmpDir, PS};
-use mappedram::format::ramblock::{encode_pieces, BlockLayout, StreamLayout};
-use mappedram::format::stream::{completion_json, encode_header, encode_tail, Configuration};
+use mappedram::format::ramblock::encode_pieces;
+use mappedram::format::stream::{completion_json, encode_tail, Configuration};
 use mappedram::format::{CAP_MAPPED_RAM, CAP_X_IGNORE_SHARED};
 use mappedram::{GuestSlice, GuestSliceMut, Image, ImageFlags};
 
@@ -21,38 +21,7 @@ fn write_image(path: &std::path::Path) {
         capabilities: vec![CAP_X_IGNORE_SHARED.into(), CAP_MAPPED_RAM.into()],
         target_page_bits: None,
     };
-    let mut pos = encode_header(&config).len() as u64 + 17 + 8;
-    let mut blocks = Vec::new();
-    for (i, (idstr, pages)) in [("ram", 16u64), ("shared", 32), ("rom", 2)]
-        .into_iter()
-        .enumerate()
-    {
-        let mut b = BlockLayout {
-            idstr: idstr.into(),
-            used_length: pages * PS,
-            page_size: PS,
-            addr: Some(0x1000_0000 * i as u64),
-            header_version: 1,
-            header_offset: pos,
-            bitmap_offset: 0,
-            bitmap_len: 0,
-            pages_offset: 0,
-        };
-        if idstr != "shared" {
-            b.bitmap_offset = b.header_end();
-            b.bitmap_len = pages.div_ceil(64) * 8;
-            b.pages_offset = (b.bitmap_offset + b.bitmap_len).div_ceil(1 << 20) << 20;
-        }
-        pos = b.end();
-        blocks.push(b);
-    }
-    let l = StreamLayout {
-        base: 0,
-        config,
-        ram_section_id: 2,
-        blocks,
-        eos_offset: pos,
-    };
+    let l = common::ignore_shared::layout(config, &["shared"]);
     let mut img = vec![0u8; l.tail_offset() as usize];
     for (off, bytes) in encode_pieces(&l) {
         let off = off as usize;

@@ -6,6 +6,7 @@
 //! - [`dirs`]: temp dirs (disk, memory, O_DIRECT-enforcing), tmpfs mounts;
 //! - [`crash_states`]: power-loss states from a recorded channel trace;
 //! - [`guest`]: the standard ramblocks, per-page contents, image comparison;
+//! - [`ignore_shared`]: the layout of a QEMU 11 `x-ignore-shared` stream;
 //! - [`fill`]: deterministic memory patterns and comparisons;
 //! - [`need`]: gating tests that need QEMU, root or the pinned cbindgen;
 //! - [`qemu`]: find/version-check QEMU, start paused guests, save/restore;
@@ -23,6 +24,7 @@ pub mod crash_states;
 pub mod dirs;
 pub mod fill;
 pub mod guest;
+pub mod ignore_shared;
 pub mod mem;
 pub mod need;
 pub mod qemu;
