@@ -197,57 +197,92 @@ fn restore_chunk(
     st.bytes += present * ps;
     with_scratch(c.t.scratch_len(l), |s| match e {
         Entry::Zstd { stored, .. } if zero_absent || present == np => {
-            let Scratch {
-                data, comp, dctx, ..
-            } = s;
-            let gen = c.t.generation();
-            let frame = match ahead {
-                Some(f) if f.chunk == i && f.generation == gen && f.stored == Some(stored) => {
-                    &f.buf.as_slice()[..stored as usize]
-                }
-                _ => {
-                    let padded = (stored as u64).next_multiple_of(PAD).min(clen) as usize;
-                    img.read_exact_at(c, i, &mut comp.as_mut_slice()[..padded], c.slot(i))?;
-                    &comp.as_slice()[..stored as usize]
-                }
-            };
-            let res = decompress_in_place(c, i, e, frame, &dst, data, dctx);
-            if res.is_err() {
-                dst.zero();
-            }
-            res
+            restore_in_place(img, c, i, e, stored, &dst, ahead, s)
+        }
+        _ => restore_via_scratch(img, c, i, e, &dst, zero_absent, s),
+    })
+}
+
+/// Chunk `i` whose whole range is written: its frame (read ahead, or read
+/// now) decompressed straight into `dst`; `dst` is zeroed again when it
+/// does not verify.
+#[allow(clippy::too_many_arguments)]
+fn restore_in_place(
+    img: &Image,
+    c: &Chunked,
+    i: u64,
+    e: Entry,
+    stored: u32,
+    dst: &GuestSliceMut<'_>,
+    ahead: Option<&Frame>,
+    s: &mut Scratch,
+) -> Result<()> {
+    let clen = c.t.chunk_len(&c.b.layout, i);
+    let Scratch {
+        data, comp, dctx, ..
+    } = s;
+    let gen = c.t.generation();
+    let frame = match ahead {
+        Some(f) if f.chunk == i && f.generation == gen && f.stored == Some(stored) => {
+            &f.buf.as_slice()[..stored as usize]
         }
         _ => {
-            img.fill_chunk(
-                c,
-                i,
-                e,
-                &mut s.data.as_mut_slice()[..clen as usize],
-                &mut s.comp,
-                &mut s.dctx,
-            )?;
-            let data = &s.data.as_slice()[..clen as usize];
-            let mut v = Verify::new(c, i, e);
-            let res = data
-                .chunks_exact(ps as usize)
-                .enumerate()
-                .try_for_each(|(k, page)| {
-                    if v.page(k as u64, page)? || zero_absent {
-                        dst.subslice(k * ps as usize, ps as usize)?.copy_from(page);
-                    }
-                    Ok(())
-                })
-                .and_then(|_| v.finish());
-            if res.is_err() {
-                // Pages went out before the checksum was complete: take
-                // back every page this chunk's restore writes.
-                for k in (0..np).filter(|&k| zero_absent || c.b.bitmap.test(fp + k)) {
-                    dst.subslice((k * ps) as usize, ps as usize)?.zero();
-                }
-            }
-            res
+            let padded = (stored as u64).next_multiple_of(PAD).min(clen) as usize;
+            img.read_exact_at(c, i, &mut comp.as_mut_slice()[..padded], c.slot(i))?;
+            &comp.as_slice()[..stored as usize]
         }
-    })
+    };
+    let res = decompress_in_place(c, i, e, frame, dst, data, dctx);
+    if res.is_err() {
+        dst.zero();
+    }
+    res
+}
+
+/// Chunk `i` through the scratch chunk: decoded there, then each page
+/// checked and copied out (present pages, or all with `zero_absent`); the
+/// pages written are zeroed again when the chunk does not verify.
+fn restore_via_scratch(
+    img: &Image,
+    c: &Chunked,
+    i: u64,
+    e: Entry,
+    dst: &GuestSliceMut<'_>,
+    zero_absent: bool,
+    s: &mut Scratch,
+) -> Result<()> {
+    let l = &c.b.layout;
+    let ps = l.page_size;
+    let clen = c.t.chunk_len(l, i);
+    let (fp, np) = (i * c.t.hdr.chunk_bytes / ps, clen / ps);
+    img.fill_chunk(
+        c,
+        i,
+        e,
+        &mut s.data.as_mut_slice()[..clen as usize],
+        &mut s.comp,
+        &mut s.dctx,
+    )?;
+    let data = &s.data.as_slice()[..clen as usize];
+    let mut v = Verify::new(c, i, e);
+    let res = data
+        .chunks_exact(ps as usize)
+        .enumerate()
+        .try_for_each(|(k, page)| {
+            if v.page(k as u64, page)? || zero_absent {
+                dst.subslice(k * ps as usize, ps as usize)?.copy_from(page);
+            }
+            Ok(())
+        })
+        .and_then(|_| v.finish());
+    if res.is_err() {
+        // Pages went out before the checksum was complete: take back every
+        // page this chunk's restore writes.
+        for k in (0..np).filter(|&k| zero_absent || c.b.bitmap.test(fp + k)) {
+            dst.subslice((k * ps) as usize, ps as usize)?.zero();
+        }
+    }
+    res
 }
 
 /// Decompress `frame` straight into `dst` (chunk `i`'s guest range), then
