@@ -10,8 +10,11 @@
 mod common;
 
 use common::need::{hugepages, probe_userfaultfd};
-use common::uffd::{first_diff, image_of, killed_by_sigsegv, mixed_image, Mapping};
-use common::{block_memory, met, Need, Rng, TmpDir, PS};
+use common::uffd::{
+    first_diff, image_of, killed_by_sigsegv, lazy_opts as opts, mixed_image, random_touches,
+    Mapping,
+};
+use common::{block_memory, met, Need, TmpDir, PS};
 use mappedram::channel::{FaultFn, FaultOp};
 use mappedram::lazy::{Lazy, LazyOptions, NO_PREFETCH};
 use mappedram::{Image, ImageFlags};
@@ -20,33 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-
-fn opts(flags: u32, threads: u32) -> LazyOptions {
-    LazyOptions {
-        flags,
-        threads,
-        ..Default::default()
-    }
-}
-
-/// `threads` threads touch `touches` random pages each and check every
-/// page they see against `want`.
-fn random_touches(m: &Mapping, want: &[u8], threads: u64, touches: u64) {
-    let pages = m.len as u64 / PS;
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            s.spawn(move || {
-                let mut r = Rng::new(1000 + t);
-                for _ in 0..touches {
-                    let p = r.below(pages);
-                    let got = m.page(p);
-                    let w = &want[(p * PS) as usize..((p + 1) * PS) as usize];
-                    assert!(got == w, "thread {t}: page {p} differs from the image");
-                }
-            });
-        }
-    });
-}
 
 fn restore_with(m: &Mapping, direct: bool, o: LazyOptions, len: u64) {
     let dir = TmpDir::new("lazy");
@@ -59,7 +35,7 @@ fn restore_with(m: &Mapping, direct: bool, o: LazyOptions, len: u64) {
     let img = Arc::new(Image::open(&path, flags).unwrap());
     // SAFETY: `m` is a fresh mapping of the block's length that outlives `lz`.
     let lz = unsafe { Lazy::start(img.clone(), 0, m.ptr, &o) }.unwrap();
-    random_touches(m, mem.as_slice(), 8, 400);
+    random_touches(m, mem.as_slice(), 8, 400, 1000);
     if o.flags & NO_PREFETCH == 0 {
         lz.wait().unwrap();
         assert!(lz.is_complete());
@@ -493,7 +469,7 @@ fn fork_during_service_child_gets_sigsegv_not_zeros() {
     }
     // The parent's service goes on: the child's touches placed nothing.
     assert_eq!(lz.stats().faults, 1);
-    random_touches(&m, want, 4, 200);
+    random_touches(&m, want, 4, 200, 1000);
     lz.stop().unwrap();
     let eager = mappedram::engine::read_ramblock_to_vec(&img, 0, 2).unwrap();
     assert!(first_diff(&eager, want).is_none());
@@ -555,7 +531,7 @@ fn hugetlbfs_memfd_under_a_4k_image_equals_eager_restore() {
     let m = Mapping::hugetlb_memfd(len);
     // SAFETY: as in `restore_with`.
     let lz = unsafe { Lazy::start(img.clone(), 0, m.ptr, &opts(0, 2)) }.unwrap();
-    random_touches(&m, mem.as_slice(), 8, 300);
+    random_touches(&m, mem.as_slice(), 8, 300, 1000);
     lz.wait().unwrap();
     lz.stop().unwrap();
     let eager = mappedram::engine::read_ramblock_to_vec(&img, 0, 2).unwrap();
@@ -587,7 +563,7 @@ fn hugetlbfs_memfd_under_a_4k_image_equals_eager_restore() {
     let m = Mapping::hugetlb_private(len);
     // SAFETY: as in `restore_with`.
     let lz = unsafe { Lazy::start(img, 0, m.ptr, &opts(0, 2)) }.unwrap();
-    random_touches(&m, mem.as_slice(), 4, 200);
+    random_touches(&m, mem.as_slice(), 4, 200, 1000);
     lz.wait().unwrap();
     lz.stop().unwrap();
     if let Some(d) = first_diff(&m.to_vec(), &eager) {
@@ -607,7 +583,7 @@ fn shmem_memfd_faults_only_equals_eager_restore() {
     let m = Mapping::memfd(len);
     // SAFETY: as in `restore_with`.
     let lz = unsafe { Lazy::start(img.clone(), 0, m.ptr, &opts(NO_PREFETCH, 1)) }.unwrap();
-    random_touches(&m, mem.as_slice(), 4, 300);
+    random_touches(&m, mem.as_slice(), 4, 300, 1000);
     lz.stop().unwrap();
     let eager = mappedram::engine::read_ramblock_to_vec(&img, 0, 2).unwrap();
     if let Some(d) = first_diff(&m.to_vec(), &eager) {

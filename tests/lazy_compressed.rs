@@ -12,7 +12,7 @@ mod common;
 
 use common::fill::pattern;
 use common::need::hugepages;
-use common::uffd::{first_diff, Mapping};
+use common::uffd::{first_diff, lazy_opts as opts, random_touches, Mapping};
 use common::{met, Need, Rng, TmpDir, PS};
 use mappedram::compress::{Codec, ImageOptions};
 use mappedram::engine::{read_ramblock_to_vec, save_ramblock};
@@ -25,14 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-
-fn opts(flags: u32, threads: u32) -> LazyOptions {
-    LazyOptions {
-        flags,
-        threads,
-        ..Default::default()
-    }
-}
 
 fn checksum_only(chunk_bytes: u64) -> ImageOptions {
     ImageOptions {
@@ -102,23 +94,6 @@ fn xor_byte(path: &Path, off: u64) {
     f.sync_all().unwrap();
 }
 
-/// 8 threads touch random pages and check each against `want`.
-fn random_touches(m: &Mapping, want: &[u8], touches: u64) {
-    let pages = m.len as u64 / PS;
-    std::thread::scope(|s| {
-        for t in 0..8u64 {
-            s.spawn(move || {
-                let mut r = Rng::new(500 + t);
-                for _ in 0..touches {
-                    let p = r.below(pages);
-                    let w = &want[(p * PS) as usize..((p + 1) * PS) as usize];
-                    assert!(m.page(p) == w, "thread {t}: page {p} differs");
-                }
-            });
-        }
-    });
-}
-
 /// Restore `mem` saved with `o` on demand under 8 touching threads; the
 /// result equals an eager `read_ramblock` of the same image.
 fn restore(mem: &[u8], o: &ImageOptions, lo: LazyOptions, flags: ImageFlags) {
@@ -131,7 +106,7 @@ fn restore(mem: &[u8], o: &ImageOptions, lo: LazyOptions, flags: ImageFlags) {
     let m = Mapping::anon(mem.len());
     // SAFETY: `m` is a fresh mapping of the block's length that outlives `lz`.
     let lz = unsafe { Lazy::start(img.clone(), 0, m.ptr, &lo) }.unwrap();
-    random_touches(&m, &eager, 300);
+    random_touches(&m, &eager, 8, 300, 500);
     if lo.flags & NO_PREFETCH == 0 {
         lz.wait().unwrap();
         assert!(lz.is_complete());
@@ -227,7 +202,7 @@ fn shared_memfd_memory() {
     let m = Mapping::memfd(mem.len());
     // SAFETY: as in `restore`.
     let lz = unsafe { Lazy::start(img, 0, m.ptr, &opts(0, 2)) }.unwrap();
-    random_touches(&m, &mem, 100);
+    random_touches(&m, &mem, 8, 100, 500);
     lz.wait().unwrap();
     lz.stop().unwrap();
     assert!(first_diff(&m.to_vec(), &mem).is_none());

@@ -2,8 +2,9 @@
 //! guest-like mappings (private anonymous, shared memfd) and images with a
 //! mixed layout (data pages, zero pages, runs of both).
 
-use super::{block_memory, specs, Aligned, TmpDir, PS};
+use super::{block_memory, specs, Aligned, Rng, TmpDir, PS};
 use mappedram::engine::save_ramblock;
+use mappedram::lazy::LazyOptions;
 use mappedram::{GuestSlice, Image, ImageFlags};
 use std::path::PathBuf;
 
@@ -233,4 +234,32 @@ pub fn first_diff(got: &[u8], want: &[u8]) -> Option<String> {
                 &want[p * ps..p * ps + 16]
             )
         })
+}
+
+/// On-demand restore options with `flags` and `threads` prefetch threads.
+pub fn lazy_opts(flags: u32, threads: u32) -> LazyOptions {
+    LazyOptions {
+        flags,
+        threads,
+        ..Default::default()
+    }
+}
+
+/// `threads` threads (random generators seeded `seed + t`) touch `touches`
+/// random pages each and check every page they see against `want`.
+pub fn random_touches(m: &Mapping, want: &[u8], threads: u64, touches: u64, seed: u64) {
+    let pages = m.len as u64 / PS;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let mut r = Rng::new(seed + t);
+                for _ in 0..touches {
+                    let p = r.below(pages);
+                    let got = m.page(p);
+                    let w = &want[(p * PS) as usize..((p + 1) * PS) as usize];
+                    assert!(got == w, "thread {t}: page {p} differs from the image");
+                }
+            });
+        }
+    });
 }
