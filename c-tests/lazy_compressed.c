@@ -58,27 +58,6 @@ static void make_image(const char *path, const uint8_t *mem, uint32_t codec, uin
     OK(mr_image_close(img));
 }
 
-struct toucher {
-    const uint8_t *host;
-    const uint8_t *want;
-    unsigned seed;
-};
-
-static void *touch_random(void *arg)
-{
-    struct toucher *t = arg;
-    uint64_t x = t->seed * 0x9e3779b97f4a7c15ull + 1;
-    for (int i = 0; i < 300; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        uint64_t p = x % PAGES;
-        if (memcmp(t->host + p * PAGE, t->want + p * PAGE, PAGE) != 0)
-            FAIL("page %" PRIu64 " differs from the image while served", p);
-    }
-    return NULL;
-}
-
 static void lazy_with_touchers(const char *path, const uint8_t *want, uint32_t lazy_flags)
 {
     mr_image *img = NULL;
@@ -87,10 +66,10 @@ static void lazy_with_touchers(const char *path, const uint8_t *want, uint32_t l
     mr_lazy *lz = NULL;
     OK(mr_lazy_start(img, 0, host, lazy_flags, 2, &lz));
     pthread_t th[4];
-    struct toucher t[4];
+    struct mrtest_toucher t[4];
     for (unsigned i = 0; i < 4; i++) {
-        t[i] = (struct toucher){ host, want, i + 1 };
-        CHECK(pthread_create(&th[i], NULL, touch_random, &t[i]) == 0);
+        t[i] = (struct mrtest_toucher){ host, want, PAGES, 300, i + 1 };
+        CHECK(pthread_create(&th[i], NULL, mrtest_touch_random, &t[i]) == 0);
     }
     for (unsigned i = 0; i < 4; i++)
         CHECK(pthread_join(th[i], NULL) == 0);

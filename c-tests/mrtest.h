@@ -77,4 +77,30 @@ static inline uint8_t pattern(uint64_t seed, uint64_t i)
     return (uint8_t)(x | 1);
 }
 
+/* A thread touching `touches` random 4 KiB pages of `host` (`pages` of
+ * them) and checking each against `want`: a guest's vCPU during an
+ * on-demand restore. Pass to pthread_create with a struct mrtest_toucher. */
+struct mrtest_toucher {
+    const uint8_t *host;
+    const uint8_t *want;
+    uint64_t pages;
+    int touches;
+    unsigned seed;
+};
+
+static inline void *mrtest_touch_random(void *arg)
+{
+    struct mrtest_toucher *t = arg;
+    uint64_t x = t->seed * 0x9e3779b97f4a7c15ull + 1;
+    for (int i = 0; i < t->touches; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        uint64_t p = x % t->pages;
+        if (memcmp(t->host + p * 4096, t->want + p * 4096, 4096) != 0)
+            FAIL("page %" PRIu64 " differs from the image while served", p);
+    }
+    return NULL;
+}
+
 #endif
